@@ -1,0 +1,215 @@
+"""Densification: gsplat's strategies (DefaultStrategy, MCMCStrategy) with a schedule and a cap.
+
+Both render backends return the `info` that the strategies read (`means2d` with its grad,
+`radii [B, N, 2]`, `width`, `height`, `n_cameras`, `gaussian_ids`), so this is the same
+code on CPU and GPU. Two things gsplat does not do, done here:
+
+- a hard cap on the number of Gaussians for DefaultStrategy: at a refinement step whose
+  clone/split would overshoot, the gradient threshold is raised to the value that lets just
+  enough of the highest-gradient Gaussians grow;
+- MCMCStrategy on CPU: gsplat computes MCMC relocation and position noise with CUDA kernels;
+  off CUDA they are swapped, for the duration of the call, for the pure-PyTorch versions below
+  (the same formulas: Eq. 9 of "3D Gaussian Splatting as Markov Chain Monte Carlo").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import torch
+from torch import Tensor
+
+from .gaussians import Gaussians, quat_to_rotmat
+
+StrategyName = Literal["default", "mcmc", "none"]
+
+
+@dataclass
+class DensifyConfig:
+    strategy: StrategyName = "default"  # "default" (3DGS clone/split/prune), "mcmc" or "none"
+    start: int = 100  # first step at which Gaussians are refined
+    stop: int = 1_000  # no refinement from this step on
+    interval: int = 100  # refine every this many steps
+    cap: int = 20_000  # never more Gaussians than this
+    grow_grad2d: float = 0.0002  # default: clone/split above this mean screen-space gradient
+    grow_scale3d: float = 0.01  # default: clone below / split above this scale (x scene scale)
+    prune_opa: float = 0.005  # default: prune below this opacity
+    prune_scale3d: float = 0.1  # default: prune larger than this (x scene scale), after reset_every
+    reset_every: int = 3_000  # default: opacity-reset period (steps)
+    mcmc_noise_lr: float = 5e5  # mcmc: scale of the position noise (times the means learning rate)
+    mcmc_min_opacity: float = 0.005  # mcmc: relocate Gaussians below this opacity
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("default", "mcmc", "none"):
+            raise ValueError(f"unknown densification strategy {self.strategy!r}: use default, mcmc or none")
+        if self.interval <= 0:
+            raise ValueError("densify interval must be positive")
+        if self.cap <= 0:
+            raise ValueError("densify cap must be positive")
+
+
+class Densifier:
+    """Drives one gsplat strategy over a `Gaussians` and its per-parameter optimisers.
+
+    optimizers: one optimiser per key of `gaussians.splats` (gsplat's convention).
+    Call `pre_backward(step, info)` before `loss.backward()` and `post_backward(step, info, lr)`
+    after it (lr: the current learning rate of the means, used by MCMC's noise).
+    """
+
+    def __init__(self, cfg: DensifyConfig, gaussians: Gaussians, optimizers: dict[str, torch.optim.Optimizer],
+                 scene_scale: float = 1.0) -> None:
+        self.cfg = cfg
+        self.gaussians = gaussians
+        self.optimizers = optimizers
+        self.strategy: Any = None
+        self.state: dict[str, Any] = {}
+        self.history: list[dict[str, int]] = []  # one row per refinement step
+        if cfg.strategy == "default":
+            self.strategy = _capped_default_strategy()(
+                cap=cfg.cap,
+                prune_opa=cfg.prune_opa,
+                grow_grad2d=cfg.grow_grad2d,
+                grow_scale3d=cfg.grow_scale3d,
+                prune_scale3d=cfg.prune_scale3d,
+                refine_start_iter=cfg.start,
+                refine_stop_iter=cfg.stop,
+                refine_every=cfg.interval,
+                reset_every=cfg.reset_every,
+            )
+            self.state = self.strategy.initialize_state(scene_scale=scene_scale)
+        elif cfg.strategy == "mcmc":
+            from gsplat.strategy import MCMCStrategy
+
+            self.strategy = MCMCStrategy(
+                cap_max=cfg.cap,
+                noise_lr=cfg.mcmc_noise_lr,
+                refine_start_iter=cfg.start,
+                refine_stop_iter=cfg.stop,
+                refine_every=cfg.interval,
+                min_opacity=cfg.mcmc_min_opacity,
+            )
+            self.state = self.strategy.initialize_state()
+        if self.strategy is not None:
+            self.strategy.check_sanity(gaussians.splats, optimizers)
+
+    @property
+    def enabled(self) -> bool:
+        return self.strategy is not None
+
+    def pre_backward(self, step: int, info: dict[str, Any]) -> None:
+        if self.strategy is not None:
+            self.strategy.step_pre_backward(self.gaussians.splats, self.optimizers, self.state, step, info)
+
+    def post_backward(self, step: int, info: dict[str, Any], lr: float = 0.0) -> None:
+        if self.strategy is None:
+            return
+        before = len(self.gaussians)
+        packed = info.get("gaussian_ids") is not None
+        if self.cfg.strategy == "default":
+            self.strategy.step_post_backward(self.gaussians.splats, self.optimizers, self.state, step, info, packed=packed)
+        else:
+            with _cpu_mcmc_ops(self.gaussians.device):
+                self.strategy.step_post_backward(self.gaussians.splats, self.optimizers, self.state, step, info, lr=lr)
+        after = len(self.gaussians)
+        if self._is_refine_step(step):
+            self.history.append({"step": step, "before": before, "after": after})
+
+    def _is_refine_step(self, step: int) -> bool:
+        c = self.cfg
+        return c.start < step < c.stop and step % c.interval == 0
+
+@functools.cache
+def _capped_default_strategy() -> type:
+    """The class is built on first use, so importing this module does not import gsplat."""
+    from gsplat.strategy import DefaultStrategy
+
+    @dataclass
+    class CappedDefaultStrategy(DefaultStrategy):
+        """gsplat's DefaultStrategy that never grows past `cap` Gaussians.
+
+        At a refinement step whose clone/split would overshoot, the gradient threshold is raised
+        to the value that lets only the `cap - N` highest-gradient Gaussians grow (each clone or
+        split adds exactly one).
+        """
+
+        cap: int = 1_000_000
+
+        def _grow_gs(self, params, optimizers, state, step):  # type: ignore[override]
+            original = self.grow_grad2d
+            budget = self.cap - len(params["means"])
+            grads = state["grad2d"] / state["count"].clamp_min(1)  # [N] mean screen-space gradient
+            if int((grads > original).sum()) > max(budget, 0):
+                if budget <= 0:
+                    self.grow_grad2d = float("inf")
+                else:
+                    self.grow_grad2d = max(original, float(torch.topk(grads, budget + 1).values[budget]))
+            try:
+                return super()._grow_gs(params, optimizers, state, step)
+            finally:
+                self.grow_grad2d = original
+
+    return CappedDefaultStrategy
+
+
+# ---------------------------------------------------------------------------- MCMC on CPU
+def relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor) -> tuple[Tensor, Tensor]:
+    """Pure-PyTorch twin of gsplat's CUDA `compute_relocation` (3DGS-MCMC, Eq. 9).
+
+    A Gaussian of opacity o copied n times gets opacity o' = 1 - (1 - o)^(1/n) and scale
+    s' = s * o / sum_{i=1..n} sum_{k=0..i-1} C(i-1, k) (-1)^k o'^(k+1) / sqrt(k+1),
+    so that the n copies together render like the original.
+    """
+    n_max = binoms.shape[0]
+    n = ratios.clamp(1, n_max).to(torch.int64)  # [N]
+    new_o = 1.0 - torch.pow(1.0 - opacities, 1.0 / n.to(opacities.dtype))  # [N]
+    i = torch.arange(1, n_max + 1, device=opacities.device)  # [n_max]
+    k = torch.arange(n_max, device=opacities.device)  # [n_max]
+    coef = binoms[(i - 1)[:, None], k[None, :]].to(opacities.dtype)  # [i, k] = C(i-1, k)
+    coef = coef * ((-1.0) ** k.to(opacities.dtype)) / torch.sqrt(k.to(opacities.dtype) + 1.0)
+    coef = torch.where(k[None, :] <= (i - 1)[:, None], coef, torch.zeros_like(coef))  # k < i
+    powers = new_o[:, None] ** (k[None, :] + 1).to(opacities.dtype)  # [N, k]
+    per_i = powers @ coef.T  # [N, i]
+    denom = (per_i * (i[None, :] <= n[:, None])).sum(-1)  # sum over i = 1..n
+    new_s = (opacities / denom)[:, None] * scales
+    return new_o, new_s
+
+
+def covariance_torch(quats: Tensor, scales: Tensor, compute_covar: bool = True, compute_preci: bool = True,
+                     triu: bool = False) -> tuple[Tensor | None, Tensor | None]:
+    """Pure-PyTorch twin of gsplat's `quat_scale_to_covar_preci` (full 3x3 matrices only)."""
+    if triu:
+        raise NotImplementedError("triu=True is not needed by the strategies")
+    R = quat_to_rotmat(torch.nn.functional.normalize(quats, dim=-1))
+    covar = (R * scales[..., None, :] ** 2) @ R.transpose(-1, -2) if compute_covar else None
+    preci = (R / scales[..., None, :] ** 2) @ R.transpose(-1, -2) if compute_preci else None
+    return covar, preci
+
+
+@contextlib.contextmanager
+def _cpu_mcmc_ops(device: torch.device) -> Iterator[None]:
+    if device.type == "cuda":
+        yield
+        return
+    import gsplat.strategy.ops as ops
+
+    saved = ops.compute_relocation, ops.quat_scale_to_covar_preci
+    ops.compute_relocation, ops.quat_scale_to_covar_preci = relocation_torch, covariance_torch
+    try:
+        yield
+    finally:
+        ops.compute_relocation, ops.quat_scale_to_covar_preci = saved
+
+
+def per_param_optimizers(gaussians: Gaussians, lrs: dict[str, float], eps: float = 1e-15) -> dict[str, torch.optim.Adam]:
+    """One Adam per parameter (gsplat's convention, needed by its strategies)."""
+    missing = set(gaussians.splats) - set(lrs)
+    if missing:
+        raise ValueError(f"learning rates missing for {sorted(missing)}")
+    return {
+        k: torch.optim.Adam([{"params": [p], "lr": lrs[k], "name": k}], eps=eps)
+        for k, p in gaussians.splats.items()
+    }
+

@@ -1,0 +1,99 @@
+"""Atomic file writes: write to a temporary file in the target folder, then `os.replace`.
+
+A reader never sees a half-written file, and if writing fails the previous file
+(if any) is left exactly as it was and the temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+from .errors import ExportError
+
+PathLike = Union[str, os.PathLike]
+
+_MODES = {"wb": "wb", "w": "w", "wt": "w"}
+
+
+def _prepare_folder(path: Path) -> Path:
+    """Create the parent folder of `path` (with parents); ExportError naming `path` if impossible."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(
+            f"cannot create the folder '{parent}' for '{path}': {e.strerror or e}. "
+            "Choose an output path in a writable folder."
+        ) from e
+    if not parent.is_dir():
+        raise ExportError(f"cannot write '{path}': '{parent}' is not a folder. Choose another output path.")
+    return parent
+
+
+def _create_temp(path: Path, parent: Path) -> tuple[int, Path]:
+    """Create a new, empty temporary file next to `path`; returns (fd, temp path).
+
+    `os.open(..., 0o666)` lets the umask choose the permissions, as for a normal file.
+    """
+    for _ in range(100):
+        tmp = parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ExportError(
+                f"cannot write '{path}': the folder '{parent}' is not writable ({e.strerror or e}). "
+                "Choose an output path in a writable folder or fix its permissions."
+            ) from e
+        return fd, tmp
+    raise ExportError(f"cannot create a temporary file next to '{path}' (too many name collisions)")
+
+
+def _remove_quietly(tmp: Path) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+@contextmanager
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open `path` for writing, atomically.
+
+    Yields a file object on a temporary file in the same folder; on normal exit
+    the data is flushed, fsynced and moved over `path` with `os.replace`. If the
+    body raises, the temporary file is deleted, `path` is untouched, and the
+    exception propagates. Parent folders are created. `mode` is "wb" or "w"
+    (text, UTF-8).
+    """
+    if mode not in _MODES:
+        raise ValueError(f"atomic_open: mode must be one of {sorted(_MODES)}, got {mode!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"cannot write '{path}': it is a folder. Give a file name, e.g. '{path / 'out.ply'}'.")
+    parent = _prepare_folder(path)
+    fd, tmp = _create_temp(path, parent)
+    try:
+        kwargs = {} if "b" in _MODES[mode] else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(fd, _MODES[mode], **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise ExportError(f"cannot replace '{path}' with the new file: {e.strerror or e}") from e
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)

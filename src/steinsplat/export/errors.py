@@ -1,0 +1,15 @@
+"""Errors raised by the exporters and loaders (all are `ValueError`s)."""
+
+from __future__ import annotations
+
+
+class ExportError(ValueError):
+    """A file could not be written or read; the message names the file and what to do."""
+
+
+class PlyError(ExportError):
+    """A PLY file is malformed, truncated or not a 3DGS PLY."""
+
+
+class SplatError(ExportError):
+    """A `.splat` file is malformed or truncated."""

@@ -1,0 +1,117 @@
+"""Densification through gsplat's strategies on the CPU renderer: growth, pruning, cap, optimiser state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steinsplat.cameras import OrbitSampler
+from steinsplat.densify import Densifier, DensifyConfig, per_param_optimizers, relocation_torch
+from steinsplat.gaussians import Gaussians
+from steinsplat.render import render
+
+LRS = dict(means=2e-3, scales=5e-3, quats=1e-3, opacities=5e-2, sh0=5e-3, shN=2e-4)
+
+
+def run(strategy: str, steps: int = 41, cap: int = 10_000, n0: int = 80, **kw) -> tuple[Gaussians, dict, Densifier]:
+    torch.manual_seed(0)
+    target = Gaussians.random_ball(300, radius=0.4, opacity=0.8, generator=torch.Generator().manual_seed(1))
+    g = Gaussians.random_ball(n0, radius=0.3, opacity=0.3, sh_degree=1, generator=torch.Generator().manual_seed(2))
+    opt = per_param_optimizers(g, LRS)
+    cfg = DensifyConfig(strategy=strategy, start=5, stop=100, interval=10, cap=cap, grow_grad2d=1e-6, **kw)
+    d = Densifier(cfg, g, opt)
+    sampler = OrbitSampler(width=24, height=24)
+    gen = torch.Generator().manual_seed(3)
+    for step in range(steps):
+        cams = sampler.sample(2, gen)
+        with torch.no_grad():
+            tgt = render(target, cams, background=(1.0, 1.0, 1.0)).rgb
+        out = render(g, cams, background=(1.0, 1.0, 1.0))
+        d.pre_backward(step, out.info)
+        (out.rgb - tgt).abs().mean().backward()
+        for o in opt.values():
+            o.step()
+            o.zero_grad(set_to_none=True)
+        d.post_backward(step, out.info, lr=LRS["means"])
+    return g, opt, d
+
+
+def assert_optimizer_consistent(g: Gaussians, opt: dict) -> None:
+    for k, o in opt.items():
+        p = o.param_groups[0]["params"][0]
+        assert p is g.splats[k], f"optimizer for {k} does not hold the current parameter"
+        st = o.state.get(p, {})
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in st:
+                assert st[name].shape == p.shape, f"{k}.{name} has shape {tuple(st[name].shape)} vs {tuple(p.shape)}"
+    n = len(g)
+    assert all(v.shape[0] == n for v in g.splats.values())
+
+
+def test_default_strategy_grows_and_prunes_with_consistent_state():
+    g, opt, d = run("default")
+    assert len(d.history) >= 3
+    first = d.history[0]
+    assert first["after"] > first["before"]  # grew (low threshold: every touched Gaussian clones/splits)
+    assert len(g) > 80
+    assert_optimizer_consistent(g, opt)
+    # state stays finite and renderable
+    out = render(g, OrbitSampler(width=16, height=16).sample(1))
+    assert torch.isfinite(out.rgb).all()
+
+
+def test_default_strategy_prunes_transparent_gaussians():
+    g = Gaussians.random_ball(50, radius=0.3, opacity=0.5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        g.splats["opacities"][:20] = -10.0  # opacity 4.5e-5 < prune_opa
+    opt = per_param_optimizers(g, LRS)
+    d = Densifier(DensifyConfig(strategy="default", start=0, stop=100, interval=1, grow_grad2d=1e9), g, opt)
+    cams = OrbitSampler(width=16, height=16).sample(1)
+    out = render(g, cams)
+    d.pre_backward(1, out.info)
+    out.rgb.sum().backward()
+    d.post_backward(1, out.info)
+    assert len(g) == 30
+    assert bool((g.opacities > 0.1).all())
+    assert_optimizer_consistent(g, opt)
+
+
+def test_default_strategy_respects_cap():
+    g, opt, d = run("default", cap=130)
+    assert max(h["after"] for h in d.history) <= 130
+    assert len(g) <= 130
+    assert any(h["after"] == 130 for h in d.history)  # it did grow up to the cap
+    assert_optimizer_consistent(g, opt)
+
+
+def test_mcmc_strategy_runs_on_cpu_and_respects_cap():
+    g, opt, d = run("mcmc", steps=61, cap=100, n0=80)
+    assert len(g) == 100  # grows 5% per refinement up to the cap
+    assert_optimizer_consistent(g, opt)
+
+
+def test_relocation_formula_preserves_single_copy_and_opacity_identity():
+    """n = 1 is the identity; for n copies, 1 - (1 - o')^n = o (the copies' combined opacity)."""
+    from math import comb
+
+    n_max = 51
+    binoms = torch.tensor([[comb(n, k) for k in range(n_max)] for n in range(n_max)], dtype=torch.float32)
+    o = torch.tensor([0.3, 0.7, 0.95])
+    s = torch.rand(3, 3) + 0.1
+    new_o, new_s = relocation_torch(o, s, torch.tensor([1, 1, 1]), binoms)
+    torch.testing.assert_close(new_o, o)
+    torch.testing.assert_close(new_s, s)
+    n = torch.tensor([2, 3, 5])
+    new_o, new_s = relocation_torch(o, s, n, binoms)
+    torch.testing.assert_close(1 - (1 - new_o) ** n.float(), o)
+    assert bool((new_s <= s * 1.0001).all())  # copies are never larger than the original
+
+
+def test_none_strategy_and_bad_config():
+    g = Gaussians.random_ball(10)
+    d = Densifier(DensifyConfig(strategy="none"), g, per_param_optimizers(g, LRS))
+    assert not d.enabled
+    with pytest.raises(ValueError, match="unknown densification strategy"):
+        DensifyConfig(strategy="magic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="learning rates missing"):
+        per_param_optimizers(g, {"means": 1e-3})
