@@ -1,0 +1,209 @@
+"""The `steinsplat` command: one explicit mapping from subcommand names to entry points.
+
+    steinsplat export IN.ply --to OUT.splat|OUT.ply [--sh-degree 3]
+    steinsplat info FILE.ply|FILE.splat
+    steinsplat fit-demo [--out runs/demo] [--steps 600]
+
+A first argument that is not a subcommand is a prompt: `steinsplat "a red cube" --out cube.ply`
+(text-to-3D generation; see `generate`). Every subcommand parses its own dataclass with tyro,
+optionally seeded by `--config NAME` (configs/NAME.yaml). Errors the user can fix end with one
+red line and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from rich.console import Console
+from tyro.conf import Positional
+
+console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """An error with a message meant for the user (no traceback)."""
+
+
+# ---------------------------------------------------------------------------- export / info
+@dataclass
+class ExportArgs:
+    """Convert splats between formats (by extension: .ply, .splat)."""
+
+    input: Positional[Path]  # a 3DGS .ply or .splat file
+    to: Path  # output file; the extension picks the format
+    sh_degree: Optional[int] = None  # PLY only: write this SH degree (0 or 3 for most viewers); default: as stored
+
+
+def cmd_export(argv: Sequence[str]) -> int:
+    from . import config
+    from .export import export_gaussians, load_gaussians
+
+    args = config.parse(ExportArgs, argv, prog="steinsplat export", description=ExportArgs.__doc__)
+    g = load_gaussians(args.input)
+    kw = {"sh_degree": args.sh_degree} if args.sh_degree is not None else {}
+    if kw and args.to.suffix.lower() != ".ply":
+        raise UserError("--sh-degree applies to .ply output only")
+    n = export_gaussians(args.to, g, **kw)
+    console.print(f"wrote {n:,} splats to {args.to}")
+    return 0
+
+
+@dataclass
+class InfoArgs:
+    """Show what a splat file holds: count, bounds, SH degree, opacity and scale statistics."""
+
+    file: Positional[Path]  # a 3DGS .ply or .splat file
+
+
+def cmd_info(argv: Sequence[str]) -> int:
+    from rich.table import Table
+
+    from . import config
+    from .export import load_gaussians
+
+    args = config.parse(InfoArgs, argv, prog="steinsplat info", description=InfoArgs.__doc__)
+    g = load_gaussians(args.file)
+    t = Table(title=str(args.file), show_header=False)
+    t.add_row("splats", f"{len(g):,}")
+    t.add_row("SH degree", str(g.sh_degree))
+    if len(g):
+        m, o, s = g.means.detach(), g.opacities.detach(), g.scales.detach().max(-1).values
+        lo, hi = m.min(0).values.tolist(), m.max(0).values.tolist()
+        t.add_row("bounds min", " ".join(f"{v:.3f}" for v in lo))
+        t.add_row("bounds max", " ".join(f"{v:.3f}" for v in hi))
+        q = [0.0, 0.5, 1.0]
+        t.add_row("opacity min/median/max", " / ".join(f"{float(o.quantile(x)):.3f}" for x in q))
+        t.add_row("opacity mean", f"{float(o.mean()):.3f}")
+        t.add_row("largest scale min/median/max", " / ".join(f"{float(s.quantile(x)):.4f}" for x in q))
+    Console().print(t)
+    return 0
+
+
+# ---------------------------------------------------------------------------- fit-demo
+@dataclass
+class FitDemoArgs:
+    """Fit Gaussians to 16 views of a demo object (rendered by the dense reference rasteriser), report
+    the PSNR on 8 held-out views, and export PLY, .splat and a preview image."""
+
+    out: Path = Path("runs/demo")  # output folder
+    steps: int = 600  # optimisation steps
+    seed: int = 0  # seeds the init and the view order
+    resolution: int = 64  # training and evaluation image size (square)
+
+
+def cmd_fit_demo(argv: Sequence[str]) -> int:
+    import json
+
+    import numpy as np
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from . import config
+    from .export import atomic_write_bytes, write_ply, write_splat
+    from .fit import FitConfig, demo_target, demo_views, fit_views, held_out_psnr, reference_images
+    from .render import render
+
+    args = config.parse(FitDemoArgs, argv, prog="steinsplat fit-demo", description=FitDemoArgs.__doc__)
+    if args.steps <= 0 or args.resolution < 8:
+        raise UserError("--steps must be positive and --resolution at least 8")
+    args.out.mkdir(parents=True, exist_ok=True)
+    train, test = demo_views(args.resolution, args.resolution)
+    target = demo_target()
+    console.print(f"rendering {len(train)} training and {len(test)} held-out views with the dense reference ...")
+    train_img, test_img = reference_images(target, train), reference_images(target, test)
+    cfg = FitConfig(steps=args.steps, seed=args.seed)
+    with Progress(
+        TextColumn("fit"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[n]:,} Gaussians"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    ) as bar:
+        task = bar.add_task("fit", total=args.steps, loss=float("nan"), n=cfg.init_gaussians)
+
+        def cb(step: int, loss: float, n: int) -> None:
+            bar.update(task, completed=step + 1, loss=loss, n=n)
+
+        res = fit_views(train_img, train, cfg, callback=cb)
+    score = held_out_psnr(res.gaussians, test, test_img)
+    ply, splat = args.out / "demo.ply", args.out / "demo.splat"
+    write_ply(ply, res.gaussians)
+    write_splat(splat, res.gaussians)
+    with torch.no_grad():
+        pred = render(res.gaussians, test[:4], background=(1.0, 1.0, 1.0)).rgb.clamp(0, 1)
+    grid = torch.cat([torch.cat(list(pred), 1), torch.cat(list(test_img[:4]), 1)], 0)  # [2H, 4W, 3]
+    _write_png(args.out / "preview.png", (grid.numpy() * 255 + 0.5).astype(np.uint8))
+    report = {"held_out_psnr_db": score, "seconds": res.seconds, "gaussians": len(res.gaussians),
+              "steps": args.steps, "seed": args.seed, "history": res.history}
+    atomic_write_bytes(args.out / "fit.json", json.dumps(report, indent=2).encode())
+    console.print(f"held-out PSNR {score:.2f} dB after {args.steps} steps, {res.seconds:.0f} s, "
+                  f"{len(res.gaussians):,} Gaussians")
+    console.print(f"wrote {ply}, {splat}, {args.out / 'preview.png'} (top: fit, bottom: target), {args.out / 'fit.json'}")
+    return 0
+
+
+def _write_png(path: Path, img) -> None:
+    import io
+
+    from PIL import Image
+
+    from .export import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------- dispatch
+@dataclass
+class Command:
+    run: Callable[[Sequence[str]], int]
+    help: str = field(default="")
+
+
+COMMANDS: dict[str, Command] = {
+    "export": Command(cmd_export, "convert splats: .ply <-> .splat, SH degree for viewers"),
+    "info": Command(cmd_info, "count, bounds, SH degree and opacity statistics of a splat file"),
+    "fit-demo": Command(cmd_fit_demo, "fit Gaussians to views of a demo object (engine self-test), export it"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: steinsplat COMMAND [options]   (steinsplat COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10} {c.help}" for name, c in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"steinsplat {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        console.print(
+            f"[red]error:[/red] unknown command {name!r}. Text-to-3D (`steinsplat PROMPT --out FILE`) is not "
+            f"part of this version yet.\n{usage()}"
+        )
+        return 2
+    from .config import ConfigError
+    from .export.errors import ExportError
+
+    try:
+        return COMMANDS[name].run(argv[1:])
+    except (UserError, ConfigError, ExportError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The command line: subcommands, file conversion, clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from steinsplat.cli import main
+from steinsplat.export import read_ply, write_ply
+from steinsplat.gaussians import Gaussians
+
+
+def test_export_and_info(tmp_path, capsys):
+    src = tmp_path / "a.ply"
+    write_ply(src, Gaussians.random_ball(50, sh_degree=1))
+    assert main(["export", str(src), "--to", str(tmp_path / "b.splat")]) == 0
+    assert (tmp_path / "b.splat").stat().st_size == 50 * 32
+    assert main(["export", str(tmp_path / "b.splat"), "--to", str(tmp_path / "c.ply"), "--sh-degree", "3"]) == 0
+    assert read_ply(tmp_path / "c.ply").sh_degree == 3
+    assert main(["info", str(src)]) == 0
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.ply"
+    bad.write_bytes(b"not a ply at all")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.ply" in err and "Traceback" not in err
+    assert main(["export", str(bad), "--to", str(tmp_path / "x.splat")]) == 2
+    ok = tmp_path / "ok.ply"
+    write_ply(ok, Gaussians.random_ball(5))
+    assert main(["export", str(ok), "--to", str(tmp_path / "x.obj")]) == 2
+    assert ".splat" in capsys.readouterr().err
+    assert main(["no-such-command"]) == 2
+    assert main(["export", str(ok), "--to", str(tmp_path / "x.splat"), "--sh-degree", "3"]) == 2
+
+
+def test_console_script_and_fit_demo(tmp_path):
+    """The installed entry point runs a (very short) fit-demo and writes readable outputs."""
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "steinsplat.cli", "fit-demo", "--steps", "20", "--resolution", "24",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "fit.json").read_text())
+    assert rep["steps"] == 20 and rep["held_out_psnr_db"] > 5
+    g = read_ply(out / "demo.ply")
+    assert len(g) == rep["gaussians"] and torch.isfinite(g.means).all()
+    assert (out / "preview.png").stat().st_size > 100 and (out / "demo.splat").stat().st_size == 32 * len(g)
+
+
+def test_config_presets_and_overrides(tmp_path, monkeypatch):
+    from steinsplat import config
+    from steinsplat.cli import FitDemoArgs
+
+    a = config.parse(FitDemoArgs, ["--config", "fit-demo-quick"], prog="t")
+    assert (a.steps, a.resolution) == (150, 32)
+    b = config.parse(FitDemoArgs, ["--config=fit-demo-quick", "--steps", "7"], prog="t")
+    assert (b.steps, b.resolution) == (7, 32)  # the command line wins over the preset
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    try:
+        config.parse(FitDemoArgs, ["--config", str(bad)], prog="t")
+        raise AssertionError("unknown key accepted")
+    except config.ConfigError as exc:
+        assert "stepz" in str(exc) and "steps" in str(exc)
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit-demo", "--config", "nope"]) == 2
