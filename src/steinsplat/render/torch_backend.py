@@ -43,16 +43,22 @@ class _Pairs:
     Pixel-major (sorted; what compositing walks): `gid`, `pix` and `crow_pix` (CSR row
     pointers over pixels: pixel p's pairs are crow_pix[p] .. crow_pix[p+1]-1).
     Gaussian-major (generation order; what the backward sums over): `crow_g` over the
-    Gaussian rows `row_gid`, with `pix_pre` the pixel and `pos` the sorted position of each pair.
+    Gaussian rows `row_gid`, with `pix_pre` the pixel of each pair; `perm` maps between the orders.
     """
 
     gid: Tensor  # [P] flat Gaussian index b*N + n
     pix: Tensor  # [P] flat pixel index b*H*W + y*W + x, non-decreasing
+    slot: Tensor  # [P] index of the pair's pixel among the covered pixels
+    cov_pix: Tensor  # [Q] the covered pixels (at least one pair), increasing
+    cov_first: Tensor  # [Q] their first pair
+    cov_last: Tensor  # [Q] their last pair
+    px: Tensor  # [P] pixel centre x (x + 0.5), float
+    py: Tensor  # [P] pixel centre y (y + 0.5), float
     crow_pix: Tensor  # [n_pix + 1]
     crow_g: Tensor  # [n_rows_g + 1]
     row_gid: Tensor  # [n_rows_g]
     pix_pre: Tensor  # [P]
-    pos: Tensor  # [P]
+    perm: Tensor  # [P] sorted pair k is generated pair perm[k]
     n_pix: int
     n_rows_g: int
     width: int
@@ -107,79 +113,82 @@ def _make_pairs(means2d: Tensor, conics: Tensor, extent: Tensor, opac: Tensor, d
     # 4. pixel-major order; a stable sort keeps front-to-back order inside each pixel
     key = pix_pre.int() if n_pix < 2**31 else pix_pre
     _, perm = torch.sort(key, stable=True)
-    pix, gid = pix_pre[perm], gid_pre[perm]
-    pos = torch.empty_like(perm)
-    pos[perm] = torch.arange(len(perm), device=dev)
+    gid = gid_pre.index_select(0, perm)
+    counts = torch.bincount(pix_pre, minlength=n_pix)  # [n_pix] pairs per pixel
     crow_pix = torch.zeros(n_pix + 1, dtype=torch.long, device=dev)
-    crow_pix[1:] = torch.cumsum(torch.bincount(pix, minlength=n_pix), 0)
+    crow_pix[1:] = torch.cumsum(counts, 0)
+    # per-pixel tables over the Q covered pixels, expanded to pairs by `slot` (sequential reads)
+    cov_pix = torch.nonzero(counts).squeeze(1)  # [Q]
+    slot = torch.repeat_interleave(torch.arange(len(cov_pix), device=dev), counts.index_select(0, cov_pix))  # [P]
+    x = cov_pix % width
+    y = (cov_pix // width) % height
     return _Pairs(
-        gid=gid, pix=pix, crow_pix=crow_pix,
-        crow_g=crow_g, row_gid=flat, pix_pre=pix_pre, pos=pos, n_pix=n_pix, n_rows_g=len(flat),
-        width=width, height=height,
+        gid=gid, pix=cov_pix.index_select(0, slot), slot=slot, cov_pix=cov_pix,
+        cov_first=crow_pix.index_select(0, cov_pix), cov_last=crow_pix.index_select(0, cov_pix + 1) - 1,
+        px=(x.to(means2d.dtype) + 0.5).index_select(0, slot), py=(y.to(means2d.dtype) + 0.5).index_select(0, slot),
+        crow_pix=crow_pix, crow_g=crow_g, row_gid=flat, pix_pre=pix_pre, perm=perm, n_pix=n_pix,
+        n_rows_g=len(flat), width=width, height=height,
     )
 
 
-# ---------------------------------------------------------------------------- fused per-pair maths
-# Plain tensor functions (no autograd inside), so torch.compile can fuse each into one loop.
-# On a 2-core CPU that is 3-5x faster than eager PyTorch; eager is the fallback.
+# ---------------------------------------------------------------------------- per-pair maths
+# Plain tensor functions (no autograd inside). Eager by default; with STEINSPLAT_COMPILE=1
+# torch.compile fuses each into a loop or two. The forward keeps what the backward needs
+# (offsets, conic times offset, Gaussian falloff), so the backward gathers nothing per pair.
 
 
-def _pair_alpha(attrs: Tensor, gid: Tensor, pix: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
-    """alpha_k = min(0.99, o exp(-sigma)) (0 below 1/255) and log(1 - alpha_k) in float64."""
-    A = attrs[gid]  # [P, 6] = mean x, mean y, conic a, b, c, opacity
-    dx = (pix % width).to(A.dtype) + 0.5 - A[:, 0]
-    dy = ((pix // width) % height).to(A.dtype) + 0.5 - A[:, 1]
-    sig = 0.5 * (A[:, 2] * dx * dx + A[:, 4] * dy * dy) + A[:, 3] * dx * dy
-    raw = A[:, 5] * torch.exp(-sig)
+def _pair_alpha(attrs: Tensor, gid: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, ...]:
+    """Per pair k of Gaussian g and pixel centre p (the 3DGS forward, gsplat's conventions):
+         d     = p - mean2d_g                      (dx, dy)
+         cd    = conic_g d                         (cdx, cdy): the conic is the inverse 2D covariance
+         sigma = d^T conic_g d / 2
+         alpha = min(0.99, o_g exp(-sigma)), 0 where o exp(-sigma) < 1/255 or sigma < 0
+    Returns alpha, log(1 - alpha) (float64), dx, dy, cdx, cdy, exp(-sigma), o exp(-sigma)."""
+    A = attrs.index_select(0, gid)  # [P, 6] = mean x, mean y, conic a, b, c, opacity
+    dx = px - A[:, 0]
+    dy = py - A[:, 1]
+    cdx = A[:, 2] * dx + A[:, 3] * dy
+    cdy = A[:, 3] * dx + A[:, 4] * dy
+    sig = 0.5 * (dx * cdx + dy * cdy)
+    gauss = torch.exp(-sig)
+    raw = A[:, 5] * gauss
     alpha = torch.where((raw >= ALPHA_MIN) & (sig >= 0), raw.clamp_max(ALPHA_MAX), torch.zeros_like(raw))
-    return alpha, torch.log1p(-alpha.double())
+    return alpha, torch.log1p(-alpha.double()), dx, dy, cdx, cdy, gauss, raw
 
 
-def _pair_weight(alpha: Tensor, la: Tensor, cs: Tensor, pix: Tensor, crow_pix: Tensor) -> tuple[Tensor, Tensor]:
-    """T_k (before the pair) and w_k = alpha_k T_k while T stays above 1e-4."""
-    first = crow_pix[pix]  # the pixel's first pair
-    base = cs[first] - la[first]  # log-transmittance sum before it
-    alive = (cs - base) > LOG_T_MIN  # T after the pair
-    T = torch.exp(cs - la - base).to(alpha.dtype)
-    return T, torch.where(alive, alpha * T, torch.zeros_like(alpha))
+def _pair_weight(alpha: Tensor, la: Tensor, cs: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
+    """T_k = prod_{j<k} (1 - alpha_j) within the pixel, from the batch-wide inclusive cumulative sum
+    `cs` of log(1 - alpha) and `base`, its value before the pair's pixel's first pair; and
+    w_k = alpha_k T_k while the transmittance after the pair stays above 1e-4 (0 after)."""
+    log_after = cs - base  # log T after the pair
+    T = torch.exp(log_after - la).to(alpha.dtype)
+    return T, torch.where(log_after > LOG_T_MIN, alpha * T, torch.zeros_like(alpha))
 
 
-def _pair_dot(g: Tensor, feats: Tensor, pix: Tensor, gid: Tensor) -> Tensor:
-    """s_k = dL/dw_k = g[pix_k] . f[gid_k] (feats carry a ones column, for the alpha image)."""
-    return (g[pix] * feats[gid]).sum(1)
+def _pair_dot(g_cov: Tensor, feats: Tensor, slot: Tensor, gid: Tensor) -> Tensor:
+    """s_k = dL/dw_k = g[pix_k] . f[gid_k], with g_cov the image gradient of the covered pixels
+    (feats carry a ones column, for the alpha image)."""
+    return (g_cov.index_select(0, slot) * feats.index_select(0, gid)).sum(1)
 
 
 def _pair_dattrs(
-    attrs: Tensor, gid: Tensor, pix: Tensor, width: int, height: int,
-    s: Tensor, T: Tensor, w: Tensor, alpha: Tensor, cs_ws: Tensor, crow_pix: Tensor,
-) -> Tensor:
-    """d loss / d (mean x, mean y, conic a, b, c, opacity) for each pair: [P, 6].
+    s: Tensor, T: Tensor, w: Tensor, alpha: Tensor, cs_ws: Tensor, tail: Tensor,
+    dx: Tensor, dy: Tensor, cdx: Tensor, cdy: Tensor, gauss: Tensor, raw: Tensor,
+) -> tuple[Tensor, ...]:
+    """d loss / d (mean x, mean y, conic a, b, c, opacity) for each pair: six [P] tensors.
 
-    cs_ws: inclusive cumulative sum of w_k s_k (float64); the pixel's tail after pair k is
-    cs_ws[last] - cs_ws[k].
+    The 3DGS backward, back to front, as a suffix sum within each pixel:
+        dL/dalpha_k = T_k s_k - (sum_{j>k} w_j s_j) / (1 - alpha_k)
+    where cs_ws is the inclusive cumulative sum of w_j s_j (float64) and `tail` its value at
+    each pair's pixel's last pair. Then alpha = o exp(-sigma) (unclamped, contributing pairs only):
+        dalpha/dsigma = -o exp(-sigma),  dsigma/dmean = -conic d,
+        dsigma/d(a, b, c) = (dx^2 / 2, dx dy, dy^2 / 2),  dalpha/do = exp(-sigma).
     """
-    after = (cs_ws[crow_pix[pix + 1] - 1] - cs_ws).to(w.dtype)  # sum_{j>k, same pixel} w_j s_j
-    A = attrs[gid]
-    dx = (pix % width).to(A.dtype) + 0.5 - A[:, 0]
-    dy = ((pix // width) % height).to(A.dtype) + 0.5 - A[:, 1]
-    sig = 0.5 * (A[:, 2] * dx * dx + A[:, 4] * dy * dy) + A[:, 3] * dx * dy
-    gauss = torch.exp(-sig)
-    raw = A[:, 5] * gauss
-    # contributing (w > 0) and not clamped at 0.99: the only pairs with d alpha / d params != 0
+    after = (tail - cs_ws).to(w.dtype)
     live = (w > 0) & (raw < ALPHA_MAX)
     dalpha = torch.where(live, T * s - after / (1.0 - alpha), torch.zeros_like(alpha))
-    dsig = -dalpha * raw  # d alpha / d sigma = -o exp(-sigma)
-    return torch.stack(
-        [
-            -dsig * (A[:, 2] * dx + A[:, 3] * dy),  # d sigma / d mean x = -(a dx + b dy)
-            -dsig * (A[:, 4] * dy + A[:, 3] * dx),  # d sigma / d mean y = -(c dy + b dx)
-            dsig * 0.5 * dx * dx,
-            dsig * dx * dy,
-            dsig * 0.5 * dy * dy,
-            dalpha * gauss,  # d alpha / d o
-        ],
-        dim=1,
-    )
+    dsig = -dalpha * raw
+    return -dsig * cdx, -dsig * cdy, dsig * 0.5 * dx * dx, dsig * dx * dy, dsig * 0.5 * dy * dy, dalpha * gauss
 
 
 _KERNELS = {"alpha": _pair_alpha, "weight": _pair_weight, "dot": _pair_dot, "dattrs": _pair_dattrs}
@@ -242,33 +251,37 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attrs: Tensor, feats: Tensor, pairs: "_Pairs"):  # type: ignore[override]
         # attrs [G, 6]; feats [G, F+1] (last column ones: it yields the alpha image)
-        W, H = pairs.width, pairs.height
         attrs, feats = attrs.detach(), feats.detach()  # one compiled graph whatever the grad mode
-        alpha, la = _call("alpha", attrs, pairs.gid, pairs.pix, W, H)  # [P], [P] float64
+        alpha, la, *keep = _call("alpha", attrs, pairs.gid, pairs.px, pairs.py)  # [P] each
         cs = torch.cumsum(la, 0)  # inclusive, across the whole batch
-        T, w = _call("weight", alpha, la, cs, pairs.pix, pairs.crow_pix)
+        base = (cs.index_select(0, pairs.cov_first) - la.index_select(0, pairs.cov_first)).index_select(0, pairs.slot)
+        T, w = _call("weight", alpha, la, cs, base)
         img = _csr(pairs.crow_pix, pairs.gid, w, (pairs.n_pix, attrs.shape[0])) @ feats  # [n_pix, F+1]
-        ctx.save_for_backward(attrs, feats, alpha, T, w)
-        ctx.pairs = pairs
+        ctx.save_for_backward(feats, alpha, T, w, *keep)
+        ctx.pairs, ctx.n_gauss = pairs, attrs.shape[0]
         return img
 
     @staticmethod
     def backward(ctx, g_img: Tensor):  # type: ignore[override]
-        attrs, feats, alpha, T, w = ctx.saved_tensors
+        feats, alpha, T, w, *keep = ctx.saved_tensors
         pr: _Pairs = ctx.pairs
         g_img = g_img.contiguous()
-        s = _call("dot", g_img, feats, pr.pix, pr.gid)  # [P]
+        # only the channels the loss actually touches (often rgb and alpha: the rest is detached)
+        active = torch.nonzero(g_img.abs().amax(0) > 0).squeeze(1)
+        g_cov = g_img.index_select(0, pr.cov_pix).index_select(1, active)  # [Q, F']
+        s = _call("dot", g_cov, feats.index_select(1, active), pr.slot, pr.gid)  # [P]
         cs = torch.cumsum((w * s).double(), 0)
-        dA = _call("dattrs", attrs, pr.gid, pr.pix, pr.width, pr.height, s, T, w, alpha, cs, pr.crow_pix)  # [P, 6]
-        G = attrs.shape[0]
-        # per-Gaussian sums via the Gaussian-major CSR (rows = Gaussians in generation order)
-        ones = torch.ones_like(w)
-        d_attrs_rows = _csr(pr.crow_g, pr.pos, ones, (pr.n_rows_g, len(w))) @ dA  # [Rg, 6]
-        d_feats_rows = _csr(pr.crow_g, pr.pix_pre, w[pr.pos], (pr.n_rows_g, pr.n_pix)) @ g_img  # [Rg, F+1]
-        d_attrs = torch.zeros(G, 6, dtype=dA.dtype, device=dA.device).index_copy_(0, pr.row_gid, d_attrs_rows)
-        d_feats = torch.zeros(G, feats.shape[1], dtype=feats.dtype, device=feats.device)
+        tail = cs.index_select(0, pr.cov_last).index_select(0, pr.slot)
+        dA = _call("dattrs", s, T, w, alpha, cs, tail, *keep)  # six [P]
+        d_attrs = torch.zeros(6, ctx.n_gauss, dtype=w.dtype, device=w.device)
+        for c in range(6):
+            d_attrs[c].index_add_(0, pr.gid, dA[c])
+        # d feats = Wmat^T @ d image, with Wmat^T as a CSR over Gaussians (generation order)
+        w_pre = torch.empty_like(w).index_copy_(0, pr.perm, w)
+        d_feats_rows = _csr(pr.crow_g, pr.pix_pre, w_pre, (pr.n_rows_g, pr.n_pix)) @ g_img  # [Rg, F+1]
+        d_feats = torch.zeros(ctx.n_gauss, feats.shape[1], dtype=feats.dtype, device=feats.device)
         d_feats.index_copy_(0, pr.row_gid, d_feats_rows)
-        return d_attrs, d_feats, None
+        return d_attrs.T, d_feats, None
 
 
 def rasterize_torch(
