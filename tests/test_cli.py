@@ -68,3 +68,20 @@ def test_config_presets_and_overrides(tmp_path, monkeypatch):
         assert "stepz" in str(exc) and "steps" in str(exc)
     monkeypatch.chdir(tmp_path)
     assert main(["fit-demo", "--config", "nope"]) == 2
+
+
+def test_shapeworld_render_command(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "gt.png"
+    assert main(["shapeworld", "render", "a red cube", "--out", str(out), "--resolution", "32"]) == 0
+    img = np.asarray(Image.open(out))
+    assert img.shape == (32, 32, 3)
+    assert (img[0, 0] == 255).all()  # white background in the corner
+    centre = img[16, 16].astype(int)
+    assert centre[0] > 2 * centre[1] and centre[0] > 2 * centre[2]  # red in the middle
+    assert main(["shapeworld", "render", "a corgi in a spacesuit", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "corgi" in err and "--prior sd" in err and "Traceback" not in err
+    assert main(["shapeworld", "render", "a room with blue walls and a gray floor", "--out", str(out)]) == 0

@@ -1,0 +1,32 @@
+"""ShapeWorld: the small, fully specified world that lets steinsplat run for real on a CPU.
+
+SHAPEWORLD.md is the contract. This package holds
+- `vocab`: colours, shapes, held-out pairs and the prompt grammar (`parse_prompt`);
+- `world`: triangle meshes of the shapes and the room, and the shading model;
+- `groundtruth`: the ground-truth renderer (`render_gt`, open3d ray casting, 4x4 supersampling);
+- `metrics`: mask IoU, PSNR, colour and depth error, and `evaluate(gaussians, prompt)`;
+- `data`: the dataset generator (`generate`, CLI `python -m steinsplat.shapeworld.data`) and
+  `ShapeWorldDataset`.
+The embedded prior, estimator and classifier trained on it live elsewhere.
+"""
+
+from .groundtruth import GTRender, render_gt
+from .metrics import (
+    ShapeWorldMetrics, colour_error, depth_error, eval_cameras, evaluate, mask_iou, psnr,
+)
+from .vocab import (
+    COLOUR_NAMES, COLOURS, HELD_OUT, SHAPE_NAMES, SHAPES, SPEC_VERSION, ObjectPrompt, Prompt, PromptError,
+    RoomPrompt, all_object_prompts, all_room_prompts, as_prompt, canonical_text, parse_prompt,
+)
+from .world import LIGHT_DIR, WorldMesh, room_mesh, shade, shape_mesh
+
+__all__ = [
+    "COLOURS", "COLOUR_NAMES", "SHAPES", "SHAPE_NAMES", "HELD_OUT", "SPEC_VERSION",
+    "ObjectPrompt", "RoomPrompt", "Prompt", "PromptError", "parse_prompt", "as_prompt", "canonical_text",
+    "all_object_prompts", "all_room_prompts",
+    "WorldMesh", "shape_mesh", "room_mesh", "shade", "LIGHT_DIR",
+    "GTRender", "render_gt",
+    "ShapeWorldMetrics", "mask_iou", "psnr", "colour_error", "depth_error", "evaluate", "eval_cameras",
+]
+# The dataset tools (`steinsplat.shapeworld.data`) are imported on demand: `from steinsplat.shapeworld.data import
+# generate, ShapeWorldDataset`.

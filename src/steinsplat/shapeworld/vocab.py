@@ -1,0 +1,254 @@
+"""ShapeWorld's vocabulary: colours, shapes, held-out pairs and the prompt grammar.
+
+Everything here is copied from SHAPEWORLD.md (the contract); change both or neither.
+
+Grammar (case and surrounding white space ignored, optional trailing full stop):
+    object: [a|an] {colour} {shape}                                  e.g. "a red cube"
+    room:   [a|an] room with {colour} walls and a {colour} floor     e.g. "a room with blue walls and a gray floor"
+("an" is accepted wherever the grammar has "a", so "an orange floor" parses.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+SPEC_VERSION = "shapeworld-1"  # bump when SHAPEWORLD.md changes what a sample looks like
+
+# ---------------------------------------------------------------------------- colours
+# Albedo in [0, 1]; shading uses these values directly (no gamma).
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.10),
+    "orange": (0.95, 0.50, 0.10),
+    "yellow": (0.95, 0.85, 0.15),
+    "green": (0.15, 0.65, 0.20),
+    "cyan": (0.10, 0.75, 0.80),
+    "blue": (0.12, 0.30, 0.85),
+    "purple": (0.55, 0.20, 0.70),
+    "gray": (0.55, 0.55, 0.55),
+}
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)  # index = colour id
+CEILING_COLOUR = "gray"
+
+
+# ---------------------------------------------------------------------------- shapes
+# Canonical geometry, metres, centred at the origin, +Z up, inside the sphere of radius 0.5.
+@dataclass(frozen=True)
+class Cube:
+    side: float = 0.55  # axis-aligned
+
+
+@dataclass(frozen=True)
+class Sphere:
+    radius: float = 0.35
+
+
+@dataclass(frozen=True)
+class Cylinder:
+    radius: float = 0.25
+    height: float = 0.6  # axis Z
+
+
+@dataclass(frozen=True)
+class Cone:
+    radius: float = 0.3  # base radius
+    height: float = 0.6  # axis Z, apex up, bounding box centred at the origin
+
+
+@dataclass(frozen=True)
+class Torus:
+    major_radius: float = 0.3
+    minor_radius: float = 0.1  # lying flat (axis Z)
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    base: float = 0.55  # square base side, axis-aligned
+    height: float = 0.5  # apex up, bounding box centred at the origin
+
+
+@dataclass(frozen=True)
+class Capsule:
+    radius: float = 0.15
+    height: float = 0.7  # total height (cylinder 0.4 + two hemispheres), axis Z
+
+
+ShapeGeometry = Union[Cube, Sphere, Cylinder, Cone, Torus, Pyramid, Capsule]
+
+SHAPES: dict[str, ShapeGeometry] = {
+    "cube": Cube(),
+    "sphere": Sphere(),
+    "cylinder": Cylinder(),
+    "cone": Cone(),
+    "torus": Torus(),
+    "pyramid": Pyramid(),
+    "capsule": Capsule(),
+}
+SHAPE_NAMES: tuple[str, ...] = tuple(SHAPES)  # index = shape id
+
+# ---------------------------------------------------------------------------- rooms
+ROOM_MIN: tuple[float, float, float] = (-2.0, -2.0, 0.0)
+ROOM_MAX: tuple[float, float, float] = (2.0, 2.0, 2.5)
+
+
+# ---------------------------------------------------------------------------- prompts
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """`a {colour} {shape}`."""
+
+    colour: str
+    shape: str
+
+    def __post_init__(self) -> None:
+        if self.colour not in COLOURS:
+            raise PromptError(f"unknown colour {self.colour!r}; known colours: {', '.join(COLOUR_NAMES)}")
+        if self.shape not in SHAPES:
+            raise PromptError(f"unknown shape {self.shape!r}; known shapes: {', '.join(SHAPE_NAMES)}")
+
+    @property
+    def colour_id(self) -> int:
+        return COLOUR_NAMES.index(self.colour)
+
+    @property
+    def shape_id(self) -> int:
+        return SHAPE_NAMES.index(self.shape)
+
+    @property
+    def albedo(self) -> tuple[float, float, float]:
+        return COLOURS[self.colour]
+
+    @property
+    def geometry(self) -> ShapeGeometry:
+        return SHAPES[self.shape]
+
+    @property
+    def held_out(self) -> bool:
+        return self in HELD_OUT
+
+    @property
+    def text(self) -> str:
+        return canonical_text(self)
+
+
+@dataclass(frozen=True)
+class RoomPrompt:
+    """`a room with {wall} walls and a {floor} floor` (the ceiling is gray)."""
+
+    wall: str
+    floor: str
+
+    def __post_init__(self) -> None:
+        for c in (self.wall, self.floor):
+            if c not in COLOURS:
+                raise PromptError(f"unknown colour {c!r}; known colours: {', '.join(COLOUR_NAMES)}")
+
+    @property
+    def wall_id(self) -> int:
+        return COLOUR_NAMES.index(self.wall)
+
+    @property
+    def floor_id(self) -> int:
+        return COLOUR_NAMES.index(self.floor)
+
+    @property
+    def text(self) -> str:
+        return canonical_text(self)
+
+
+Prompt = Union[ObjectPrompt, RoomPrompt]
+
+# The prior is not trained on these pairs (compositional generalisation is measured on them).
+HELD_OUT: tuple[ObjectPrompt, ...] = (
+    ObjectPrompt("cyan", "torus"),
+    ObjectPrompt("purple", "cube"),
+    ObjectPrompt("orange", "cone"),
+    ObjectPrompt("green", "pyramid"),
+    ObjectPrompt("yellow", "capsule"),
+    ObjectPrompt("blue", "sphere"),
+)
+
+
+def all_object_prompts(include_held_out: bool = True) -> list[ObjectPrompt]:
+    """Every colour/shape pair (56), colour-major; without the 6 held-out pairs if asked (50)."""
+    out = [ObjectPrompt(c, s) for c in COLOUR_NAMES for s in SHAPE_NAMES]
+    return out if include_held_out else [p for p in out if p not in HELD_OUT]
+
+
+def all_room_prompts() -> list[RoomPrompt]:
+    """Every wall/floor colour pair (64), wall-major."""
+    return [RoomPrompt(w, f) for w in COLOUR_NAMES for f in COLOUR_NAMES]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def canonical_text(prompt: Prompt) -> str:
+    """The one spelling of a prompt: lower case, with "a"/"an" as English wants, no full stop.
+
+    `parse_prompt(canonical_text(p)) == p` for every prompt.
+    """
+    if isinstance(prompt, ObjectPrompt):
+        return f"{_article(prompt.colour)} {prompt.colour} {prompt.shape}"
+    if isinstance(prompt, RoomPrompt):
+        return f"a room with {prompt.wall} walls and {_article(prompt.floor)} {prompt.floor} floor"
+    raise TypeError(f"expected an ObjectPrompt or RoomPrompt, got {type(prompt).__name__}")
+
+
+# ---------------------------------------------------------------------------- parser
+class PromptError(ValueError):
+    """A prompt outside ShapeWorld's grammar."""
+
+
+_ARTICLES = ("a", "an")
+_ROOM_WORDS = ("room", "with", "walls", "and", "floor")
+KNOWN_WORDS: frozenset[str] = frozenset(COLOUR_NAMES + SHAPE_NAMES + _ARTICLES + _ROOM_WORDS)
+
+
+def _help_text() -> str:
+    return (
+        f"ShapeWorld knows the colours {', '.join(COLOUR_NAMES)} and the shapes {', '.join(SHAPE_NAMES)}; "
+        "prompts are 'a {colour} {shape}' (e.g. 'a red cube') or "
+        "'a room with {colour} walls and a {colour} floor' (e.g. 'a room with blue walls and a gray floor'). "
+        "Open-vocabulary prompts need the Stable Diffusion prior (--prior sd), on a GPU with the weights."
+    )
+
+
+def parse_prompt(text: str) -> Prompt:
+    """Parse a ShapeWorld prompt (see the module docstring for the grammar).
+
+    Raises PromptError naming any unknown word, with the known words and the grammar.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"a prompt is a string, got {type(text).__name__}")
+    s = text.strip().lower()
+    if s.endswith("."):
+        s = s[:-1].rstrip()
+    words = s.split()
+    unknown = [w for w in words if w not in KNOWN_WORDS]
+    if unknown:
+        listed = ", ".join(repr(w) for w in dict.fromkeys(unknown))
+        plural = "s" if len(set(unknown)) > 1 else ""
+        raise PromptError(f"unknown word{plural} {listed} in prompt {text!r}. {_help_text()}")
+    if words and words[0] in _ARTICLES:
+        words = words[1:]
+    if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
+        return ObjectPrompt(words[0], words[1])
+    if (
+        len(words) == 8
+        and words[0:2] == ["room", "with"]
+        and words[2] in COLOURS
+        and words[3:5] == ["walls", "and"]
+        and words[5] in _ARTICLES
+        and words[6] in COLOURS
+        and words[7] == "floor"
+    ):
+        return RoomPrompt(words[2], words[6])
+    raise PromptError(f"prompt {text!r} does not follow the ShapeWorld grammar. {_help_text()}")
+
+
+def as_prompt(prompt: str | Prompt) -> Prompt:
+    """A parsed prompt from text or an already parsed prompt."""
+    if isinstance(prompt, (ObjectPrompt, RoomPrompt)):
+        return prompt
+    return parse_prompt(prompt)
