@@ -115,3 +115,24 @@ def test_none_strategy_and_bad_config():
         DensifyConfig(strategy="magic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="learning rates missing"):
         per_param_optimizers(g, {"means": 1e-3})
+
+
+def test_clone_small_and_split_large_gaussians():
+    """With every Gaussian over the gradient threshold, small ones are cloned (same scale) and large
+    ones split into two smaller ones (scale / 1.6), the original removed."""
+    g = Gaussians.from_points(torch.randn(6, 3) * 0.1, scale=0.001, opacity=0.5)
+    with torch.no_grad():
+        g.splats["scales"][3:] = torch.log(torch.tensor(0.05))  # large: 0.05 > grow_scale3d * scene_scale
+    opt = per_param_optimizers(g, LRS)
+    d = Densifier(DensifyConfig(strategy="default", start=0, stop=100, interval=1, grow_grad2d=1e-9,
+                                grow_scale3d=0.01, prune_opa=1e-6), g, opt)
+    cams = OrbitSampler(width=32, height=32).sample(2, torch.Generator().manual_seed(0))
+    out = render(g, cams)
+    d.pre_backward(1, out.info)
+    out.rgb.sum().backward()
+    d.post_backward(1, out.info)
+    scales = g.scales.detach().max(-1).values
+    assert len(g) == 3 * 2 + 3 * 2  # 3 clones (original kept) + 3 splits (original replaced by two)
+    assert int((scales < 0.002).sum()) == 6  # originals + clones keep scale 0.001
+    torch.testing.assert_close(scales[scales > 0.002], torch.full((6,), 0.05 / 1.6), rtol=1e-5, atol=0)
+    assert_optimizer_consistent(g, opt)
