@@ -1,0 +1,197 @@
+"""Meshes from Gaussians: TSDF fusion of rendered RGB-D views (open3d), with vertex colours.
+
+Steps:
+  1. render the Gaussians from `views` orbit cameras around the object (or inside-out views of a
+     scene) at `resolution`, with expected depth and alpha;
+  2. keep depth only where alpha > `alpha_threshold` (elsewhere 0 = no measurement) and un-premultiply
+     the colour there;
+  3. integrate every view into an open3d `UniformTSDFVolume` (voxel size `voxel`, truncation
+     `trunc_voxels * voxel`), with our world-to-camera matrices as open3d's extrinsics (the same
+     OpenCV convention) and our K as the pinhole intrinsics;
+  4. extract the zero level set with marching cubes (vertex colours from the fused colour), drop
+     small disconnected pieces, and write .ply / .obj / .glb atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..cameras import Cameras, inside_out_cameras, orbit_cameras
+from ..gaussians import Gaussians
+from .errors import ExportError
+
+MESH_EXTENSIONS = (".ply", ".obj", ".glb")
+
+
+@dataclass
+class MeshConfig:
+    views: int = 24  # rendered views fused into the TSDF
+    resolution: int = 128  # square render size for fusion
+    voxel: float = 0.008  # TSDF voxel size (metres) for objects (a 1.2 m cube); scenes use >= 0.02 (a 4.2 m cube)
+    trunc_voxels: float = 4.0  # truncation distance in voxels
+    alpha_threshold: float = 0.5  # depth counts only where the render's alpha exceeds this
+    min_component_fraction: float = 0.02  # drop pieces with fewer triangles than this share of the largest
+    max_triangles: int = 50_000  # simplify (quadric decimation) above this many triangles; 0 = never
+    mode: Literal["object", "scene"] = "object"  # orbit views around the origin, or inside-out views
+
+
+def fusion_cameras(cfg: MeshConfig) -> Cameras:
+    """Views that cover an object from all around (three elevation rings) or a room from its centre."""
+    n, r = cfg.views, cfg.resolution
+    if cfg.mode == "scene":
+        yaw = torch.arange(n) * (360.0 / n)
+        pitch = torch.tensor([-30.0, 0.0, 30.0]).repeat((n + 2) // 3)[:n]
+        return inside_out_cameras(yaw, pitch, fovy=60.0, width=r, height=r)
+    el = torch.tensor([-20.0, 20.0, 60.0]).repeat((n + 2) // 3)[:n]
+    az = torch.arange(n) * (360.0 / n)
+    return orbit_cameras(el, az, 1.8, fovy=40.0, width=r, height=r)
+
+
+@torch.no_grad()
+def gaussians_to_mesh(gaussians: Gaussians, cfg: MeshConfig | None = None):  # -> open3d.geometry.TriangleMesh
+    import open3d as o3d
+
+    from ..render import render
+
+    cfg = cfg or MeshConfig()
+    cams = fusion_cameras(cfg).to(gaussians.device)
+    # a uniform cube of voxels around the content (open3d 0.20's ScalableTSDFVolume integrates nothing
+    # from float depth images, checked on a flat synthetic depth map; the uniform volume does)
+    lo, size = (np.array([-0.6, -0.6, -0.6]), 1.2) if cfg.mode == "object" else (np.array([-2.1, -2.1, -0.85]), 4.2)
+    voxel = cfg.voxel if cfg.mode == "object" else max(cfg.voxel, 0.02)
+    vol = o3d.pipelines.integration.UniformTSDFVolume(
+        length=size, resolution=int(round(size / voxel)), sdf_trunc=cfg.trunc_voxels * voxel,
+        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8, origin=lo,
+    )
+    for i in range(len(cams)):
+        cam = cams[i]
+        out = render(gaussians, cam)  # transparent background: rgb is premultiplied
+        alpha = out.alpha[0, ..., 0]  # [H, W]
+        ok = alpha > cfg.alpha_threshold
+        rgb = torch.where(ok[..., None], out.rgb[0] / alpha.clamp_min(1e-6)[..., None], torch.zeros_like(out.rgb[0]))
+        depth = torch.where(ok, out.depth[0, ..., 0], torch.zeros_like(alpha))  # [H, W] metres, 0 = none
+        color_img = o3d.geometry.Image(np.ascontiguousarray((rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)))
+        depth_img = o3d.geometry.Image(np.ascontiguousarray(depth.cpu().numpy().astype(np.float32)))
+        rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
+            color_img, depth_img, depth_scale=1.0, depth_trunc=1e3, convert_rgb_to_intensity=False
+        )
+        K = cam.Ks[0].cpu().numpy().astype(np.float64)
+        intr = o3d.camera.PinholeCameraIntrinsic(cfg.resolution, cfg.resolution, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+        vol.integrate(rgbd, intr, cam.viewmats[0].cpu().numpy().astype(np.float64))
+    mesh = vol.extract_triangle_mesh()
+    if len(mesh.triangles) == 0:
+        raise ExportError(
+            "the TSDF fusion produced no surface: the Gaussians render (almost) transparent from every view; "
+            "check the input or lower alpha_threshold"
+        )
+    # 4. drop floaters: connected components much smaller than the largest
+    labels, counts, _ = mesh.cluster_connected_triangles()
+    labels, counts = np.asarray(labels), np.asarray(counts)
+    small = counts[labels] < cfg.min_component_fraction * counts.max()
+    mesh.remove_triangles_by_mask(small)
+    mesh.remove_unreferenced_vertices()
+    if cfg.max_triangles and len(mesh.triangles) > cfg.max_triangles:
+        mesh = mesh.simplify_quadric_decimation(target_number_of_triangles=cfg.max_triangles)
+    mesh.compute_vertex_normals()
+    return mesh
+
+
+def glb_bytes(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, normals: np.ndarray) -> bytes:
+    """A binary glTF 2.0 file of one triangle mesh with vertex colours and normals.
+
+    glTF is +Y up and ours is +Z up, so positions and normals are rotated: (x, y, z) -> (x, z, -y).
+    Layout: 12-byte header ("glTF", version 2, length), a JSON chunk (space-padded to 4 bytes) and a
+    BIN chunk (zero-padded) holding positions, normals, colours (float32 VEC3) and uint32 indices.
+    """
+    import json
+    import struct
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return np.stack([a[:, 0], a[:, 2], -a[:, 1]], 1).astype("<f4")
+
+    pos, nrm = up(vertices), up(normals)
+    col = np.clip(colors, 0, 1).astype("<f4")
+    idx = triangles.astype("<u4").reshape(-1)
+    blobs = [pos.tobytes(), nrm.tobytes(), col.tobytes(), idx.tobytes()]
+    views, offset = [], 0
+    for i, b in enumerate(blobs):
+        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(b), "target": 34963 if i == 3 else 34962})
+        offset += len(b)  # every blob is a multiple of 4 bytes
+    n = len(pos)
+    doc = {
+        "asset": {"version": "2.0", "generator": "steinsplat"},
+        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2}, "indices": 3, "mode": 4}]}],
+        "buffers": [{"byteLength": offset}],
+        "bufferViews": views,
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "count": n, "type": "VEC3",
+             "min": pos.min(0).tolist(), "max": pos.max(0).tolist()},
+            {"bufferView": 1, "componentType": 5126, "count": n, "type": "VEC3"},
+            {"bufferView": 2, "componentType": 5126, "count": n, "type": "VEC3"},
+            {"bufferView": 3, "componentType": 5125, "count": len(idx), "type": "SCALAR"},
+        ],
+    }
+    js = json.dumps(doc, separators=(",", ":")).encode()
+    js += b" " * (-len(js) % 4)
+    binary = b"".join(blobs)
+    total = 12 + 8 + len(js) + 8 + len(binary)
+    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(js), b"JSON") + js
+            + struct.pack("<I4s", len(binary), b"BIN\x00") + binary)
+
+
+def write_mesh(path: str | Path, mesh) -> int:
+    """Write an open3d TriangleMesh to .ply / .obj / .glb atomically; returns the triangle count."""
+    import open3d as o3d
+
+    from .atomic import atomic_write_bytes
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in MESH_EXTENSIONS:
+        raise ExportError(f"cannot write a mesh to '{path}': unsupported extension '{ext}'; use one of "
+                          f"{', '.join(MESH_EXTENSIONS)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create the folder of '{path}': {exc.strerror}") from exc
+    if ext == ".glb":  # open3d 0.20 writes .glb files that it (assimp) cannot read back: our own writer
+        if not mesh.has_vertex_normals():
+            mesh.compute_vertex_normals()
+        atomic_write_bytes(path, glb_bytes(np.asarray(mesh.vertices), np.asarray(mesh.triangles),
+                                           np.asarray(mesh.vertex_colors), np.asarray(mesh.vertex_normals)))
+        return len(mesh.triangles)
+    # open3d writes by file name: write to a temporary name with the same extension, then rename
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)
+    os.close(fd)
+    try:
+        ok = o3d.io.write_triangle_mesh(tmp, mesh, write_vertex_colors=True, write_ascii=False)
+        if not ok or os.path.getsize(tmp) == 0:
+            raise ExportError(f"open3d could not write '{path}'")
+        if ext == ".obj":  # open3d writes the material beside the .obj under the temporary name
+            _fix_obj_material(Path(tmp), path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return len(mesh.triangles)
+
+
+def _fix_obj_material(tmp: Path, final: Path) -> None:
+    mtl_tmp = tmp.with_suffix(".mtl")
+    if not mtl_tmp.exists():
+        return
+    text = tmp.read_text()
+    tmp.write_text(text.replace(mtl_tmp.name, final.with_suffix(".mtl").name))
+    os.replace(mtl_tmp, final.with_suffix(".mtl"))
+
+
+def export_mesh(path: str | Path, gaussians: Gaussians, cfg: MeshConfig | None = None) -> int:
+    return write_mesh(path, gaussians_to_mesh(gaussians, cfg))
