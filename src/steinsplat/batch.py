@@ -1,0 +1,244 @@
+"""Batch generation over a prompt list: parsing, output names, resume, isolation, summary; Ray optional.
+
+Prompt file format (one job per line):
+    # comments and blank lines are skipped
+    a red cube
+    a blue sphere | --seed 3 --steps 400
+Text after `|` are per-prompt command-line options, parsed by the caller's option parser.
+
+Each job writes into `out_dir/<name>/` where <name> is a file-system-safe slug of the prompt
+(with `-seed<N>` when options set a seed, and a numeric suffix when two lines give the same
+name). A job is finished when its folder holds `run.json` with `"status": "ok"`: re-running the
+batch skips it. A failing job is recorded (`status: failed`, the error message) and the batch
+goes on. At the end: a summary table and `summary.json` (written atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+import traceback
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .export.atomic import atomic_write_bytes
+
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+
+
+class BatchError(ValueError):
+    pass
+
+
+@dataclass
+class Job:
+    line: int  # 1-based line number in the prompt file
+    prompt: str
+    options: list[str]  # per-prompt command-line options (after "|")
+    name: str = ""  # output folder name (unique within the batch)
+
+
+@dataclass
+class JobResult:
+    name: str
+    prompt: str
+    status: str  # "ok", "failed" or "skipped" (finished in an earlier run)
+    seconds: float = 0.0
+    error: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)  # what the generator reported (files, metrics)
+
+
+def slugify(text: str, max_len: int = 60) -> str:
+    """A lower-case ASCII name safe on every file system: letters, digits and single dashes."""
+    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    t = re.sub(r"[^a-zA-Z0-9]+", "-", t.lower()).strip("-")
+    t = t[:max_len].rstrip("-")
+    return t or "prompt"
+
+
+def parse_prompt_file(path: str | Path) -> list[Job]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BatchError(f"prompt file '{path}' does not exist") from None
+    except UnicodeDecodeError:
+        raise BatchError(f"prompt file '{path}' is not UTF-8 text") from None
+    jobs: list[Job] = []
+    for i, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        prompt, _, opts = line.partition("|")
+        prompt = prompt.strip()
+        if not prompt:
+            raise BatchError(f"{path}:{i}: options without a prompt: {raw!r}")
+        try:
+            options = shlex.split(opts)
+        except ValueError as exc:
+            raise BatchError(f"{path}:{i}: cannot split the options ({exc}): {opts.strip()!r}") from None
+        jobs.append(Job(line=i, prompt=prompt, options=options))
+    if not jobs:
+        raise BatchError(f"prompt file '{path}' holds no prompt (blank lines and # comments are skipped)")
+    assign_names(jobs)
+    return jobs
+
+
+def _seed_of(options: Sequence[str]) -> Optional[str]:
+    for i, o in enumerate(options):
+        if o == "--seed" and i + 1 < len(options):
+            return options[i + 1]
+        if o.startswith("--seed="):
+            return o.split("=", 1)[1]
+    return None
+
+
+def assign_names(jobs: list[Job]) -> None:
+    """Unique, stable folder names: slug of the prompt, -seedN if given, -2, -3 ... on collisions."""
+    seen: dict[str, int] = {}
+    for job in jobs:
+        base = slugify(job.prompt)
+        seed = _seed_of(job.options)
+        if seed is not None:
+            base += f"-seed{slugify(seed)}"
+        n = seen.get(base, 0) + 1
+        seen[base] = n
+        job.name = base if n == 1 else f"{base}-{n}"
+
+
+def is_finished(folder: Path) -> bool:
+    try:
+        return json.loads((folder / RUN_FILE).read_text()).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
+Generator = Callable[[Job, Path], dict[str, Any]]  # runs one job into its folder, returns outputs
+
+
+def run_job(job: Job, folder: Path, generate: Generator) -> JobResult:
+    """Run one job, never raising: failures become a `failed` result (and a run.json saying so)."""
+    t0 = time.perf_counter()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        outputs = generate(job, folder)
+        res = JobResult(job.name, job.prompt, "ok", time.perf_counter() - t0, outputs=outputs or {})
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one bad prompt must not stop the batch
+        msg = f"{type(exc).__name__}: {exc}"
+        res = JobResult(job.name, job.prompt, "failed", time.perf_counter() - t0, error=msg)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(folder / "error.txt", traceback.format_exc().encode())
+        except OSError:
+            pass
+    if res.status == "failed" or not (folder / RUN_FILE).exists():
+        try:
+            record = {"prompt": job.prompt, "options": job.options, "status": res.status, "error": res.error,
+                      "seconds": res.seconds, "outputs": res.outputs}
+            atomic_write_bytes(folder / RUN_FILE, json.dumps(record, indent=2, default=str).encode())
+        except OSError:
+            pass
+    return res
+
+
+def run_batch(
+    jobs: list[Job],
+    out_dir: str | Path,
+    generate: Generator,
+    on_result: Optional[Callable[[JobResult, int, int], None]] = None,
+) -> list[JobResult]:
+    """Run the jobs one after another in this process (models loaded once by `generate`'s owner)."""
+    out = Path(out_dir)
+    results: list[JobResult] = []
+    for k, job in enumerate(jobs):
+        folder = out / job.name
+        if is_finished(folder):
+            res = JobResult(job.name, job.prompt, "skipped")
+        else:
+            res = run_job(job, folder, generate)
+        results.append(res)
+        if on_result is not None:
+            on_result(res, k + 1, len(jobs))
+    write_summary(out, results)
+    return results
+
+
+def run_batch_ray(
+    jobs: list[Job],
+    out_dir: str | Path,
+    generate: Generator,
+    address: Optional[str] = None,
+    num_gpus_per_job: Optional[float] = None,
+    on_result: Optional[Callable[[JobResult, int, int], None]] = None,
+) -> list[JobResult]:
+    """The same batch spread over a Ray cluster: one task per unfinished prompt.
+
+    address: a running cluster ("auto", "ray://host:10001") or None for a local instance.
+    num_gpus_per_job: default 1 when the cluster has GPUs, else 0. `generate` must be picklable
+    (a module-level function or a callable object), and `out_dir` reachable by every worker
+    (a shared file system) — on one machine it always is.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise BatchError("--ray needs Ray: pip install 'steinsplat[ray]' (or pip install 'ray[default]')") from None
+    out = Path(out_dir).resolve()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        if num_gpus_per_job is None:
+            num_gpus_per_job = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        remote = ray.remote(num_gpus=num_gpus_per_job, max_retries=0)(run_job)
+        results: dict[int, JobResult] = {}
+        pending = {}
+        for k, job in enumerate(jobs):
+            folder = out / job.name
+            if is_finished(folder):
+                results[k] = JobResult(job.name, job.prompt, "skipped")
+            else:
+                pending[remote.remote(job, folder, generate)] = k
+        done_count = len(results)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            k = pending.pop(ready[0])
+            try:
+                results[k] = ray.get(ready[0])
+            except Exception as exc:  # the worker itself died
+                results[k] = JobResult(jobs[k].name, jobs[k].prompt, "failed", error=f"ray task failed: {exc}")
+            done_count += 1
+            if on_result is not None:
+                on_result(results[k], done_count, len(jobs))
+        ordered = [results[k] for k in range(len(jobs))]
+    finally:
+        if started_here:
+            ray.shutdown()
+    write_summary(out, ordered)
+    return ordered
+
+
+def write_summary(out_dir: Path, results: list[JobResult]) -> None:
+    data = {
+        "jobs": [asdict(r) for r in results],
+        "counts": {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")},
+    }
+    atomic_write_bytes(Path(out_dir) / SUMMARY_FILE, json.dumps(data, indent=2, default=str).encode())
+
+
+def summary_table(results: list[JobResult]):  # -> rich.table.Table
+    from rich.table import Table
+
+    t = Table(title="batch summary")
+    for col in ("name", "status", "seconds", "error"):
+        t.add_column(col)
+    for r in results:
+        colour = {"ok": "green", "failed": "red", "skipped": "dim"}[r.status]
+        t.add_row(r.name, f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}", r.error[:80])
+    return t
