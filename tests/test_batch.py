@@ -69,3 +69,22 @@ def test_batch_isolates_failures_and_resumes(tmp_path):
     res2 = run_batch(parse_prompt_file(f), out, fake_generate)
     assert [r.status for r in res2] == ["skipped", "failed", "skipped"]
     assert CALLS == ["explode"]
+
+
+def test_batch_on_a_local_ray_instance(tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is installed by `make test`; pip install 'steinsplat[ray]'")
+    import sys
+
+    from steinsplat.batch import run_batch_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
+
+    f = tmp_path / "prompts.txt"
+    f.write_text("a red cube\nexplode\na green cone | --seed 2\n")
+    out = tmp_path / "ray-results"
+    res = run_batch_ray(parse_prompt_file(f), out, fake_generate)
+    assert [r.status for r in res] == ["ok", "failed", "ok"]
+    assert len(read_ply(out / "a-green-cone-seed2" / "out.ply")) == 10
+    assert json.loads((out / "summary.json").read_text())["counts"]["ok"] == 2
+    res2 = run_batch_ray(parse_prompt_file(f), out, fake_generate)  # finished prompts are skipped
+    assert [r.status for r in res2] == ["skipped", "failed", "skipped"]

@@ -188,11 +188,12 @@ def run_batch_ray(
     try:
         import ray
     except ImportError:
-        raise BatchError("--ray needs Ray: pip install 'steinsplat[ray]' (or pip install 'ray[default]')") from None
+        raise BatchError("--ray needs Ray: pip install 'steinsplat[ray]' (or pip install ray)") from None
     out = Path(out_dir).resolve()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        kw = {} if address else {"num_cpus": max(1, (__import__("os").cpu_count() or 1))}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **kw)
     try:
         if num_gpus_per_job is None:
             num_gpus_per_job = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
