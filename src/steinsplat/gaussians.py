@@ -203,7 +203,7 @@ class Gaussians(torch.nn.Module):
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Plain tensors (detached, CPU) for checkpoints / safetensors."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.splats.items()}
+        return {k: v.detach().cpu().clone().contiguous() for k, v in self.splats.items()}
 
     @classmethod
     def from_state_tensors(cls, state: dict[str, Tensor]) -> "Gaussians":

@@ -1,0 +1,75 @@
+"""Where pretrained weights come from, and the one error when they cannot be had.
+
+Policy (priors and estimators alike):
+- an existing local folder is loaded from disk, never from the network;
+- a hub id is loaded from the local Hugging Face cache only (`local_files_only=True`) unless
+  the caller passes `allow_download=True`; `HF_HUB_OFFLINE=1` forbids downloading even then;
+- anything that goes wrong while locating the files becomes one `ModelUnavailableError`
+  subclass whose message says the three ways to get the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Type
+
+from .base import ModelUnavailableError
+
+
+def hub_offline() -> bool:
+    """True when `HF_HUB_OFFLINE` is set to a true value (huggingface_hub's own rule)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@dataclass
+class ModelSource:
+    """A resolved model location."""
+
+    location: str  # the folder or hub id passed to from_pretrained
+    is_local: bool  # True: a folder on disk
+    local_files_only: bool  # what to pass to from_pretrained
+
+
+def how_to_get(name: str, what: str) -> str:
+    """The hint appended to every ModelUnavailableError."""
+    offline = " (HF_HUB_OFFLINE is set, so nothing is downloaded even then: unset it)" if hub_offline() else ""
+    return (
+        f"To use the {what} '{name}', do one of:\n"
+        f"  - download it once where there is network: `huggingface-cli download {name}` "
+        f"(it lands in the Hugging Face cache, which is then used offline);\n"
+        f"  - pass the path of a local folder that holds it (e.g. one written by save_pretrained);\n"
+        f"  - let steinsplat download it: allow_download=True{offline}.\n"
+        f"Set HF_HUB_OFFLINE=1 to make sure nothing is ever fetched from the network."
+    )
+
+
+def resolve(name_or_path: str | Path, allow_download: bool, what: str, error: Type[ModelUnavailableError]) -> ModelSource:
+    """Decide how to load `name_or_path`. A path-like string that does not exist is an error here
+    (it would otherwise be mistaken for a hub id)."""
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return ModelSource(str(p), True, True)
+    looks_like_path = s.startswith(("/", "./", "../", "~")) or os.sep + os.sep in s or s.count("/") > 1 or p.exists()
+    if looks_like_path:
+        raise error(f"no {what} folder at {s}: the path does not exist or is not a folder.\n" + how_to_get(s, what))
+    return ModelSource(s, False, (not allow_download) or hub_offline())
+
+
+@contextlib.contextmanager
+def unavailable_as(name: str, what: str, error: Type[ModelUnavailableError]) -> Iterator[None]:
+    """Turn "cannot find / cannot download" failures inside the block into one `error`."""
+    try:
+        from huggingface_hub.errors import HFValidationError  # invalid repo ids
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        HFValidationError = ValueError  # type: ignore[misc,assignment]
+    try:
+        yield
+    except ModelUnavailableError:
+        raise
+    except (OSError, HFValidationError) as e:  # OSError covers EnvironmentError, missing files, no network
+        raise error(f"could not load the {what} '{name}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
+                    + how_to_get(name, what)) from e

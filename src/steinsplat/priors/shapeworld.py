@@ -1,0 +1,121 @@
+"""The embedded ShapeWorld prior (`steinsplat.shapeworld.prior.ShapeWorldPrior`) as a `DiffusionPrior`.
+
+Pixel space: x = 2 * rgb - 1 area-resized to the prior's resolution R, [B, 3, R, R]. The UNet
+predicts v (v = alpha_t eps - sigma_t x), and is conditioned on the camera itself (elevation,
+azimuth, distance through its class embedding), so there is no view-dependent prompting; the
+prompt must be in ShapeWorld's grammar ("a red cube"). The schedule has zero terminal SNR
+(alpha_999 = 0), which v-prediction keeps well posed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..cameras import Cameras
+from .base import NoiseSchedule, PriorUnavailableError, PromptEmbeds, TimestepRange, as_timesteps, cfg_combine, v_to_eps
+
+
+class ShapeWorldPriorAdapter(nn.Module):
+    camera_conditioned = True  # the UNet sees (el, az, d) through its class embedding
+    prediction_type = "v_prediction"
+
+    def __init__(self, prior, guidance_scale: Optional[float] = None, timesteps: Optional[TimestepRange] = None) -> None:
+        super().__init__()
+        self.prior = prior  # a steinsplat.shapeworld.prior.ShapeWorldPrior (frozen)
+        self.prior.requires_grad_(False)
+        self.prior.eval()
+        self.guidance_scale = prior.config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        self.timesteps = timesteps or TimestepRange()
+        self.schedule = NoiseSchedule(prior.alphas_cumprod.float())
+        self.model_resolution = int(prior.resolution)
+        self.model_channels = 3
+        self.dtype = torch.float32
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device = "cpu",
+                        **kwargs) -> "ShapeWorldPriorAdapter":
+        """Load a trained prior folder (default: the shipped assets/shapeworld/prior)."""
+        from ..shapeworld.prior import ShapeWorldPrior, default_assets_dir
+
+        try:
+            prior = ShapeWorldPrior.from_pretrained(folder, device=device)
+        except FileNotFoundError as e:
+            where = folder if folder is not None else default_assets_dir() / "prior"
+            raise PriorUnavailableError(
+                f"no trained ShapeWorld prior at {where}: {e}\n"
+                "Train it with `python -m steinsplat.shapeworld.train prior`, or pass the folder of a trained prior "
+                "(set $STEINSPLAT_ASSETS to point at another assets/ folder)."
+            ) from e
+        return cls(prior, **kwargs)
+
+    @property
+    def unet(self) -> nn.Module:  # type: ignore[override]
+        return self.prior.unet
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return self.prior.device
+
+    # ------------------------------------------------------------------ prompts / images
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeds:
+        """Pooled text embeddings [1, D]; `view_dependent` is ignored (the camera conditions the UNet)."""
+        with torch.no_grad():
+            pc = self.prior.encode_prompt(prompt, negative_prompt)
+        return PromptEmbeds(pc.cond, pc.uncond, {}, prompt, negative_prompt)
+
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        from ..shapeworld.prior import to_model_space
+
+        return to_model_space(rgb, self.model_resolution)  # [B, 3, R, R] in [-1, 1]
+
+    def decode(self, x: Tensor) -> Tensor:
+        from ..shapeworld.prior import model_space_to_rgb
+
+        return model_space_to_rgb(x)
+
+    # ------------------------------------------------------------------ schedule
+    def timestep_range(self, progress: float) -> tuple[int, int]:
+        return self.timesteps.at(progress, self.schedule.num_train_timesteps)
+
+    def training_target(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """v = alpha_t eps - sigma_t x (the prior's parametrisation)."""
+        return self.schedule.alpha_t(t) * eps - self.schedule.sigma_t(t) * x
+
+    # ------------------------------------------------------------------ noise prediction
+    def denoise(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cameras: Cameras, guidance_scale: float = 1.0,
+                unet: Optional[nn.Module] = None, class_labels: Optional[Tensor] = None, raw: bool = False) -> Tensor:
+        """eps (or v with raw=True) of `unet` (default the prior's) with the prior's text + camera conditioning."""
+        if class_labels is not None:
+            raise ValueError("the ShapeWorld prior is camera-conditioned already; it takes no extra class labels")
+        unet = self.prior.unet if unet is None else unet
+        B = x_t.shape[0]
+        t = as_timesteps(t, B, x_t.device)
+        cond, uncond = embeds.for_cameras(cameras, view_dependent=False)  # [B, D] each
+        cam = self.prior.camera_features(cameras).to(x_t.device)  # [B, 7]
+        dummy = x_t.new_zeros(B, 1, self.prior.config.cross_attention_dim)  # unused: no attention blocks
+
+        def v_of(text: Tensor) -> Tensor:  # the prior's model_output, with any UNet of its architecture
+            c = torch.cat([text.to(x_t), cam.to(x_t)], dim=-1)  # [B, D + 7]
+            return unet(x_t, t, encoder_hidden_states=dummy, class_labels=c).sample
+
+        v = v_of(cond) if guidance_scale == 1.0 else cfg_combine(v_of(uncond), v_of(cond), guidance_scale)
+        if raw:
+            return v
+        # v = alpha_t eps - sigma_t x  =>  eps = alpha_t v + sigma_t x_t
+        return v_to_eps(v, x_t, self.schedule.alpha_t(t), self.schedule.sigma_t(t))
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cameras: Cameras,
+                      guidance_scale: Optional[float] = None) -> Tensor:
+        """CFG eps_hat [B, 3, R, R] through the prior's own `predict_noise` (no grad)."""
+        from ..shapeworld.prior import PromptConditioning
+
+        s = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        B = x_t.shape[0]
+        cond, uncond = embeds.for_cameras(cameras, view_dependent=False)
+        pc = PromptConditioning(cond, uncond, [embeds.prompt] * B)
+        with torch.no_grad():
+            return self.prior.predict_noise(x_t.detach(), as_timesteps(t, B, x_t.device), pc, cameras, s).float()

@@ -1,0 +1,203 @@
+"""Stable Diffusion (1.x / 2.x family, any diffusers checkpoint) as a frozen latent diffusion prior.
+
+Model space: x = scaling_factor * (VAE encoder mean of 2*rgb - 1 at `model_resolution`), the
+latents [B, 4, R/8, R/8] of the real model. Gradients flow from x back to the rendered image
+through the VAE encoder (never through the UNet: see `predict_noise`).
+
+Loaded piece by piece from the standard folder layout (`unet/`, `vae/`, `text_encoder/`,
+`tokenizer/`, `scheduler/`) of a hub id or a local folder, so a folder written by
+`save_pretrained` of each component (what the tests do with tiny random components) loads
+through exactly the same code as `stabilityai/stable-diffusion-2-1-base`.
+
+Nothing is downloaded unless `allow_download=True` (see `priors/hub.py`); a missing model gives
+one `PriorUnavailableError` that says how to get it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..cameras import Cameras
+from .base import (
+    NoiseSchedule, PriorUnavailableError, PromptEmbeds, TimestepRange, as_timesteps, cfg_combine, check_model_space,
+    freeze, v_to_eps, view_prompts,
+)
+from .hub import resolve, unavailable_as
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+
+
+@dataclass
+class StableDiffusionPriorConfig:
+    model: str = DEFAULT_MODEL  # hub id or local folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/
+    allow_download: bool = False  # fetch from the hub if not cached (never when HF_HUB_OFFLINE=1)
+    device: Optional[str] = None  # None: "cuda" if available, else "cpu"
+    half_precision: Optional[bool] = None  # None: fp16 UNet/text encoder on CUDA, fp32 on CPU
+    guidance_scale: float = 100.0  # classifier-free guidance for SDS-style guidance (DreamFusion's value)
+    negative_prompt: str = ""  # default negative prompt ("" = unconditional)
+    view_dependent: bool = True  # append ", front/side/back/overhead view" per camera
+    timesteps: TimestepRange = field(default_factory=TimestepRange)  # [t_min, t_max] and its annealing
+    attention_slicing: bool = False  # compute attention in slices (less memory, a little slower)
+    sample_latents: bool = False  # True: sample the VAE posterior; False: its mean (no extra noise in x)
+    vae_fp32: bool = True  # keep the VAE in float32 even on CUDA (fp16 VAEs can overflow)
+
+
+class StableDiffusionPrior(nn.Module):
+    """A frozen SD-family latent diffusion model implementing `DiffusionPrior`."""
+
+    camera_conditioned = False  # SD sees the camera only through view-dependent prompts
+
+    def __init__(self, config: Optional[StableDiffusionPriorConfig] = None, **overrides) -> None:
+        super().__init__()
+        config = config or StableDiffusionPriorConfig()
+        for k, v in overrides.items():
+            if not hasattr(config, k):
+                raise TypeError(f"StableDiffusionPriorConfig has no field {k!r}")
+            setattr(config, k, v)
+        self.config = config
+        dev = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        half = config.half_precision if config.half_precision is not None else dev.type == "cuda"
+        if half and dev.type != "cuda":
+            raise ValueError("half_precision=True needs a CUDA device; on CPU use float32 (half_precision=None)")
+        self.dtype = torch.float16 if half else torch.float32
+        self._device = dev
+
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        src = resolve(config.model, config.allow_download, "Stable Diffusion model", PriorUnavailableError)
+        kw = dict(local_files_only=src.local_files_only)
+        with unavailable_as(config.model, "Stable Diffusion model", PriorUnavailableError):
+            self.tokenizer = CLIPTokenizer.from_pretrained(src.location, subfolder="tokenizer", **kw)
+            text_encoder = CLIPTextModel.from_pretrained(src.location, subfolder="text_encoder", **kw)
+            vae = AutoencoderKL.from_pretrained(src.location, subfolder="vae", **kw)
+            unet = UNet2DConditionModel.from_pretrained(src.location, subfolder="unet", **kw)
+            scheduler = DDPMScheduler.from_pretrained(src.location, subfolder="scheduler", **kw)
+        vae_dtype = torch.float32 if config.vae_fp32 else self.dtype
+        self.text_encoder = freeze(text_encoder).to(dev, self.dtype)
+        self.vae = freeze(vae).to(dev, vae_dtype)
+        self.unet = freeze(unet).to(dev, self.dtype)
+        if config.attention_slicing:
+            self.unet.set_attention_slice("auto")
+        self.prediction_type: str = scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r} in {config.model}/scheduler")
+        self.schedule = NoiseSchedule(scheduler.alphas_cumprod.detach().float().to(dev))
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.model_resolution: int = int(self.unet.config.sample_size) * self.vae_scale_factor
+        self.model_channels: int = int(self.unet.config.in_channels)
+        self._cache: dict[tuple[str, str, bool], PromptEmbeds] = {}
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path = DEFAULT_MODEL, **kwargs) -> "StableDiffusionPrior":
+        """`StableDiffusionPrior.from_pretrained("path/or/hub-id", allow_download=False, ...)`."""
+        return cls(StableDiffusionPriorConfig(model=str(model)), **kwargs)
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return self._device
+
+    # ------------------------------------------------------------------ prompts
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """CLIP hidden states [N, L, D] (the `encoder_hidden_states` SD pipelines use)."""
+        tok = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        return self.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
+
+    def encode_prompt(self, prompt: str, negative_prompt: Optional[str] = None, view_dependent: Optional[bool] = None) -> PromptEmbeds:
+        """Embed `prompt`, the negative prompt and the four view-tagged prompts (cached)."""
+        neg = self.config.negative_prompt if negative_prompt is None else negative_prompt
+        vd = self.config.view_dependent if view_dependent is None else view_dependent
+        key = (prompt, neg, vd)
+        if key not in self._cache:
+            tags = view_prompts(prompt) if vd else {}
+            texts = [prompt, neg, *tags.values()]
+            emb = self.encode_text(texts)  # [2 + n_tags, L, D]
+            by_view = {tag: emb[2 + i : 3 + i] for i, tag in enumerate(tags)}
+            self._cache[key] = PromptEmbeds(emb[0:1], emb[1:2], by_view, prompt, neg)
+        return self._cache[key]
+
+    # ------------------------------------------------------------------ images
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        """rgb [B, H, W, 3] in [0, 1] -> latents x [B, 4, R/8, R/8] (times the VAE scaling factor).
+        Differentiable w.r.t. rgb (the VAE is frozen but not detached)."""
+        if rgb.dim() != 4 or rgb.shape[-1] != 3:
+            raise ValueError(f"rgb must be [B, H, W, 3] in [0, 1], got {tuple(rgb.shape)}")
+        R = self.model_resolution
+        img = rgb.permute(0, 3, 1, 2)  # [B, 3, H, W]
+        if img.shape[-2:] != (R, R):
+            img = F.interpolate(img, size=(R, R), mode="bilinear", align_corners=False)
+        img = (2.0 * img - 1.0).to(self.device, self.vae.dtype)
+        post = self.vae.encode(img).latent_dist
+        z = post.sample() if self.config.sample_latents else post.mean  # [B, 4, R/8, R/8]
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * self.vae.config.scaling_factor).float()
+
+    def decode(self, x: Tensor) -> Tensor:
+        """latents [B, 4, h, w] -> rgb [B, R, R, 3] in [0, 1] (differentiable w.r.t. x)."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        z = (x / self.vae.config.scaling_factor + shift).to(self.vae.dtype)
+        img = self.vae.decode(z).sample  # [B, 3, R, R] in ~[-1, 1]
+        return ((img.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
+    # ------------------------------------------------------------------ schedule
+    def timestep_range(self, progress: float) -> tuple[int, int]:
+        return self.config.timesteps.at(progress, self.schedule.num_train_timesteps)
+
+    def training_target(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """Regression target of the raw UNet output: eps, or v = alpha_t eps - sigma_t x, or x."""
+        if self.prediction_type == "epsilon":
+            return eps
+        if self.prediction_type == "v_prediction":
+            return self.schedule.alpha_t(t) * eps - self.schedule.sigma_t(t) * x
+        return x
+
+    # ------------------------------------------------------------------ noise prediction
+    def _raw_to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        a, s = self.schedule.alpha_t(t), self.schedule.sigma_t(t)  # [B, 1, 1, 1]
+        if self.prediction_type == "epsilon":
+            return out
+        if self.prediction_type == "v_prediction":
+            # v = alpha_t eps - sigma_t x  =>  eps = alpha_t v + sigma_t x_t   (see base.v_to_eps)
+            return v_to_eps(out, x_t, a, s)
+        # "sample": out = x_hat  =>  eps = (x_t - alpha_t x_hat) / sigma_t
+        return (x_t - a * out) / s.clamp_min(1e-8)
+
+    def denoise(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cameras: Cameras, guidance_scale: float = 1.0,
+                unet: Optional[nn.Module] = None, class_labels: Optional[Tensor] = None, raw: bool = False) -> Tensor:
+        """eps (or the raw output) of `unet` (default the frozen one) at x_t [B, 4, h, w], t [B]."""
+        check_model_space(x_t, self.model_channels, "x_t")
+        unet = self.unet if unet is None else unet
+        B = x_t.shape[0]
+        t = as_timesteps(t, B, x_t.device)
+        cond, uncond = embeds.for_cameras(cameras, self.config.view_dependent)  # [B, L, D] each
+        x_in = x_t.to(self.device, self.dtype)
+        t_in = t.to(self.device)
+        if guidance_scale == 1.0:
+            out = unet(x_in, t_in, encoder_hidden_states=cond, class_labels=class_labels).sample
+        else:
+            cl = None if class_labels is None else torch.cat([class_labels, class_labels])
+            both = unet(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]), encoder_hidden_states=torch.cat([uncond, cond]),
+                        class_labels=cl).sample  # [2B, 4, h, w]
+            out_u, out_c = both.chunk(2)
+            # CFG on the raw output; the maps to eps are affine in it with the same x_t, so this
+            # equals CFG on eps.
+            out = cfg_combine(out_u, out_c, guidance_scale)
+        out = out.float()
+        if raw:
+            return out
+        return self._raw_to_eps(out, x_t.float(), t)
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cameras: Cameras,
+                      guidance_scale: Optional[float] = None) -> Tensor:
+        """Classifier-free-guided eps_hat [B, 4, h, w]; no gradient flows through the UNet."""
+        s = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
+        with torch.no_grad():
+            return self.denoise(x_t.detach(), t, embeds, cameras, s)

@@ -1,0 +1,341 @@
+"""Guidance estimators: Stein's identity, SDS inside the SSD family, equal means on a toy with a
+closed-form score, variance reduction, and gradient flow through the renderer (tiny, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steinsplat.cameras import orbit_cameras
+from steinsplat.gaussians import Gaussians
+from steinsplat.guidance import (
+    GUIDANCE, SDS, SSD, VSD, DepthBaseline, FunctionBaseline, GuidanceConfig, NormalBaseline, SSDConfig, VSDConfig,
+    parameter_gradient_variance, stein_control_variate, surrogate_loss,
+)
+from steinsplat.estimators.tiny import TinyConvEstimator
+from steinsplat.priors.base import TimestepRange
+from steinsplat.priors.tiny import AnalyticGaussianPrior, TinyPixelPrior
+from steinsplat.render import render
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread():
+    """These models are tiny: with one intra-op thread they take milliseconds per step, while two
+    threads on a 2-core machine shared with a training job spin-wait for seconds per step."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+# ---------------------------------------------------------------------------- Stein's identity
+def _wrong_sign_cv(phi, x_t, eps, sigma):
+    """The form printed on the project page: eps * phi + sigma * grad phi (not zero-mean)."""
+    x = x_t.detach().requires_grad_(True)
+    val = phi(x)
+    (g,) = torch.autograd.grad(val.sum(), x)
+    return eps * val.detach().view(-1, 1, 1, 1) + sigma * g
+
+
+def _zero_mean_z(cv_fn, phi, x, alpha, sigma, n=16000, chunk=4000, seed=0):
+    """Per-element z-scores |mean| / SE of CV over n draws of eps at x_t = alpha x + sigma eps."""
+    g = torch.Generator().manual_seed(seed)
+    s1 = torch.zeros_like(x)
+    s2 = torch.zeros_like(x)
+    for _ in range(n // chunk):
+        eps = torch.randn((chunk, *x.shape), generator=g)
+        x_t = alpha * x + sigma * eps
+        cv = cv_fn(phi, x_t, eps, sigma)
+        assert cv.shape == x_t.shape
+        s1 += cv.sum(0)
+        s2 += (cv * cv).sum(0)
+    mean = s1 / n
+    se = ((s2 / n - mean**2).clamp_min(1e-12) / n).sqrt()
+    return (mean.abs() / se)
+
+
+def _phis(D: int):
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(D, generator=g) / D**0.5
+    mlp = torch.nn.Sequential(torch.nn.Linear(D, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return {
+        "sum_squared": lambda x: x.flatten(1).sum(1) ** 2 / D,
+        "tanh_linear": lambda x: torch.tanh(x.flatten(1) @ v),
+        "random_mlp": lambda x: mlp(x.flatten(1)).squeeze(1),
+    }
+
+
+@pytest.mark.parametrize("name", ["sum_squared", "tanh_linear", "random_mlp"])
+def test_stein_control_variate_has_zero_mean_and_wrong_sign_is_caught(name):
+    torch.manual_seed(0)
+    x = 0.5 + 0.5 * torch.randn(2, 4, 4)  # [C, H, W], non-zero mean so that E[grad phi] != 0
+    alpha, sigma = 0.8, 0.6
+    phi = _phis(x.numel())[name]
+    z = _zero_mean_z(stein_control_variate, phi, x, alpha, sigma)
+    # zero mean: |mean| / SE is half-normal (average ~0.8); allow 4 SE per element on average, 6 at most
+    assert float(z.mean()) < 4.0 and float(z.max()) < 6.0, f"{name}: E[CV] != 0 (mean z {float(z.mean()):.2f})"
+    assert float(z.mean()) < 1.5  # in fact much tighter
+    z_wrong = _zero_mean_z(_wrong_sign_cv, phi, x, alpha, sigma)
+    detected = not (float(z_wrong.mean()) < 4.0 and float(z_wrong.max()) < 6.0)
+    assert detected, f"{name}: the wrong-sign form passed the zero-mean test (mean z {float(z_wrong.mean()):.2f})"
+
+
+def test_stein_control_variate_shapes_and_constant_phi():
+    x_t = torch.randn(3, 2, 4, 4)
+    eps = torch.randn_like(x_t)
+    cv = stein_control_variate(lambda x: torch.ones(x.shape[0]), x_t, eps, torch.rand(3))
+    assert torch.equal(cv, eps)  # phi = 1: CV = eps * 1 - sigma * 0
+    with pytest.raises(ValueError, match=r"\[B\]"):
+        stein_control_variate(lambda x: x.sum(), x_t, eps, 0.5)
+
+
+# ---------------------------------------------------------------------------- the toy with a closed-form score
+def _toy(seed: int = 0, C: int = 3, R: int = 4, t_range: tuple[float, float] = (0.02, 0.98)):
+    g = torch.Generator().manual_seed(seed)
+    m = 0.5 * torch.randn(C, R, R, generator=g)
+    prior = AnalyticGaussianPrior(m, std=0.5, timesteps=TimestepRange(t_range[0], t_range[1], anneal="none"))
+    x = (m + 0.8 * torch.randn(C, R, R, generator=g)).unsqueeze(0)  # an off-manifold "render"
+    return prior, x
+
+
+def _quadratic_phi(prior):
+    def phi(x_t, t):  # a function of x_t and t only (allowed), correlated with the noise
+        a = prior.schedule.alpha_t(t)
+        return ((x_t - a * prior.mean) ** 2).flatten(1).mean(1)
+
+    return phi
+
+
+def test_ssd_with_phi_one_and_mu_one_is_exactly_sds():
+    prior, x = _toy()
+    B = 4
+    xs = x.expand(B, -1, -1, -1)
+    cams = orbit_cameras([20.0] * B, [0.0, 90.0, 180.0, 270.0], 1.8, width=4, height=4)
+    emb = prior.encode_prompt("toy")
+    t = torch.tensor([20, 300, 600, 950])
+    eps = torch.randn(xs.shape, generator=torch.Generator().manual_seed(3))
+    sds = SDS(prior).step(xs, emb, cams, t=t, eps=eps).grad
+    # the family's own constant term with mu = 1 (SSD's initial mu) ...
+    ssd0 = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))]).step(xs, emb, cams, t=t, eps=eps).grad
+    # ... and an explicit phi = 1 baseline with mu = 1 (constant term switched off)
+    one = FunctionBaseline(lambda x_t, t: torch.ones(x_t.shape[0]), name="one")
+    ssd1 = SSD(prior, [one], SSDConfig(mu_mode="fixed", mu_fixed=(0.0, 1.0))).step(xs, emb, cams, t=t, eps=eps).grad
+    assert torch.equal(ssd0, sds)
+    assert torch.equal(ssd1, sds)
+
+
+class AnalyticParticleScore:
+    """eps_psi of q = uniform mixture of deltas at the particles (the exact score of the renders)."""
+
+    def __init__(self, prior, particles):
+        self.prior, self.particles = prior, particles  # [P, C, H, W]
+
+    def predict(self, x_t, t, embeds, cameras):
+        a, s = self.prior.schedule.alpha_t(t), self.prior.schedule.sigma_t(t)  # [B, 1, 1, 1]
+        diff = x_t[:, None] - a[:, None] * self.particles[None]  # [B, P, C, H, W]
+        logits = -(diff**2).flatten(2).sum(-1) / (2 * s.view(-1, 1) ** 2)  # [B, P]
+        r = torch.softmax(logits, dim=1)
+        return (r[:, :, None, None, None] * diff).sum(1) / s  # [B, C, H, W]
+
+    def update(self, x, embeds, cameras, generator):
+        return None
+
+
+def _paired_z(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|mean(a - b)| / SE per element over the first axis (same noise for a and b)."""
+    d = a - b
+    return d.mean(0).abs() / (d.std(0) / d.shape[0] ** 0.5).clamp_min(1e-12)
+
+
+def test_sds_vsd_ssd_have_the_same_mean_on_the_gaussian_toy():
+    prior, _ = _toy()
+    P, Rep = 4, 8  # 4 particles, each drawn 8 times per step: batch 32
+    g = torch.Generator().manual_seed(5)
+    particles = prior.mean[None] + 0.8 * torch.randn(P, *prior.mean.shape, generator=g)  # [P, C, H, W]
+    xs = particles.repeat(Rep, 1, 1, 1)  # [Rep * P, C, H, W]
+    cams = orbit_cameras([20.0] * P * Rep, [0.0, 90.0, 180.0, 270.0] * Rep, 1.8, width=4, height=4)
+    emb = prior.encode_prompt("toy")
+    sds = SDS(prior)
+    vsd = VSD(prior, VSDConfig(), particle_score=AnalyticParticleScore(prior, particles))
+    ssd = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))])  # mu learnt on the way (lagged, unbiased)
+    G = {"sds": [], "vsd": [], "ssd": []}
+    for _ in range(250):
+        t = torch.randint(20, 980, (P * Rep,), generator=g)
+        eps = torch.randn(xs.shape, generator=g)
+        for name, est in (("sds", sds), ("vsd", vsd), ("ssd", ssd)):
+            G[name].append(est.step(xs, emb, cams, t=t, eps=eps).grad.view(Rep, P, *xs.shape[1:]))
+    S = {k: torch.cat(v) for k, v in G.items()}  # [N, P, C, H, W]
+    # SSD vs SDS: same mean per particle and element
+    z = _paired_z(S["ssd"], S["sds"])
+    assert float(z.mean()) < 1.5 and float(z.max()) < 5.0, float(z.mean())
+    # VSD vs SDS: same mean summed over the particles (per particle they differ by the repulsion term)
+    z = _paired_z(S["vsd"].sum(1), S["sds"].sum(1))
+    assert float(z.mean()) < 1.5 and float(z.max()) < 5.0, float(z.mean())
+    # ... and the repulsion is really there (the test is not vacuous)
+    z_pp = _paired_z(S["vsd"], S["sds"])
+    assert float(z_pp.mean()) > 5.0
+
+
+def _variance_after_warmup(est, prior, x, steps=240, warm=80, B=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    xs = x.expand(B, -1, -1, -1)
+    cams = orbit_cameras([20.0] * B, [0.0] * B, 1.8, width=4, height=4)
+    emb = prior.encode_prompt("toy")
+    out = []
+    for i in range(steps):
+        o = est.step(xs, emb, cams, generator=g)
+        if i >= warm:
+            out.append(o.grad)
+    return float(torch.cat(out).var(0).mean())
+
+
+@pytest.mark.parametrize("t_fixed", [None, 200, 500])
+def test_optimised_ssd_has_lower_variance_than_sds_and_least_squares_wins(t_fixed):
+    if t_fixed is None:
+        prior, x = _toy()
+    else:
+        f = t_fixed / 999
+        prior, x = _toy(t_range=(f, f))
+    phi = _quadratic_phi(prior)
+    v_sds = _variance_after_warmup(SDS(prior), prior, x)
+    v_ls = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(mu_mode="least_squares")), prior, x)
+    v_opt = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(mu_mode="optimizer")), prior, x)
+    print(f"\nt={t_fixed}: variance SDS {v_sds:.3e}  SSD least-squares {v_ls:.3e} ({v_ls / v_sds:.3f}x)  "
+          f"SSD optimizer {v_opt:.3e} ({v_opt / v_sds:.3f}x)")
+    assert SSDConfig().mu_mode == "least_squares"  # the default is the winner below
+    assert v_ls <= v_opt
+    if t_fixed is None:
+        # random t: the spread of E[grad | t] over t is no noise a control variate can remove
+        assert v_ls < 0.95 * v_sds
+    else:
+        assert v_ls < 0.05 * v_sds
+
+
+def test_running_and_repeated_draw_diagnostics():
+    prior, x = _toy()
+    cams = orbit_cameras([20.0] * 2, [0.0, 90.0], 1.8, width=4, height=4)
+    est = SDS(prior, GuidanceConfig(variance_draws=4))
+    emb = prior.encode_prompt("toy")
+    for _ in range(3):
+        out = est.step(x.expand(2, -1, -1, -1), emb, cams)
+    d = out.diagnostics
+    assert d.mc_variance is not None and d.mc_variance > 0
+    assert d.running_variance is not None and d.running_variance >= 0
+    assert d.t.shape == (2,) and d.weight.shape == (2,)
+    # the surrogate's gradient is exactly grad
+    xx = x.expand(2, -1, -1, -1).clone().requires_grad_(True)
+    surrogate_loss(xx, out.grad).backward()
+    assert torch.allclose(xx.grad, out.grad)
+
+
+# ---------------------------------------------------------------------------- through the renderer
+def _scene():
+    g = torch.Generator().manual_seed(0)
+    gs = Gaussians.random_ball(48, radius=0.4, opacity=0.5, generator=g)
+    with torch.no_grad():  # anisotropic and rotated, so that rotations matter
+        gs.splats["scales"] += 0.4 * torch.randn(gs.splats["scales"].shape, generator=g)
+        gs.splats["quats"] += 0.3 * torch.randn(gs.splats["quats"].shape, generator=g)
+    cams = orbit_cameras([20.0, 30.0], [0.0, 120.0], 1.8, fovy=40.0, width=16, height=16)
+    return gs, cams
+
+
+def test_ssd_gradients_reach_every_gaussian_parameter_and_never_the_prior():
+    gs, cams = _scene()
+    prior = TinyPixelPrior(resolution=16)
+    est = TinyConvEstimator()
+    ssd = SSD(prior, [DepthBaseline(est), NormalBaseline(est)])
+    emb = prior.encode_prompt("a red cube")
+    out_r = render(gs, cams, background=(1.0, 1.0, 1.0), backend="torch")
+    x = prior.encode_images(out_r.rgb)  # [B, 3, 16, 16]
+    out = ssd.step(x, emb, cams, render=out_r, generator=torch.Generator().manual_seed(0))
+    assert out.grad.shape == x.shape and torch.isfinite(out.grad).all()
+    assert out.diagnostics.phi is not None and out.diagnostics.phi.shape == (2, 2)
+    x.backward(out.grad)
+    for name, p in gs.splats.items():
+        if p.numel() == 0:  # shN at SH degree 0
+            continue
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, f"no gradient reached {name}"
+    for mod in (prior, est):
+        for p in mod.parameters():
+            assert not p.requires_grad and p.grad is None
+
+
+def test_vsd_trains_its_lora_and_leaves_the_prior_alone():
+    gs, cams = _scene()
+    prior = TinyPixelPrior(resolution=16, prediction_type="v_prediction")
+    before = {k: v.clone() for k, v in prior.state_dict().items()}
+    vsd = VSD(prior, VSDConfig(lora_steps=2))
+    lora = vsd.particle_score.trainable_parameters()
+    assert lora and all("lora" in n for n, p in vsd.particle_score.unet.named_parameters() if p.requires_grad)
+    lora0 = [p.detach().clone() for p in lora]
+    emb = prior.encode_prompt("a red cube")
+    out_r = render(gs, cams, background=(1.0, 1.0, 1.0), backend="torch")
+    x = prior.encode_images(out_r.rgb)
+    out = vsd.step(x, emb, cams, generator=torch.Generator().manual_seed(0))
+    assert out.diagnostics.lora_loss is not None and out.grad.shape == x.shape
+    x.backward(out.grad)
+    assert gs.splats["means"].grad is not None and float(gs.splats["means"].grad.abs().sum()) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(lora0, lora))  # the LoRA moved
+    for k, v in prior.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.grad is None for p in prior.parameters())
+
+
+def test_parameter_gradient_variance_helper():
+    gs, cams = _scene()
+    prior = TinyPixelPrior(resolution=16)
+    emb = prior.encode_prompt("a red cube")
+
+    def make_x():
+        r = render(gs, cams, background=(1.0, 1.0, 1.0), backend="torch")
+        return prior.encode_images(r.rgb), r
+
+    pv = parameter_gradient_variance(SDS(prior), dict(gs.splats), make_x, emb, cams, draws=3)
+    assert pv.total > 0 and pv.draws == 3 and set(pv.per_parameter) == set(gs.splats)
+    assert pv.seconds_per_draw > 0
+
+
+def test_guidance_mapping_is_explicit():
+    assert GUIDANCE == {"sds": SDS, "vsd": VSD, "ssd": SSD}
+
+
+@pytest.mark.parametrize("mode", ["least_squares", "optimizer"])
+@pytest.mark.parametrize("granularity", ["scalar", "pixel"])
+def test_ssd_mu_options_run_and_keep_their_shapes(mode, granularity):
+    prior, x = _toy()
+    cams = orbit_cameras([20.0] * 3, [0.0, 90.0, 180.0], 1.8, width=4, height=4)
+    ssd = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))], SSDConfig(mu_mode=mode, mu_granularity=granularity))
+    emb = prior.encode_prompt("toy")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        out = ssd.step(x.expand(3, -1, -1, -1), emb, cams, generator=g)
+    assert out.grad.shape == (3, 3, 4, 4) and torch.isfinite(out.grad).all()
+    assert out.diagnostics.mu.shape == (2,)
+    assert ssd.current_mu(out.diagnostics.t).shape == ((3, 2, 1, 1, 1) if granularity == "scalar" else (3, 2, 3, 4, 4))
+
+
+@pytest.mark.parametrize("kind", ["ssd", "vsd"])
+def test_guidance_state_round_trip_resumes_exactly(kind):
+    prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
+    cams = orbit_cameras([20.0, 40.0], [0.0, 90.0], 1.8, width=8, height=8)
+    emb = prior.encode_prompt("a red cube")
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+
+    def make():
+        if kind == "ssd":
+            return SSD(prior, [FunctionBaseline(lambda x_t, t: torch.tanh(x_t.flatten(1).mean(1)))])
+        return VSD(prior, VSDConfig())
+
+    a = make()
+    for i in range(3):
+        a.step(x, emb, cams, generator=torch.Generator().manual_seed(i))
+    b = make()
+    b.load_state_tensors({k: v.clone() for k, v in a.state_tensors().items()})
+    assert set(a.state_tensors()) == set(b.state_tensors()) and len(a.state_tensors()) > 3
+    for i in range(3, 5):
+        ga = a.step(x, emb, cams, generator=torch.Generator().manual_seed(i)).grad
+        gb = b.step(x, emb, cams, generator=torch.Generator().manual_seed(i)).grad
+        assert torch.allclose(ga, gb, atol=1e-6)
