@@ -97,12 +97,12 @@ class FitDemoArgs:
 def cmd_fit_demo(argv: Sequence[str]) -> int:
     import json
 
-    import numpy as np
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from . import config
     from .export import atomic_write_bytes, write_ply, write_splat
+    from .export.image import image_row, write_png
     from .fit import FitConfig, demo_target, demo_views, fit_views, held_out_psnr, reference_images
     from .render import render
 
@@ -132,8 +132,7 @@ def cmd_fit_demo(argv: Sequence[str]) -> int:
     write_splat(splat, res.gaussians)
     with torch.no_grad():
         pred = render(res.gaussians, test[:4], background=(1.0, 1.0, 1.0)).rgb.clamp(0, 1)
-    grid = torch.cat([torch.cat(list(pred), 1), torch.cat(list(test_img[:4]), 1)], 0)  # [2H, 4W, 3]
-    _write_png(args.out / "preview.png", (grid.numpy() * 255 + 0.5).astype(np.uint8))
+    write_png(args.out / "preview.png", torch.cat([image_row(pred), image_row(test_img[:4])], 0))  # [2H, 4W, 3]
     report = {"held_out_psnr_db": score, "seconds": res.seconds, "gaussians": len(res.gaussians),
               "steps": args.steps, "seed": args.seed, "history": res.history}
     atomic_write_bytes(args.out / "fit.json", json.dumps(report, indent=2).encode())
@@ -141,18 +140,6 @@ def cmd_fit_demo(argv: Sequence[str]) -> int:
                   f"{len(res.gaussians):,} Gaussians")
     console.print(f"wrote {ply}, {splat}, {args.out / 'preview.png'} (top: fit, bottom: target), {args.out / 'fit.json'}")
     return 0
-
-
-def _write_png(path: Path, img) -> None:
-    import io
-
-    from PIL import Image
-
-    from .export import atomic_write_bytes
-
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------- shapeworld
@@ -171,6 +158,7 @@ class ShapeWorldRenderArgs:
 def cmd_shapeworld(argv: Sequence[str]) -> int:
     from . import config
     from .cameras import inside_out_cameras, orbit_cameras
+    from .export.image import write_png
     from .shapeworld.groundtruth import render_gt
     from .shapeworld.vocab import PromptError, RoomPrompt, parse_prompt
 
@@ -191,9 +179,118 @@ def cmd_shapeworld(argv: Sequence[str]) -> int:
     else:
         cams = orbit_cameras([args.elevation], [args.azimuth], [args.distance], width=r, height=r)
     gt = render_gt(prompt, cams)
-    _write_png(args.out, (gt.rgb[0].clamp(0, 1).numpy() * 255 + 0.5).astype("uint8"))
+    write_png(args.out, gt.rgb[0])
     console.print(f"wrote {args.out}")
     return 0
+
+
+# ---------------------------------------------------------------------------- generate
+def cmd_generate(argv: Sequence[str]) -> int:
+    from . import config
+    from .generate import GenerateConfig, GenerationError, Interrupted, generate
+
+    cfg = config.parse(GenerateConfig, argv, prog="steinsplat", description=GenerateConfig.__doc__)
+    try:
+        rec = generate(cfg, console=console)
+    except GenerationError as exc:
+        raise UserError(str(exc)) from None
+    except Interrupted as exc:
+        console.print(f"[yellow]interrupted[/yellow]: checkpoint saved to {exc.checkpoint}; "
+                      f"continue with --resume {exc.checkpoint}")
+        return 130
+    m = rec.get("metrics") or {}
+    extra = f", mask IoU {m['mask_iou']:.3f}" if m.get("mask_iou") is not None else ""
+    console.print(f"wrote {', '.join(rec['outputs'].values())} ({rec['gaussians']:,} Gaussians, "
+                  f"{rec['timings']['total_s']:.0f} s{extra})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- batch
+BATCH_USAGE = """usage: steinsplat batch PROMPTS.txt [--out-dir results] [--ray [ADDRESS]] [generation options ...]
+
+One prompt per line; blank lines and # comments are skipped; `a red cube | --seed 3` adds options
+for that line. Generation options given here apply to every line (a line's own options win).
+Finished prompts are skipped on a re-run; a failing prompt does not stop the others; a summary
+table and OUT_DIR/summary.json close the run. --ray spreads the prompts over a Ray cluster
+(ADDRESS: "auto", "ray://host:10001"; none: a local instance)."""
+
+
+class BatchGenerate:
+    """Runs one batch job through `generate` (picklable, for Ray workers); models are cached per process."""
+
+    _models: dict = {}
+
+    def __init__(self, base_options: Sequence[str]) -> None:
+        self.base_options = list(base_options)
+
+    def __call__(self, job, folder: Path) -> dict:
+        from . import config
+        from .generate import GenerateConfig, GenerationError, generate
+
+        argv = [job.prompt, *self.base_options, *job.options, "--out", str(folder / f"{job.name}.ply"), "--quiet"]
+        try:
+            cfg = config.parse(GenerateConfig, argv, prog="steinsplat")
+        except SystemExit:
+            raise GenerationError(f"bad options on this line: {' '.join(job.options)}") from None
+        rec = generate(cfg, console=None, models=BatchGenerate._models)
+        return {"outputs": rec["outputs"], "metrics": rec["metrics"], "seconds": rec["timings"]["total_s"]}
+
+
+def cmd_batch(argv: Sequence[str]) -> int:
+    from rich.console import Console as RichConsole
+
+    from . import config
+    from .batch import BatchError, parse_prompt_file, run_batch, run_batch_ray, summary_table
+    from .generate import GenerateConfig
+
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(BATCH_USAGE)
+        return 0 if argv else 2
+    prompts, rest = Path(argv[0]), argv[1:]
+    out_dir, ray_address, use_ray, base = Path("results"), None, False, []
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--out-dir" and i + 1 < len(rest):
+            out_dir, i = Path(rest[i + 1]), i + 2
+        elif a.startswith("--out-dir="):
+            out_dir, i = Path(a.split("=", 1)[1]), i + 1
+        elif a == "--ray":
+            use_ray = True
+            if i + 1 < len(rest) and not rest[i + 1].startswith("-"):
+                ray_address, i = rest[i + 1], i + 2
+            else:
+                i += 1
+        elif a in ("--out", "--resume") or a.startswith(("--out=", "--resume=")):
+            raise UserError(f"{a.split('=')[0]} is per prompt in a batch: outputs go to --out-dir/<prompt name>/")
+        else:
+            base.append(a)
+            i += 1
+    try:
+        jobs = parse_prompt_file(prompts)
+    except BatchError as exc:
+        raise UserError(str(exc)) from None
+    try:  # the shared options must parse before anything runs
+        config.parse(GenerateConfig, ["check", *base], prog="steinsplat batch")
+    except SystemExit:
+        raise UserError("the generation options above are not valid (see steinsplat generate --help)") from None
+    gen = BatchGenerate(base)
+
+    def report(res, k: int, n: int) -> None:
+        colour = {"ok": "green", "failed": "red", "skipped": "dim"}[res.status]
+        console.print(f"[{k}/{n}] [{colour}]{res.status}[/{colour}] {res.name}" + (f": {res.error}" if res.error else ""))
+
+    try:
+        if use_ray:
+            results = run_batch_ray(jobs, out_dir, gen, address=ray_address, on_result=report)
+        else:
+            results = run_batch(jobs, out_dir, gen, on_result=report)
+    except BatchError as exc:
+        raise UserError(str(exc)) from None
+    RichConsole().print(summary_table(results))
+    console.print(f"summary: {out_dir / 'summary.json'}")
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 # ---------------------------------------------------------------------------- dispatch
@@ -204,6 +301,8 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "generate": Command(cmd_generate, "text to 3D (the default: `steinsplat PROMPT --out FILE`)"),
+    "batch": Command(cmd_batch, "a prompt list, models loaded once, resumable; --ray for a cluster"),
     "export": Command(cmd_export, "convert splats: .ply <-> .splat, SH degree for viewers"),
     "info": Command(cmd_info, "count, bounds, SH degree and opacity statistics of a splat file"),
     "fit-demo": Command(cmd_fit_demo, "fit Gaussians to views of a demo object (engine self-test), export it"),
@@ -212,7 +311,8 @@ COMMANDS: dict[str, Command] = {
 
 
 def usage() -> str:
-    lines = ["usage: steinsplat COMMAND [options]   (steinsplat COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: steinsplat PROMPT [options]    text to 3D (steinsplat generate --help for the options)",
+             "       steinsplat COMMAND [options]   (steinsplat COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<10} {c.help}" for name, c in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -229,11 +329,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        console.print(
-            f"[red]error:[/red] unknown command {name!r}. Text-to-3D (`steinsplat PROMPT --out FILE`) is not "
-            f"part of this version yet.\n{usage()}"
-        )
-        return 2
+        if name.startswith("-"):
+            console.print(f"[red]error:[/red] unknown option {name!r} before a command or prompt.\n{usage()}")
+            return 2
+        name, argv = "generate", ["generate"] + argv  # a bare prompt
     from .config import ConfigError
     from .export.errors import ExportError
 

@@ -46,9 +46,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"{where or cls.__name__}: unknown key(s) {sorted(unknown)}; known keys: {sorted(fields)}"
         )
     kwargs: dict[str, Any] = {}
-    defaults = cls()  # type: ignore[call-arg]
     for name, value in data.items():
-        current = getattr(defaults, name)
+        current = _field_default(fields[name])
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             kwargs[name] = from_dict(type(current), value, f"{where}{name}.")
         elif isinstance(current, tuple) and isinstance(value, list):
@@ -57,10 +56,23 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             kwargs[name] = Path(value)
         else:
             kwargs[name] = value
+    for name, f in fields.items():  # required fields the preset leaves open stay required on the command line
+        if name not in kwargs and _field_default(f) is dataclasses.MISSING:
+            import tyro
+
+            kwargs[name] = tyro.MISSING
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
 
 
 def load_preset(cls: type[T], name: str) -> T:

@@ -7,7 +7,14 @@ SHAPEWORLD.md is the contract. This package holds
 - `metrics`: mask IoU, PSNR, colour and depth error, and `evaluate(gaussians, prompt)`;
 - `data`: the dataset generator (`generate`, CLI `python -m steinsplat.shapeworld.data`) and
   `ShapeWorldDataset`.
-The embedded prior, estimator and classifier trained on it live elsewhere.
+The embedded models trained on it (weights in `assets/shapeworld/`, training with
+`python -m steinsplat.shapeworld.train prior|estimator|classifier`, figures with
+`python -m steinsplat.shapeworld.evaluate`):
+- `prior`: `ShapeWorldPrior`, the text- and camera-conditioned pixel-space diffusion prior;
+- `estimator`: `ShapeWorldEstimator`, relative depth + camera-frame normals from noisy images;
+- `classifier`: `ShapeWorldClassifier`, shape + colour (R-precision);
+- `training`: checkpoints, EMA, seeded batches, the budgeted training loop.
+These three classes are re-exported lazily (importing them pulls in diffusers and timm).
 """
 
 from .groundtruth import GTRender, render_gt
@@ -30,3 +37,18 @@ __all__ = [
 ]
 # The dataset tools (`steinsplat.shapeworld.data`) are imported on demand: `from steinsplat.shapeworld.data import
 # generate, ShapeWorldDataset`.
+
+_LAZY = {
+    "ShapeWorldPrior": ".prior",
+    "ShapeWorldEstimator": ".estimator",
+    "ShapeWorldClassifier": ".classifier",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

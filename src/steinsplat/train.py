@@ -1,0 +1,182 @@
+"""The optimisation loop of text-to-3D. It only wires the modules; it knows no formula.
+
+Per step:
+  1. sample B cameras (orbit for objects, inside-out for scenes);
+  2. render RGB, alpha, depth, normals (`render`);
+  3. encode the RGB into the prior's model space, x [B, C, h, w] (`prior.encode_images`);
+  4. ask the guidance (SDS / VSD / SSD) for the descent gradient on x (`guidance.step`);
+  5. backpropagate it to the Gaussians (`x.backward(grad)`), skipping the step if anything is
+     non-finite (counted, never applied);
+  6. Adam step per parameter, learning-rate schedule, densify / prune on schedule.
+State that a checkpoint needs to resume exactly: Gaussians, optimiser moments, densifier statistics,
+guidance state (SSD's mu statistics, VSD's LoRA), the sampling generator and torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .cameras import InsideOutSampler, OrbitSampler
+from .densify import Densifier, DensifyConfig, per_param_optimizers
+from .gaussians import Gaussians
+from .priors.base import DiffusionPrior, PromptEmbeds
+from .render import RenderOutput, render
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 500  # optimisation steps
+    views: int = 4  # cameras per step
+    resolution: int = 64  # render size (square); the prior resizes to its own resolution
+    lr_means: float = 2e-3  # Adam learning rates (per parameter, gsplat's convention)
+    lr_means_final: float = 2e-4  # means decay exponentially to this
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 2.5e-2
+    lr_sh0: float = 1e-2
+    lr_shN: float = 5e-4
+    densify: DensifyConfig = field(
+        default_factory=lambda: DensifyConfig(start=100, stop=400, interval=50, cap=8_000, grow_grad2d=2e-4)
+    )
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    grad_variance: Optional[float]  # guidance's running model-space variance
+    gaussians: int
+    seconds: float  # since the start of the run (this process)
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # next step to run
+    skipped: int = 0  # steps skipped because something was non-finite
+    history: list[StepLog] = field(default_factory=list)
+
+
+class Trainer:
+    """Holds everything one optimisation needs; `run()` loops, `state_tensors()` checkpoints it."""
+
+    def __init__(self, gaussians: Gaussians, prior: DiffusionPrior, guidance, embeds: PromptEmbeds, cfg: OptimConfig,
+                 mode: str = "object", seed: int = 0, background: Optional[tuple[float, float, float]] = None) -> None:
+        self.g, self.prior, self.guidance, self.embeds, self.cfg = gaussians, prior, guidance, embeds, cfg
+        self.mode = mode
+        self.background = background if background is not None else ((1.0, 1.0, 1.0) if mode == "object" else (0.0, 0.0, 0.0))
+        sampler_cls = OrbitSampler if mode == "object" else InsideOutSampler
+        self.sampler = sampler_cls(width=cfg.resolution, height=cfg.resolution)
+        self.generator = torch.Generator().manual_seed(seed)
+        lrs = dict(means=cfg.lr_means, scales=cfg.lr_scales, quats=cfg.lr_quats, opacities=cfg.lr_opacities,
+                   sh0=cfg.lr_sh0, shN=cfg.lr_shN)
+        self.optimizers = per_param_optimizers(gaussians, lrs)
+        scene_scale = 0.5 if mode == "object" else 2.0
+        self.densifier = Densifier(cfg.densify, gaussians, self.optimizers, scene_scale=scene_scale)
+        self.state = LoopState()
+        self.t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ one step
+    def lr_means(self, step: int) -> float:
+        p = step / max(1, self.cfg.steps - 1)
+        return self.cfg.lr_means * (self.cfg.lr_means_final / self.cfg.lr_means) ** p
+
+    def step(self) -> Optional[StepLog]:
+        s, cfg = self.state.step, self.cfg
+        lr = self.lr_means(s)
+        self.optimizers["means"].param_groups[0]["lr"] = lr
+        cams = self.sampler.sample(cfg.views, self.generator).to(self.g.device)  # 1.
+        out: RenderOutput = render(self.g, cams, background=self.background)  # 2. [B, H, W, 3] ...
+        x = self.prior.encode_images(out.rgb)  # 3. [B, C, h, w]
+        self.densifier.pre_backward(s, out.info)
+        gout = self.guidance.step(x, self.embeds, cams, render=out, progress=s / max(1, cfg.steps),
+                                  generator=self.generator)  # 4.
+        ok = bool(torch.isfinite(gout.grad).all())
+        if ok:
+            x.backward(gout.grad.to(x.dtype))  # 5.
+            ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.g.splats.values())
+        if not ok:
+            self.state.skipped += 1
+            for o in self.optimizers.values():
+                o.zero_grad(set_to_none=True)
+            self.state.step += 1
+            return None
+        for o in self.optimizers.values():  # 6.
+            o.step()
+            o.zero_grad(set_to_none=True)
+        self.densifier.post_backward(s, out.info, lr=lr)
+        self.state.step += 1
+        log = StepLog(s, float(gout.loss), gout.diagnostics.running_variance, len(self.g), time.perf_counter() - self.t0)
+        self.state.history.append(log)
+        return log
+
+    def run(self, on_step: Optional[Callable[[Optional[StepLog], "Trainer"], None]] = None) -> LoopState:
+        while self.state.step < self.cfg.steps:
+            log = self.step()
+            if on_step is not None:
+                on_step(log, self)
+        return self.state
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_tensors(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """(tensors, json-able metadata) that restore this trainer exactly."""
+        t: dict[str, Tensor] = {f"gaussians.{k}": v for k, v in self.g.state_tensors().items()}
+        for name, opt in self.optimizers.items():
+            st = opt.state.get(opt.param_groups[0]["params"][0], {})
+            for k, v in st.items():
+                t[f"optim.{name}.{k}"] = torch.as_tensor(v).detach().cpu().clone()
+        for k, v in self.densifier.state.items():
+            if isinstance(v, Tensor):
+                t[f"densify.{k}"] = v.detach().cpu().clone()
+        t["rng.generator"] = self.generator.get_state()
+        t["rng.torch"] = torch.get_rng_state()
+        guidance_tensors = getattr(self.guidance, "state_tensors", None)
+        if guidance_tensors is not None:
+            for k, v in guidance_tensors().items():
+                t[f"guidance.{k}"] = v.detach().cpu().clone()
+        meta = {"step": self.state.step, "skipped": self.state.skipped,
+                "history": [vars(h) for h in self.state.history],
+                "densify_scalars": {k: v for k, v in self.densifier.state.items() if not isinstance(v, Tensor)},
+                "densify_history": self.densifier.history}
+        return t, meta
+
+    def load_state_tensors(self, t: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        g_state = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("gaussians.")}
+        restored = Gaussians.from_state_tensors(g_state).to(self.g.device)
+        for k in list(self.g.splats.keys()):
+            self.g.splats[k] = restored.splats[k]
+        lrs = {k: o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
+        self.optimizers.clear()
+        self.optimizers.update(per_param_optimizers(self.g, lrs))
+        for name, opt in self.optimizers.items():
+            p = opt.param_groups[0]["params"][0]
+            st = {k.split(".", 2)[2]: v.to(self.g.device) for k, v in t.items() if k.startswith(f"optim.{name}.")}
+            if st:
+                opt.state[p] = st
+        self.densifier.optimizers = self.optimizers
+        for k, v in meta.get("densify_scalars", {}).items():
+            self.densifier.state[k] = v
+        for k, v in t.items():
+            if k.startswith("densify."):
+                self.densifier.state[k.split(".", 1)[1]] = v.to(self.g.device)
+        self.densifier.history = list(meta.get("densify_history", []))
+        self.generator.set_state(t["rng.generator"])
+        torch.set_rng_state(t["rng.torch"])
+        load_guidance = getattr(self.guidance, "load_state_tensors", None)
+        if load_guidance is not None:
+            load_guidance({k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("guidance.")})
+        self.state = LoopState(step=int(meta["step"]), skipped=int(meta.get("skipped", 0)),
+                               history=[StepLog(**h) for h in meta.get("history", [])])
+
+
+def eta_seconds(state: LoopState, steps: int) -> float:
+    if len(state.history) < 2:
+        return math.nan
+    a, b = state.history[max(0, len(state.history) - 50)], state.history[-1]
+    rate = (b.seconds - a.seconds) / max(1, b.step - a.step)
+    return rate * (steps - state.step)

@@ -1,0 +1,98 @@
+"""`steinsplat PROMPT ...` end to end: clear errors, the Stable Diffusion path with tiny random models,
+interruption and resume, and the outputs (splats, run.json, previews, checkpoints)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from steinsplat.cli import main
+from steinsplat.export import read_ply, read_splat
+from test_priors import _save_tiny_dpt, _save_tiny_sd
+
+FAST = ["--steps", "3", "--resolution", "16", "--views", "1", "--init-gaussians", "60", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return _save_tiny_sd(root / "sd"), _save_tiny_dpt(root / "dpt")
+
+
+def test_bad_inputs_end_in_one_message(tmp_path, capsys):
+    cases = [
+        (["a corgi in a spacesuit", "--prior", "shapeworld", "--out", str(tmp_path / "c.ply")], "--prior sd"),
+        (["a red cube", "--out", str(tmp_path / "c.obj")], ".ply or .splat"),
+        (["a red cube", "--out", "/proc/no/such/c.ply"], "cannot write"),
+        (["a red cube", "--mesh", str(tmp_path / "m.stl"), "--out", str(tmp_path / "c.ply")], ".glb"),
+        (["a corgi", "--prior", "sd", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "c.ply")],
+         "huggingface-cli download"),
+        (["a red cube", "--resume", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "c.ply"), "--guidance",
+          "sds", "--prior", "sd", "--model", str(tmp_path / "missing")], "no such checkpoint"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err.replace("\n", " ") and "Traceback" not in err, (argv, err)
+    with pytest.raises(SystemExit) as exc:
+        main(["a red cube", "--no-such-option", "1"])
+    assert exc.value.code == 2
+
+
+def test_stable_diffusion_path_end_to_end(tmp_path, tiny_models):
+    sd, dpt = tiny_models
+    out = tmp_path / "run" / "corgi.splat"
+    argv = ["a corgi in a spacesuit", "--prior", "sd", "--model", str(sd), "--estimator-model", str(dpt),
+            "--guidance", "ssd", "--out", str(out), "--negative", "blurry", *FAST]
+    assert main(argv) == 0
+    g = read_splat(out)
+    assert len(g) == 60 and torch.isfinite(g.means).all()
+    rec = json.loads((out.parent / "run.json").read_text())
+    assert rec["prior"] == "sd" and rec["steps"] == 3 and rec["config"]["guidance"] == "ssd"
+    assert {"steinsplat", "torch", "diffusers", "python"} <= set(rec["versions"])
+    assert rec["timings"]["total_s"] > 0 and rec["skipped_steps"] == 0
+    assert rec["metrics"] is None  # no ground truth outside ShapeWorld
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_models, monkeypatch, capsys):
+    from steinsplat import train
+
+    sd, _ = tiny_models
+    out = tmp_path / "run" / "x.ply"
+    argv = ["a red cube", "--prior", "sd", "--model", str(sd), "--guidance", "sds", "--out", str(out),
+            "--steps", "6", "--resolution", "16", "--views", "1", "--init-gaussians", "60", "--quiet",
+            "--checkpoint-every", "0", "--preview-every", "2"]
+    original = train.Trainer.step
+
+    def interrupted(self):
+        if self.state.step == 4:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train.Trainer, "step", interrupted)
+    assert main(argv) == 130
+    assert "--resume" in capsys.readouterr().err
+    ckpts = sorted((out.parent / "checkpoints").glob("step_*.safetensors"))
+    assert [c.name for c in ckpts] == ["step_000004.safetensors"]
+    assert not out.exists()
+    monkeypatch.setattr(train.Trainer, "step", original)
+    assert main(argv + ["--resume", str(out.parent)]) == 0
+    rec = json.loads((out.parent / "run.json").read_text())
+    assert rec["steps"] == 6 and len(read_ply(out)) == 60
+    assert sorted(p.name for p in (out.parent / "previews").glob("*.png")) == [
+        "step_000002.png", "step_000004.png", "step_000006.png"]
+
+
+@pytest.mark.parametrize("name", ["object", "scene", "sd-object", "sd-scene"])
+def test_presets_parse(name):
+    from steinsplat import config
+    from steinsplat.generate import GenerateConfig
+
+    cfg = config.parse(GenerateConfig, ["--config", name, "a prompt", "--steps", "7"], prog="t")
+    assert cfg.steps == 7 and cfg.prompt == "a prompt"
+    if name.startswith("sd"):
+        assert cfg.prior == "sd" and cfg.guidance_scale == 100.0 and cfg.resolution == 512
+    if name.endswith("scene"):
+        assert cfg.mode == "scene" and cfg.baseline == "depth"
