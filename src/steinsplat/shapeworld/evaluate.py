@@ -1,6 +1,6 @@
 """Measure the quality figures of the embedded ShapeWorld models (issue 3) and write them as JSON + Markdown.
 
-    python -m steinsplat.shapeworld.evaluate [--assets assets/shapeworld] [--steps 50] [--guidance 3.0]
+    python -m steinsplat.shapeworld.evaluate [--assets assets/shapeworld] [--steps 50] [--sweep 1,1.5,2,3] [--only prior]
 
 1. Classifier on ground truth: every colour/shape pair (56, held-out pairs included) at the 8
    evaluation cameras plus `--random-views` random orbit cameras each (a seed unused in training);
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..cameras import OrbitSampler, object_eval_cameras
 from .groundtruth import render_gt
-from .vocab import HELD_OUT, ObjectPrompt, all_object_prompts, canonical_text
+from .vocab import ObjectPrompt, all_object_prompts, canonical_text
 
 MASK_DIFF = 0.15
 TIMESTEPS = (0, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
@@ -191,8 +191,8 @@ def eval_estimator(est, num_objects: int = 256, num_rooms: int = 64, seed: int =
 
 
 def _markdown(res: dict) -> str:
-    L = ["# ShapeWorld models: measured quality", "", f"Measured {res['date']} by `python -m steinsplat.shapeworld.evaluate` "
-         f"({res['seconds']:.0f} s on this CPU).", ""]
+    L = ["# ShapeWorld models: measured quality", "", f"Last updated {res['date']} by `python -m steinsplat.shapeworld.evaluate` "
+         f"(parts evaluated in that invocation: {', '.join(res.get('parts', []))}; {res['seconds']:.0f} s on this CPU).", ""]
     if "classifier" in res:
         c = res["classifier"]
         L += ["## Classifier on ground-truth renders", "",
@@ -232,6 +232,7 @@ def _markdown(res: dict) -> str:
         cl = e["clean"]
         L += ["## Estimator", "", f"{e['images']} fresh ground-truth renders (objects and rooms). {e['depth_metric']}; "
               f"{e['normal_metric']}.", "",
+              "(`all` averages over pixels, so the full-frame rooms weigh more than their share of images.)", "",
               "| t | alpha_t | objects depth abs rel | objects normal deg | rooms depth abs rel | rooms normal deg | all normal deg |",
               "|---|---|---|---|---|---|---|"]
         for r in e["curve"]:
@@ -283,6 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print("estimator clean", json.dumps(res["estimator"]["clean"]), flush=True)
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["seconds"] = time.perf_counter() - t0
+    res["parts"] = sorted(only)
     out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(res, indent=1) + "\n")
     (out / "evaluation.md").write_text(_markdown(res) + "\n")

@@ -28,7 +28,6 @@ Images live in [-1, 1] ("model space"), [B, 3, R, R], objects on a white (+1) ba
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

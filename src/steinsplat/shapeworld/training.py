@@ -294,10 +294,12 @@ class TrainLoop:
         losses: list[float] = []
         ema_loss = math.nan
 
-        def on_term(signum, frame):  # SIGTERM behaves like Ctrl-C: save and exit
+        def on_term(signum, frame):  # SIGTERM and SIGINT (Ctrl-C): save and exit
             raise _Interrupt()
 
-        old = signal.signal(signal.SIGTERM, on_term)
+        # SIGINT is installed explicitly too: a job started with `&` from a script inherits SIGINT
+        # ignored, and then Python never raises KeyboardInterrupt.
+        old = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
         columns = (
             TextColumn(f"[bold]{self.name}[/]"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"),
@@ -327,7 +329,8 @@ class TrainLoop:
             stopped_by = "interrupt"
             self.log(f"[{self.name}] interrupted at step {step}: saving")
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
         save_fn(step)
         seconds = time.perf_counter() - t0
         self.log(f"[{self.name}] stopped by {stopped_by} at step {step} after {seconds / 60:.1f} min")
