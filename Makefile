@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo fit-demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -15,7 +15,10 @@ $(VENV)/.installed: pyproject.toml scripts/system-deps.sh
 	touch $@
 
 demo: setup
-	$(BIN)/steinsplat fit-demo --out runs/demo
+	$(BIN)/steinsplat "a red cube" --out runs/demo/a-red-cube.ply --mesh runs/demo/a-red-cube.glb --video runs/demo/a-red-cube.gif
+
+fit-demo: setup
+	$(BIN)/steinsplat fit-demo --out runs/fit-demo
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -23,6 +26,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/render_speed.py
 	$(BIN)/python benchmarks/fit_quality.py
+	$(BIN)/python benchmarks/guidance_variance.py
 
 clean:
 	rm -rf runs .pytest_cache
