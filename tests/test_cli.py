@@ -85,3 +85,20 @@ def test_shapeworld_render_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "corgi" in err and "--prior sd" in err and "Traceback" not in err
     assert main(["shapeworld", "render", "a room with blue walls and a gray floor", "--out", str(out)]) == 0
+
+
+def test_shapeworld_sample_command(tmp_path, capsys):
+    """The shipped prior's sample from the front of "a red cube": a red object on white."""
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "s.png"
+    assert main(["shapeworld", "sample", "a red cube", "--elevation", "20", "--azimuth", "45", "--out", str(out),
+                 "--steps", "20", "--upscale", "1"]) == 0
+    img = np.asarray(Image.open(out)).astype(int)
+    assert img.shape == (32, 32, 3)
+    assert (img[0, 0] > 200).all()  # background stays white
+    centre = img[12:20, 12:20].reshape(-1, 3).mean(0)
+    assert centre[0] > 1.5 * centre[1] and centre[0] > 1.5 * centre[2], centre  # red object in the middle
+    assert main(["shapeworld", "sample", "a corgi", "--out", str(out)]) == 2
+    assert main(["shapeworld", "draw", "a red cube"]) == 2

@@ -155,6 +155,22 @@ class ShapeWorldRenderArgs:
     resolution: int = 64  # square image size
 
 
+@dataclass
+class ShapeWorldSampleArgs:
+    """What the embedded ShapeWorld prior imagines for a prompt from one camera (DDIM sampling)."""
+
+    prompt: Positional[str]  # "a red cube", or "a room with blue walls and a gray floor"
+    out: Path = Path("sample.png")  # PNG output
+    elevation: float = 20.0  # objects: degrees above the XY plane; rooms: pitch
+    azimuth: float = 0.0  # objects: degrees from +X towards +Y; rooms: yaw
+    distance: float = 1.8  # objects: metres from the origin
+    steps: int = 50  # DDIM steps
+    guidance_scale: Optional[float] = None  # classifier-free guidance; default: the one stored with the weights
+    seed: int = 0  # seeds the initial noise
+    num: int = 1  # samples side by side
+    upscale: int = 4  # nearest-neighbour enlargement of the (32x32) samples in the PNG
+
+
 def cmd_shapeworld(argv: Sequence[str]) -> int:
     from . import config
     from .cameras import inside_out_cameras, orbit_cameras
@@ -162,7 +178,7 @@ def cmd_shapeworld(argv: Sequence[str]) -> int:
     from .shapeworld.groundtruth import render_gt
     from .shapeworld.vocab import PromptError, RoomPrompt, parse_prompt
 
-    actions = {"render": ShapeWorldRenderArgs}
+    actions = {"render": ShapeWorldRenderArgs, "sample": ShapeWorldSampleArgs}
     if not argv or argv[0] not in actions:
         raise UserError(f"usage: steinsplat shapeworld {{{'|'.join(actions)}}} PROMPT [options]")
     args = config.parse(actions[argv[0]], argv[1:], prog=f"steinsplat shapeworld {argv[0]}",
@@ -171,6 +187,8 @@ def cmd_shapeworld(argv: Sequence[str]) -> int:
         prompt = parse_prompt(args.prompt)
     except PromptError as exc:
         raise UserError(str(exc)) from exc
+    if argv[0] == "sample":
+        return _shapeworld_sample(args, prompt)
     if args.resolution < 4:
         raise UserError("--resolution must be at least 4")
     r = args.resolution
@@ -180,6 +198,35 @@ def cmd_shapeworld(argv: Sequence[str]) -> int:
         cams = orbit_cameras([args.elevation], [args.azimuth], [args.distance], width=r, height=r)
     gt = render_gt(prompt, cams)
     write_png(args.out, gt.rgb[0])
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+def _shapeworld_sample(args: ShapeWorldSampleArgs, prompt) -> int:
+    import torch
+
+    from .cameras import inside_out_cameras, orbit_cameras
+    from .export.image import image_row, write_png
+    from .shapeworld.prior import ShapeWorldPrior
+    from .shapeworld.vocab import RoomPrompt
+
+    if args.steps <= 0 or args.num <= 0 or args.upscale <= 0:
+        raise UserError("--steps, --num and --upscale must be positive")
+    try:
+        prior = ShapeWorldPrior.from_pretrained(None)
+    except FileNotFoundError as exc:
+        raise UserError(f"{exc}") from None
+    n = args.num
+    if isinstance(prompt, RoomPrompt):
+        cams = inside_out_cameras([args.azimuth] * n, [args.elevation] * n)
+    else:
+        cams = orbit_cameras([args.elevation] * n, [args.azimuth] * n, [args.distance] * n)
+    with torch.no_grad():
+        imgs = prior.sample(args.prompt, cams, steps=args.steps, guidance_scale=args.guidance_scale,
+                            generator=torch.Generator().manual_seed(args.seed))  # [n, R, R, 3]
+    row = image_row(imgs)  # [R, n*R, 3]
+    row = row.repeat_interleave(args.upscale, 0).repeat_interleave(args.upscale, 1)
+    write_png(args.out, row)
     console.print(f"wrote {args.out}")
     return 0
 
@@ -306,7 +353,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command(cmd_export, "convert splats: .ply <-> .splat, SH degree for viewers"),
     "info": Command(cmd_info, "count, bounds, SH degree and opacity statistics of a splat file"),
     "fit-demo": Command(cmd_fit_demo, "fit Gaussians to views of a demo object (engine self-test), export it"),
-    "shapeworld": Command(cmd_shapeworld, "the embedded world: `shapeworld render PROMPT` draws its ground truth"),
+    "shapeworld": Command(cmd_shapeworld, "the embedded world: `shapeworld render|sample PROMPT` (ground truth / prior)"),
 }
 
 
