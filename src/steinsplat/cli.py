@@ -144,26 +144,37 @@ def cmd_fit_demo(argv: Sequence[str]) -> int:
 
 # ---------------------------------------------------------------------------- shapeworld
 @dataclass
-class ShapeWorldRenderArgs:
-    """Render the ShapeWorld ground truth of a prompt (exact geometry, ray cast, 4x4 supersampled)."""
+class ShapeWorldView:
+    """A ShapeWorld prompt and one camera (orbit for objects, inside-out for rooms)."""
 
     prompt: Positional[str]  # "a red cube", or "a room with blue walls and a gray floor"
     out: Path = Path("gt.png")  # PNG output
     elevation: float = 20.0  # objects: degrees above the XY plane; rooms: pitch
     azimuth: float = 0.0  # objects: degrees from +X towards +Y; rooms: yaw
     distance: float = 1.8  # objects: metres from the origin
+
+    def cameras(self, n: int = 1, resolution: int = 64):
+        from .cameras import inside_out_cameras, orbit_cameras
+        from .shapeworld.vocab import RoomPrompt, parse_prompt
+
+        r = resolution
+        if isinstance(parse_prompt(self.prompt), RoomPrompt):
+            return inside_out_cameras([self.azimuth] * n, [self.elevation] * n, width=r, height=r)
+        return orbit_cameras([self.elevation] * n, [self.azimuth] * n, [self.distance] * n, width=r, height=r)
+
+
+@dataclass
+class ShapeWorldRenderArgs(ShapeWorldView):
+    """Render the ShapeWorld ground truth of a prompt (exact geometry, ray cast, 4x4 supersampled)."""
+
     resolution: int = 64  # square image size
 
 
 @dataclass
-class ShapeWorldSampleArgs:
+class ShapeWorldSampleArgs(ShapeWorldView):
     """What the embedded ShapeWorld prior imagines for a prompt from one camera (DDIM sampling)."""
 
-    prompt: Positional[str]  # "a red cube", or "a room with blue walls and a gray floor"
     out: Path = Path("sample.png")  # PNG output
-    elevation: float = 20.0  # objects: degrees above the XY plane; rooms: pitch
-    azimuth: float = 0.0  # objects: degrees from +X towards +Y; rooms: yaw
-    distance: float = 1.8  # objects: metres from the origin
     steps: int = 50  # DDIM steps
     guidance_scale: Optional[float] = None  # classifier-free guidance; default: the one stored with the weights
     seed: int = 0  # seeds the initial noise
@@ -173,10 +184,9 @@ class ShapeWorldSampleArgs:
 
 def cmd_shapeworld(argv: Sequence[str]) -> int:
     from . import config
-    from .cameras import inside_out_cameras, orbit_cameras
     from .export.image import write_png
     from .shapeworld.groundtruth import render_gt
-    from .shapeworld.vocab import PromptError, RoomPrompt, parse_prompt
+    from .shapeworld.vocab import PromptError, parse_prompt
 
     actions = {"render": ShapeWorldRenderArgs, "sample": ShapeWorldSampleArgs}
     if not argv or argv[0] not in actions:
@@ -188,27 +198,20 @@ def cmd_shapeworld(argv: Sequence[str]) -> int:
     except PromptError as exc:
         raise UserError(str(exc)) from exc
     if argv[0] == "sample":
-        return _shapeworld_sample(args, prompt)
+        return _shapeworld_sample(args)
     if args.resolution < 4:
         raise UserError("--resolution must be at least 4")
-    r = args.resolution
-    if isinstance(prompt, RoomPrompt):
-        cams = inside_out_cameras([args.azimuth], [args.elevation], width=r, height=r)
-    else:
-        cams = orbit_cameras([args.elevation], [args.azimuth], [args.distance], width=r, height=r)
-    gt = render_gt(prompt, cams)
+    gt = render_gt(prompt, args.cameras(1, args.resolution))
     write_png(args.out, gt.rgb[0])
     console.print(f"wrote {args.out}")
     return 0
 
 
-def _shapeworld_sample(args: ShapeWorldSampleArgs, prompt) -> int:
+def _shapeworld_sample(args: ShapeWorldSampleArgs) -> int:
     import torch
 
-    from .cameras import inside_out_cameras, orbit_cameras
     from .export.image import image_row, write_png
     from .shapeworld.prior import ShapeWorldPrior
-    from .shapeworld.vocab import RoomPrompt
 
     if args.steps <= 0 or args.num <= 0 or args.upscale <= 0:
         raise UserError("--steps, --num and --upscale must be positive")
@@ -216,11 +219,7 @@ def _shapeworld_sample(args: ShapeWorldSampleArgs, prompt) -> int:
         prior = ShapeWorldPrior.from_pretrained(None)
     except FileNotFoundError as exc:
         raise UserError(f"{exc}") from None
-    n = args.num
-    if isinstance(prompt, RoomPrompt):
-        cams = inside_out_cameras([args.azimuth] * n, [args.elevation] * n)
-    else:
-        cams = orbit_cameras([args.elevation] * n, [args.azimuth] * n, [args.distance] * n)
+    cams = args.cameras(args.num)
     with torch.no_grad():
         imgs = prior.sample(args.prompt, cams, steps=args.steps, guidance_scale=args.guidance_scale,
                             generator=torch.Generator().manual_seed(args.seed))  # [n, R, R, 3]

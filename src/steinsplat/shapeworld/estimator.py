@@ -35,10 +35,11 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .classifier import group_norm
+from .weights import save_model_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -161,10 +162,7 @@ class ShapeWorldEstimator(nn.Module):
 
     # ------------------------------------------------------------------ IO
     def save_pretrained(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_NAME))
+        save_model_folder(folder, asdict(self.config), self, WEIGHTS_NAME, CONFIG_NAME)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None) -> "ShapeWorldEstimator":

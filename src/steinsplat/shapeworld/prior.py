@@ -35,11 +35,12 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..cameras import Cameras
 from .vocab import COLOUR_NAMES, KNOWN_WORDS, SHAPE_NAMES, PromptError, canonical_text, parse_prompt
+from .weights import save_model_folder
 
 PRIOR_CONFIG_NAME = "prior_config.json"
 TEXT_ENCODER_WEIGHTS = "model.safetensors"
@@ -169,10 +170,7 @@ class ShapeWorldTextEncoder(nn.Module):
         return torch.where(empty[:, None], self.null.expand_as(out), out)
 
     def save_pretrained(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(folder / TEXT_ENCODER_WEIGHTS))
+        save_model_folder(folder, asdict(self.config), self, TEXT_ENCODER_WEIGHTS, CONFIG_NAME)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "ShapeWorldTextEncoder":
