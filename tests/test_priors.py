@@ -19,14 +19,7 @@ from steinsplat.priors.base import DiffusionPrior, TimestepRange
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These models are tiny: with one intra-op thread they take milliseconds per step, while two
-    threads on a 2-core machine shared with a training job spin-wait for seconds per step."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 # ---------------------------------------------------------------------------- tiny SD on disk
 def _tiny_tokenizer(folder: Path):

@@ -57,7 +57,24 @@ def simple_camera_features(cameras: Cameras) -> Tensor:
     return torch.stack([az.sin(), az.cos(), el.sin(), el.cos(), d, torch.zeros_like(d), torch.ones_like(d)], -1).float()
 
 
-class TinyPixelPrior(nn.Module):
+class _PixelSpace:
+    """What both test priors share: x = 2 rgb - 1 at the model resolution, and the timestep range."""
+
+    model_resolution: int
+    timesteps: TimestepRange
+    schedule: NoiseSchedule
+
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        return pixels_to_model(rgb, self.model_resolution)
+
+    def decode(self, x: Tensor) -> Tensor:
+        return model_to_pixels(x)
+
+    def timestep_range(self, progress: float) -> tuple[int, int]:
+        return self.timesteps.at(progress, self.schedule.num_train_timesteps)
+
+
+class TinyPixelPrior(_PixelSpace, nn.Module):
     """A random, tiny, camera-conditioned pixel-space prior (x in [-1, 1], [B, 3, R, R])."""
 
     camera_conditioned = True
@@ -99,15 +116,6 @@ class TinyPixelPrior(nn.Module):
 
         return PromptEmbeds(vec(prompt), vec(negative_prompt), {}, prompt, negative_prompt)
 
-    def encode_images(self, rgb: Tensor) -> Tensor:
-        return pixels_to_model(rgb, self.model_resolution)
-
-    def decode(self, x: Tensor) -> Tensor:
-        return model_to_pixels(x)
-
-    def timestep_range(self, progress: float) -> tuple[int, int]:
-        return self.timesteps.at(progress, self.schedule.num_train_timesteps)
-
     def training_target(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         if self.prediction_type == "v_prediction":
             return self.schedule.alpha_t(t) * eps - self.schedule.sigma_t(t) * x
@@ -144,7 +152,7 @@ class _NoParameters(nn.Module):
         raise RuntimeError("the analytic Gaussian prior has no UNet; give VSD an analytic eps_psi instead of LoRA")
 
 
-class AnalyticGaussianPrior(nn.Module):
+class AnalyticGaussianPrior(_PixelSpace, nn.Module):
     """Data ~ N(mean, std^2 I) in a model space of shape [C, h, w]; exact eps_hat (module docstring)."""
 
     camera_conditioned = False
@@ -167,15 +175,6 @@ class AnalyticGaussianPrior(nn.Module):
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeds:
         return PromptEmbeds(torch.zeros(1, 1), torch.zeros(1, 1), {}, prompt, negative_prompt)
-
-    def encode_images(self, rgb: Tensor) -> Tensor:
-        return pixels_to_model(rgb, self.model_resolution)
-
-    def decode(self, x: Tensor) -> Tensor:
-        return model_to_pixels(x)
-
-    def timestep_range(self, progress: float) -> tuple[int, int]:
-        return self.timesteps.at(progress, self.schedule.num_train_timesteps)
 
     def training_target(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         return eps

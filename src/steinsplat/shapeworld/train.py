@@ -253,6 +253,12 @@ def train_prior(cfg: PriorTrainConfig):
 
 
 # ---------------------------------------------------------------------------- classifier
+def _export_with_info(model, out: Path, info: dict) -> None:
+    """Save a model folder with its training record in the config."""
+    model.config.training = info
+    model.save_pretrained(out)
+
+
 def train_classifier(cfg: ClassifierTrainConfig):
     from .classifier import ClassifierConfig, ShapeWorldClassifier, augment, classifier_tensors
 
@@ -262,11 +268,7 @@ def train_classifier(cfg: ClassifierTrainConfig):
     torch.manual_seed(cfg.seed)
     model = ShapeWorldClassifier(ClassifierConfig(width=cfg.width))
 
-    def export(m, out: Path, info: dict) -> None:
-        m.config.training = info
-        m.save_pretrained(out)
-
-    run = _Run("classifier", cfg, model, data["images"].shape[0], export)
+    run = _Run("classifier", cfg, model, data["images"].shape[0], _export_with_info)
     model.train()
 
     def step(i: int) -> float:
@@ -303,11 +305,7 @@ def train_estimator(cfg: EstimatorTrainConfig):
                                                 num_train_timesteps=int(sched.config.num_train_timesteps)),
                                 alphas_cumprod=sched.alphas_cumprod)
 
-    def export(m, out: Path, info: dict) -> None:
-        m.config.training = info
-        m.save_pretrained(out)
-
-    run = _Run("estimator", cfg, model, data["images"].shape[0], export)
+    run = _Run("estimator", cfg, model, data["images"].shape[0], _export_with_info)
     model.train()
 
     def step(i: int) -> float:
