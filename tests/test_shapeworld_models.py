@@ -313,3 +313,18 @@ def test_shipped_classifier_one_call():
     clf = ShapeWorldClassifier.from_pretrained(ASSETS / "classifier")
     gt = render_gt(["a red cube"], object_eval_cameras()[:1])
     assert clf.classify(gt.rgb).names() == [("red", "cube")]
+
+
+def test_r_precision_in_evaluate_uses_the_shipped_classifier():
+    """Gaussians covering a red sphere: R-precision 1 for "a red sphere", 0 for the wrong colour,
+    and None for rooms (the classifier knows objects only)."""
+    from steinsplat.gaussians import Gaussians
+    from steinsplat.shapeworld.metrics import evaluate
+    from steinsplat.shapeworld.vocab import COLOURS
+
+    n = 2000
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    g = Gaussians.from_points(0.33 * d, torch.tensor(COLOURS["red"]).expand(n, 3), scale=0.03, opacity=0.95)
+    assert evaluate(g, "a red sphere").r_precision >= 0.75
+    assert evaluate(g, "a blue sphere").r_precision == 0.0
+    assert evaluate(g, "a red sphere", r_precision=False).r_precision is None

@@ -12,6 +12,7 @@ for both the prediction and the ground truth. Edge cases:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -139,16 +140,34 @@ def compare(pred_rgb: Tensor, pred_alpha: Tensor, pred_depth: Tensor, gt: GTRend
     )
 
 
+@functools.lru_cache(maxsize=1)
+def shipped_classifier():  # -> Optional[ShapeWorldClassifier]
+    """The shipped ShapeWorld classifier (for R-precision), or None if its weights are absent."""
+    from .classifier import ShapeWorldClassifier
+
+    try:
+        return ShapeWorldClassifier.from_pretrained(None).eval()
+    except FileNotFoundError:
+        return None
+
+
 @torch.no_grad()
 def evaluate(
-    gaussians: Gaussians, prompt: str | Prompt, backend: str = "torch", width: int = 64, height: int = 64
+    gaussians: Gaussians, prompt: str | Prompt, backend: str = "torch", width: int = 64, height: int = 64,
+    r_precision: bool = True,
 ) -> ShapeWorldMetrics:
     """Render `gaussians` from the evaluation cameras (white background) and score them against
-    the ground truth of `prompt`. r_precision is left None (needs the ShapeWorld classifier)."""
+    the ground truth of `prompt`. R-precision (objects only) uses the shipped classifier; it is
+    None for rooms, when `r_precision` is False, or when the classifier's weights are absent."""
     from ..render import render  # imported late: the renderer pulls in the backends
 
     p = as_prompt(prompt)
     cams = eval_cameras(p, width, height)
     out = render(gaussians, cams, background=(1.0, 1.0, 1.0), backend=backend)  # type: ignore[arg-type]
     gt = render_gt(p, cams)
-    return compare(out.rgb.detach().float().cpu(), out.alpha.detach().float().cpu(), out.depth.detach().float().cpu(), gt)
+    rgb = out.rgb.detach().float().cpu()
+    m = compare(rgb, out.alpha.detach().float().cpu(), out.depth.detach().float().cpu(), gt)
+    clf = shipped_classifier() if (r_precision and isinstance(p, ObjectPrompt)) else None
+    if clf is not None:
+        m.r_precision = clf.r_precision(rgb.clamp(0, 1), p)
+    return m
