@@ -24,14 +24,14 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from .common import RenderOutput, split_features
 from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, project
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 LOG_T_MIN = math.log(T_MIN)  # log of the transmittance at which a ray stops
 

@@ -11,7 +11,6 @@ Folder layout: config.json (ClassifierConfig) + model.safetensors.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,11 +18,10 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .vocab import COLOUR_NAMES, SHAPE_NAMES, ObjectPrompt, as_prompt
-from .weights import save_model_folder
+from .weights import read_model_folder, save_model_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -127,14 +125,9 @@ class ShapeWorldClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None) -> "ShapeWorldClassifier":
         """Load a classifier folder (default: the shipped `assets/shapeworld/classifier`)."""
-        from .prior import default_assets_dir
-
-        folder = Path(folder) if folder is not None else default_assets_dir() / "classifier"
-        if not (folder / CONFIG_NAME).exists():
-            raise FileNotFoundError(f"no ShapeWorld classifier at {folder}; train one with "
-                                    "`python -m steinsplat.shapeworld.train classifier`")
-        m = cls(ClassifierConfig(**json.loads((folder / CONFIG_NAME).read_text())))
-        m.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        config, state = read_model_folder(folder, "classifier", WEIGHTS_NAME, CONFIG_NAME)
+        m = cls(ClassifierConfig(**config))
+        m.load_state_dict(state)
         m.requires_grad_(False)
         return m.eval()
 

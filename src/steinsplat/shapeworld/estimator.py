@@ -26,7 +26,6 @@ Folder layout: config.json (EstimatorConfig) + model.safetensors (weights + alph
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,11 +34,10 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .classifier import group_norm
-from .weights import save_model_folder
+from .weights import read_model_folder, save_model_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -167,15 +165,8 @@ class ShapeWorldEstimator(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None) -> "ShapeWorldEstimator":
         """Load an estimator folder (default: the shipped `assets/shapeworld/estimator`)."""
-        from .prior import default_assets_dir
-
-        folder = Path(folder) if folder is not None else default_assets_dir() / "estimator"
-        if not (folder / CONFIG_NAME).exists():
-            raise FileNotFoundError(f"no ShapeWorld estimator at {folder}; train one with "
-                                    "`python -m steinsplat.shapeworld.train estimator`")
-        cfg = EstimatorConfig(**json.loads((folder / CONFIG_NAME).read_text()))
-        sd = load_file(str(folder / WEIGHTS_NAME))
-        m = cls(cfg, alphas_cumprod=sd["alphas_cumprod"])
+        config, sd = read_model_folder(folder, "estimator", WEIGHTS_NAME, CONFIG_NAME)
+        m = cls(EstimatorConfig(**config), alphas_cumprod=sd["alphas_cumprod"])
         m.load_state_dict(sd)
         m.requires_grad_(False)  # the input can still require grad
         return m.eval()

@@ -98,7 +98,6 @@ def active_pixels(cameras: Cameras, centre: Tensor, radius: float) -> Tensor:
     A pixel is kept when its centre ray passes within radius + margin of the centre, the margin
     bounding how far any sub-pixel ray of the pixel strays from the centre ray at that distance.
     """
-    B, H, W = len(cameras), cameras.height, cameras.width
     d = torch.nn.functional.normalize(pixel_centre_dirs(cameras), dim=-1)  # [B, H, W, 3]
     c = centre[None, :] - cameras.centers.float().cpu()  # [B, 3] camera -> sphere centre
     along = (d * c[:, None, None, :]).sum(-1)  # [B, H, W]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..export.atomic import atomic_write_bytes
@@ -19,3 +19,16 @@ def save_model_folder(folder: str | Path, config: dict[str, Any], module: nn.Mod
     tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     atomic_write_bytes(folder / weights_name, save(tensors))
     atomic_write_bytes(folder / config_name, (json.dumps(config, indent=2) + "\n").encode())
+
+
+def read_model_folder(folder: str | Path | None, name: str, weights_name: str,
+                      config_name: str = "config.json") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config dict, state dict) of a model folder; `folder` None means the shipped
+    `assets/shapeworld/<name>`. A missing folder raises FileNotFoundError with the training command."""
+    from .prior import default_assets_dir
+
+    path = Path(folder) if folder is not None else default_assets_dir() / name
+    if not (path / config_name).exists():
+        raise FileNotFoundError(f"no ShapeWorld {name} at {path}; train one with "
+                                f"`python -m steinsplat.shapeworld.train {name}`")
+    return json.loads((path / config_name).read_text()), load_file(str(path / weights_name))
