@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System libraries steinsplat's Python wheels need but do not ship:
 #   libusb-1.0  (open3d's wheel links it; without it `import open3d` fails)
+#   chromium    (the viewer's tests open the pages in headless Chromium, driven by the playwright package)
 # Installs them with apt-get when missing (as root, or through sudo); elsewhere prints what to install.
 set -euo pipefail
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""

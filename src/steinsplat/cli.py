@@ -1,7 +1,8 @@
 """The `steinsplat` command: one explicit mapping from subcommand names to entry points.
 
-    steinsplat export IN.ply --to OUT.splat|OUT.ply [--sh-degree 3]
+    steinsplat export IN.ply --to OUT.splat|OUT.ply|OUT.viser [--sh-degree 3] [--html DIR]
     steinsplat info FILE.ply|FILE.splat
+    steinsplat view FILE.ply [--port 8080] [--host 127.0.0.1]
     steinsplat fit-demo [--out runs/demo] [--steps 600]
 
 A first argument that is not a subcommand is a prompt: `steinsplat "a red cube" --out cube.ply`
@@ -12,12 +13,14 @@ red line and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from tyro.conf import Positional
 
 console = Console(stderr=True)
@@ -30,10 +33,11 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------- export / info
 @dataclass
 class ExportArgs:
-    """Convert splats between formats (by extension: .ply, .splat)."""
+    """Convert splats between formats (by extension: .ply, .splat, .viser), or write an offline web view."""
 
     input: Positional[Path]  # a 3DGS .ply or .splat file
-    to: Path  # output file; the extension picks the format
+    to: Optional[Path] = None  # output file; the extension picks the format (.viser: a viser scene recording)
+    html: Optional[Path] = None  # also/instead write a folder that shows the splats in a browser, no Python needed
     sh_degree: Optional[int] = None  # PLY only: write this SH degree (0 or 3 for most viewers); default: as stored
 
 
@@ -42,12 +46,62 @@ def cmd_export(argv: Sequence[str]) -> int:
     from .export import export_gaussians, load_gaussians
 
     args = config.parse(ExportArgs, argv, prog="steinsplat export", description=ExportArgs.__doc__)
-    g = load_gaussians(args.input)
+    if args.to is None and args.html is None:
+        raise UserError("say where to write: --to OUT.ply|OUT.splat|OUT.viser and/or --html FOLDER")
+    viser_out = args.to is not None and args.to.suffix.lower() == ".viser"
     kw = {"sh_degree": args.sh_degree} if args.sh_degree is not None else {}
-    if kw and args.to.suffix.lower() != ".ply":
+    if kw and (args.to is None or args.to.suffix.lower() != ".ply"):
         raise UserError("--sh-degree applies to .ply output only")
-    n = export_gaussians(args.to, g, **kw)
-    console.print(f"wrote {n:,} splats to {args.to}")
+    if args.html is not None and args.html.exists() and not args.html.is_dir():
+        raise UserError(f"--html '{args.html}' is a file; give a folder (created if missing)")
+    if viser_out or args.html is not None:
+        from .viewer import ViewerError
+        from .viewer.server import require_viser
+
+        try:
+            require_viser()
+        except ViewerError as exc:
+            raise UserError(str(exc)) from None
+    g = load_gaussians(args.input)
+    if args.to is not None:
+        if viser_out:
+            from .viewer import write_viser
+
+            n = write_viser(args.to, g)
+        else:
+            n = export_gaussians(args.to, g, **kw)
+        console.print(f"wrote {n:,} splats to {args.to}")
+    if args.html is not None:
+        from .viewer import write_html_bundle
+
+        files = write_html_bundle(args.html, g)
+        console.print(f"wrote an offline view of {len(g):,} splats to {args.html}/ ({', '.join(f.name for f in files)}); "
+                      f"open {files[0]} in a browser or put the folder on any static web host")
+    return 0
+
+
+# ---------------------------------------------------------------------------- view
+@dataclass
+class ViewArgs:
+    """Show splats in the browser (viser): open the printed address; Ctrl-C stops the server."""
+
+    file: Positional[Path]  # a 3DGS .ply or .splat file
+    port: int = 8080  # TCP port; if taken, the next free one is used (the address is printed)
+    host: str = "127.0.0.1"  # interface to listen on; 0.0.0.0 exposes the viewer to the network (with a warning)
+
+
+def cmd_view(argv: Sequence[str]) -> int:
+    from . import config
+    from .viewer import ViewerConfig, ViewerError, view_file
+
+    args = config.parse(ViewArgs, argv, prog="steinsplat view", description=ViewArgs.__doc__)
+    if not args.file.is_file():
+        raise UserError(f"'{args.file}': no such file (give a .ply or .splat)")
+    try:
+        view_file(args.file, ViewerConfig(host=args.host, port=args.port), say=lambda m: console.print(m, markup=False),
+                  warn=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}"))
+    except ViewerError as exc:
+        raise UserError(str(exc)) from None
     return 0
 
 
@@ -231,11 +285,24 @@ def _shapeworld_sample(args: ShapeWorldSampleArgs) -> int:
 
 
 # ---------------------------------------------------------------------------- generate
+DEFAULT_VIEWER_PORT = 8080
+
+
+def expand_viewer_flag(argv: Sequence[str]) -> list[str]:
+    """`--viewer [PORT]`: a bare `--viewer` (no port after it) means the default port."""
+    out, argv = [], list(argv)
+    for i, a in enumerate(argv):
+        out.append(a)
+        if a == "--viewer" and (i + 1 == len(argv) or not re.fullmatch(r"-?\d+", argv[i + 1])):
+            out.append(str(DEFAULT_VIEWER_PORT))
+    return out
+
+
 def cmd_generate(argv: Sequence[str]) -> int:
     from . import config
     from .generate import GenerateConfig, GenerationError, Interrupted, generate
 
-    cfg = config.parse(GenerateConfig, argv, prog="steinsplat", description=GenerateConfig.__doc__)
+    cfg = config.parse(GenerateConfig, expand_viewer_flag(argv), prog="steinsplat", description=GenerateConfig.__doc__)
     try:
         rec = generate(cfg, console=console)
     except GenerationError as exc:
@@ -308,6 +375,8 @@ def cmd_batch(argv: Sequence[str]) -> int:
                 ray_address, i = rest[i + 1], i + 2
             else:
                 i += 1
+        elif a == "--viewer" or a.startswith("--viewer"):
+            raise UserError("--viewer follows a single prompt; run `steinsplat PROMPT --viewer` for the one to watch")
         elif a in ("--out", "--resume") or a.startswith(("--out=", "--resume=")):
             raise UserError(f"{a.split('=')[0]} is per prompt in a batch: outputs go to --out-dir/<prompt name>/")
         else:
@@ -339,6 +408,13 @@ def cmd_batch(argv: Sequence[str]) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
+# ---------------------------------------------------------------------------- bench
+def cmd_bench(argv: Sequence[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(argv)
+
+
 # ---------------------------------------------------------------------------- dispatch
 @dataclass
 class Command:
@@ -349,9 +425,11 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "generate": Command(cmd_generate, "text to 3D (the default: `steinsplat PROMPT --out FILE`)"),
     "batch": Command(cmd_batch, "a prompt list, models loaded once, resumable; --ray for a cluster"),
-    "export": Command(cmd_export, "convert splats: .ply <-> .splat, SH degree for viewers"),
+    "export": Command(cmd_export, "convert splats: .ply <-> .splat, SH degree; .viser / --html DIR web views"),
     "info": Command(cmd_info, "count, bounds, SH degree and opacity statistics of a splat file"),
+    "view": Command(cmd_view, "show a splat file in the browser (viser); export --html for an offline copy"),
     "fit-demo": Command(cmd_fit_demo, "fit Gaussians to views of a demo object (engine self-test), export it"),
+    "bench": Command(cmd_bench, "measure SDS / VSD / SSD: variance, convergence, cost; report (JSON, Markdown, plots)"),
     "shapeworld": Command(cmd_shapeworld, "the embedded world: `shapeworld render|sample PROMPT` (ground truth / prior)"),
 }
 
@@ -385,7 +463,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[name].run(argv[1:])
     except (UserError, ConfigError, ExportError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")  # messages hold paths and "steinsplat[viewer]"
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")

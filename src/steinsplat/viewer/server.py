@@ -1,0 +1,161 @@
+"""A viser server showing one set of splats: start it, put splats in it, read out count and bounds.
+
+`start_server` binds loopback unless asked otherwise (and warns then: the page has no password and,
+during generation, buttons that write files); `SplatScene` owns the scene node and the GUI readout;
+`view_file` is `steinsplat view`: load, serve, block until Ctrl-C, stop cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..gaussians import Gaussians
+from .splats import CameraPose, SplatArrays, bounds, framing_camera, splat_arrays
+
+INSTALL_HINT = "the viewer needs viser: pip install 'steinsplat[viewer]'"
+
+
+class ViewerError(Exception):
+    """A problem the user can fix (viser missing, bad port or host); the message says what to do."""
+
+
+@dataclass
+class ViewerConfig:
+    """Where the viewer listens."""
+
+    host: str = "127.0.0.1"  # interface to bind; anything but loopback exposes the page to the network
+    port: int = 8080  # TCP port (0: any free port); if taken, viser tries the next ones
+
+
+def require_viser() -> Any:
+    """Import viser lazily (an optional extra) or explain how to install it."""
+    try:
+        import viser
+    except ImportError as exc:
+        raise ViewerError(f"{INSTALL_HINT} ({exc})") from None
+    return viser
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_config(cfg: ViewerConfig) -> None:
+    if not 0 <= cfg.port <= 65535:
+        raise ViewerError(f"--port {cfg.port}: a TCP port is 0..65535 (0 picks a free one)")
+    try:
+        socket.getaddrinfo(cfg.host, None)
+    except OSError:
+        raise ViewerError(f"--host {cfg.host!r}: not an address or name of this machine; "
+                          "use 127.0.0.1 (default) or 0.0.0.0 for all interfaces") from None
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """viser prints a banner on start and a line on stop whatever `verbose` says; steinsplat prints its own."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def start_server(cfg: ViewerConfig, warn: Optional[Callable[[str], None]] = None) -> Any:
+    """A running `viser.ViserServer` on cfg.host:cfg.port, Z up (steinsplat's world convention)."""
+    viser = require_viser()
+    check_config(cfg)
+    if not is_loopback(cfg.host) and warn is not None:
+        warn(f"the viewer listens on {cfg.host}: anyone who can reach this machine on port {cfg.port} can open "
+             "it (no password); use the default --host 127.0.0.1 to keep it local")
+    try:
+        with quiet_stdout():
+            server = viser.ViserServer(host=cfg.host, port=cfg.port, verbose=False)
+    except OSError as exc:
+        raise ViewerError(f"cannot serve on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+    server.scene.set_up_direction("+z")
+    return server
+
+
+def stop_server(server: Any) -> None:
+    with quiet_stdout():
+        server.stop()
+
+
+def url(server: Any) -> str:
+    host = server.get_host()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{shown}:{server.get_port()}/"
+
+
+def set_initial_camera(server: Any, cam: CameraPose) -> None:
+    server.initial_camera.fov = cam.fov
+    server.initial_camera.look_at = cam.look_at
+    server.initial_camera.position = cam.position
+    server.initial_camera.up = (0.0, 0.0, 1.0)
+
+
+def add_splats(server: Any, arrays: SplatArrays, name: str = "/splats") -> Any:
+    """Put (or replace) the splat node `name`; returns its handle."""
+    return server.scene.add_gaussian_splats(name, centers=arrays.centers, covariances=arrays.covariances,
+                                            rgbs=arrays.rgbs, opacities=arrays.opacities)
+
+
+class SplatScene:
+    """The splats on a server and the GUI readout of their count and bounds."""
+
+    def __init__(self, server: Any, title: str) -> None:
+        self.server = server
+        self.title = title
+        with server.gui.add_folder("Splats"):
+            self.count = server.gui.add_text("Count", "0", disabled=True)
+            self.lo = server.gui.add_text("Bounds min", "", disabled=True)
+            self.hi = server.gui.add_text("Bounds max", "", disabled=True)
+        self.handle = None
+
+    def show(self, arrays: SplatArrays, frame_camera: bool = False) -> None:
+        if frame_camera:
+            set_initial_camera(self.server, framing_camera(arrays))
+        self.handle = add_splats(self.server, arrays)
+        b = bounds(arrays)
+        self.count.value = f"{len(arrays):,}"
+        self.lo.value = " ".join(f"{v:.3f}" for v in b.lo)
+        self.hi.value = " ".join(f"{v:.3f}" for v in b.hi)
+
+
+def serve_gaussians(g: Gaussians, title: str, cfg: ViewerConfig,
+                    warn: Optional[Callable[[str], None]] = None) -> tuple[Any, SplatScene]:
+    """Start a server showing `g` with the camera on it; returns (server, scene)."""
+    server = start_server(cfg, warn)
+    scene = SplatScene(server, title)
+    scene.show(splat_arrays(g), frame_camera=True)
+    return server, scene
+
+
+def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
+              warn: Optional[Callable[[str], None]] = None) -> int:
+    """`steinsplat view FILE`: serve until Ctrl-C; returns the number of splats shown."""
+    from ..export import load_gaussians
+
+    require_viser()  # the install hint before reading a large file
+    check_config(cfg)
+    g = load_gaussians(path)
+    server, scene = serve_gaussians(g, path.name, cfg, warn)
+    say(f"viewing {path} ({scene.count.value} splats) at {url(server)}  (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(server)
+    say("viewer stopped")
+    return len(g)
