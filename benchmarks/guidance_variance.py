@@ -111,6 +111,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is steadiest on a shared CPU)")
     ap.add_argument("--mu-granularity", default="channel", choices=["scalar", "channel", "pixel"], help="SSD's mu sharing")
     ap.add_argument("--mu-mode", default="least_squares", choices=["least_squares", "optimizer"], help="how SSD picks mu")
+    ap.add_argument("--noise-kernel", type=int, default=1, help="SSD's noise_kernel (1 = the paper's constant term)")
+    ap.add_argument("--mix-channels", action="store_true", help="SSD's noise_mix_channels")
+    ap.add_argument("--ema-decay", type=float, default=0.95, help="SSD's ema_decay")
+    ap.add_argument("--solve-every", type=int, default=8, help="SSD's solve_every")
+    ap.add_argument("--noise-maps", default="none", choices=["none", "alpha", "poly2"], help="SSD's noise_maps")
     ap.add_argument("--methods", nargs="*", default=["sds", "vsd", "ssd-const", "ssd-depth", "ssd-normal", "ssd-depth+normal"],
                     help="ssd-const: the constant control variate only (no estimator), to separate its share")
     args = ap.parse_args()
@@ -139,7 +144,10 @@ def main() -> None:
             return VSD(prior, VSDConfig())
         bl = {"ssd-depth": [DepthBaseline(est)], "ssd-normal": [NormalBaseline(est)],
               "ssd-depth+normal": [DepthBaseline(est), NormalBaseline(est)], "ssd-const": []}[name]
-        return SSD(prior, bl, SSDConfig(mu_mode=args.mu_mode, mu_granularity=args.mu_granularity))
+        return SSD(prior, bl, SSDConfig(mu_mode=args.mu_mode, mu_granularity=args.mu_granularity,
+                                        noise_kernel=args.noise_kernel, noise_mix_channels=args.mix_channels,
+                                        noise_maps=args.noise_maps, solve_every=args.solve_every,
+                                        ema_decay=args.ema_decay))
 
     def make_x():
         r = render(gs, cams, background=(1.0, 1.0, 1.0), backend="torch")

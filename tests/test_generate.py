@@ -99,7 +99,7 @@ def test_presets_parse(name):
 
 
 def test_short_shapeworld_run_beats_a_quality_threshold(tmp_path):
-    """The embedded default end to end (shipped prior + estimator, SSD with the normal baseline): a short
+    """The embedded default end to end (shipped prior, SSD with its noise filter, no estimator): a short
     run turns the initial ball (mask IoU ~0.40 against an orange cone) into the cone."""
     out = tmp_path / "cone.ply"
     argv = ["an orange cone", "--out", str(out), "--steps", "150", "--resolution", "32", "--views", "2",

@@ -332,3 +332,127 @@ def test_guidance_state_round_trip_resumes_exactly(kind):
         ga = a.step(x, emb, cams, generator=torch.Generator().manual_seed(i)).grad
         gb = b.step(x, emb, cams, generator=torch.Generator().manual_seed(i)).grad
         assert torch.allclose(ga, gb, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- step 3b: modulated shifted noises
+def test_shift_noise_matches_a_one_hot_convolution():
+    from steinsplat.guidance.noise_cv import noise_shifts, shift_noise
+
+    eps = torch.randn(2, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    shifts = noise_shifts(3, True, 3)
+    assert shifts[0] == (0, 0, 0) and len(shifts) == 27 and len(set(shifts)) == 27
+    for c, dy, dx in shifts:
+        k = torch.zeros(3, 3, 3, 3)  # [out, in, ky, kx]: out channel o reads channel (o + c) % 3 at (dy, dx)
+        for o in range(3):
+            k[o, (o + c) % 3, 1 + dy, 1 + dx] = 1.0
+        ref = torch.nn.functional.conv2d(eps, k, padding=1)  # zero padding = zero outside the image
+        assert torch.equal(shift_noise(eps, c, dy, dx), ref), (c, dy, dx)
+    with pytest.raises(ValueError, match="odd"):
+        noise_shifts(2, False, 3)
+
+
+class CorrelatedGaussianPrior(AnalyticGaussianPrior):
+    """Data ~ N(m, s^2 L L^T) with L mixing neighbours and channels: eps_hat is linear in x_t but
+    not diagonal, eps_hat = sigma_t Sigma_t^-1 (x_t - alpha_t m), Sigma_t = alpha_t^2 Sigma + sigma_t^2 I."""
+
+    def __init__(self, mean, std, timesteps=None):
+        super().__init__(mean, std, timesteps)
+        C, h, w = mean.shape
+        D = C * h * w
+        eye = torch.eye(D).view(D, C, h, w)
+        blur = torch.nn.functional.avg_pool2d(eye, 3, stride=1, padding=1, count_include_pad=False)
+        L = (eye + 2.0 * blur + 0.8 * torch.roll(blur, 1, dims=1)).view(D, D).T  # columns: images of the basis
+        self.register_buffer("cov", std**2 * L @ L.T)  # [D, D]
+
+    def denoise(self, x_t, t, embeds, cameras=None, guidance_scale=1.0, unet=None, class_labels=None, raw=False):
+        from steinsplat.priors.base import as_timesteps
+
+        t = as_timesteps(t, x_t.shape[0], x_t.device)
+        a, s = self.schedule.alpha_t(t).view(-1, 1, 1), self.schedule.sigma_t(t).view(-1, 1, 1)  # [B, 1, 1]
+        D = self.cov.shape[0]
+        cov_t = a * a * self.cov + s * s * torch.eye(D)  # [B, D, D]
+        r = (x_t - a.view(-1, 1, 1, 1) * self.mean).flatten(1).unsqueeze(-1)  # [B, D, 1]
+        return (s * torch.linalg.solve(cov_t, r)).view_as(x_t)
+
+
+def _correlated_toy(t_range):
+    g = torch.Generator().manual_seed(0)
+    m = 0.5 * torch.randn(3, 6, 6, generator=g)
+    prior = CorrelatedGaussianPrior(m, std=0.5, timesteps=TimestepRange(t_range[0], t_range[1], anneal="none"))
+    return prior, (m + 0.8 * torch.randn(3, 6, 6, generator=g)).unsqueeze(0)
+
+
+def test_shifted_noise_control_variates_cancel_a_correlated_denoiser():
+    f = 300 / 999
+    prior, x = _correlated_toy((f, f))
+    v_sds = _variance_after_warmup(SDS(prior), prior, x, steps=160, warm=60)
+    v_const = _variance_after_warmup(SSD(prior), prior, x, steps=160, warm=60)
+    v_conv = _variance_after_warmup(SSD(prior, config=SSDConfig(noise_kernel=3, noise_mix_channels=True)), prior, x,
+                                    steps=160, warm=60)
+    print(f"\nvariance at t=300: SDS {v_sds:.3e}, constant term {v_const / v_sds:.3f}x, 3x3 filter {v_conv / v_sds:.3f}x")
+    assert v_conv < 0.5 * v_const  # the diagonal mu_0 cannot cancel an off-diagonal Jacobian; the filter can
+    assert v_const < v_sds
+
+
+def test_modulated_noise_control_variates_keep_the_mean():
+    prior, x = _correlated_toy((0.02, 0.98))
+    B = 16
+    xs = x.expand(B, -1, -1, -1)
+    cams = orbit_cameras([20.0] * B, [0.0] * B, 1.8, width=6, height=6)
+    emb = prior.encode_prompt("toy")
+    g = torch.Generator().manual_seed(2)
+    sds = SDS(prior)
+    ssd = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))],
+              SSDConfig(noise_kernel=3, noise_mix_channels=True, noise_maps="poly2"))
+    assert ssd.K == 27 * (2 + 3 + 6) + 1
+    G_sds, G_ssd = [], []
+    for _ in range(150):
+        t = torch.randint(20, 980, (B,), generator=g)
+        eps = torch.randn(xs.shape, generator=g)
+        G_sds.append(sds.step(xs, emb, cams, t=t, eps=eps).grad)
+        G_ssd.append(ssd.step(xs, emb, cams, t=t, eps=eps).grad)
+    a, b = torch.cat(G_ssd), torch.cat(G_sds)
+    z = _paired_z(a, b)
+    assert float(z.mean()) < 1.5 and float(z.max()) < 5.0, float(z.mean())
+    assert not torch.equal(a, b)  # the control variates were really used
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_noise_features_agree_with_the_materialised_control_variates(mix):
+    from steinsplat.guidance.noise_cv import NoiseFeatures, modulated_noises, noise_maps, noise_shifts
+    from steinsplat.guidance.ssd import _moments
+
+    g = torch.Generator().manual_seed(0)
+    B, C, h, w = 3, 3, 6, 5
+    eps, x = torch.randn(B, C, h, w, generator=g), torch.rand(B, C, h, w, generator=g) * 2 - 1
+    maps = noise_maps("poly2", x, None)
+    shifts = noise_shifts(3, mix, C)
+    ref = modulated_noises(eps, maps, shifts)  # [B, K_noise, C, h, w]
+    feats = NoiseFeatures(eps, maps, shifts, 3)
+    assert feats.K == ref.shape[1] == len(maps) * len(shifts)
+    mu = torch.randn(B, feats.K, C, generator=g)
+    assert torch.allclose(feats.combine(mu), (mu[..., None, None] * ref).sum(1), atol=1e-5)
+    others = torch.randn(B, 2, C, h, w, generator=g)  # two baseline CVs
+    eps_hat, w2 = torch.randn(B, C, h, w, generator=g), torch.rand(B, generator=g)
+    residual = eps_hat - feats.combine(mu)
+    A, b = feats.moments(eps_hat, others, w2, residual)
+    A_ref, b_ref = _moments(torch.cat([ref, others], 1), eps_hat, w2.view(B, 1, 1, 1, 1), "channel")
+    A_ref, b_ref = A_ref[..., 0, 0], b_ref[..., 0, 0]  # [B, K, K, C], [B, K, C]
+    Kn = feats.K
+    # the noise terms' b and the baselines' block are the sampled moments themselves (the baselines'
+    # b against the residual: the second stage), the cross block is 0 ...
+    assert torch.allclose(b[:, :Kn], b_ref[:, :Kn], atol=1e-5)
+    b_res = _moments(others, residual, w2.view(B, 1, 1, 1, 1), "channel")[1][..., 0, 0]
+    assert torch.allclose(b[:, Kn:], b_res, atol=1e-5)
+    assert torch.allclose(A[:, Kn:, Kn:], A_ref[:, Kn:, Kn:], atol=1e-5) and float(A[:, :Kn, Kn:].abs().max()) == 0.0
+    # ... the noise-noise block is its exact expectation over eps: compare with a Monte-Carlo mean
+    draws = 400
+    acc = torch.zeros_like(A_ref[:, :Kn, :Kn])
+    for _ in range(draws):
+        e = torch.randn(B, C, h, w, generator=g)
+        acc += _moments(modulated_noises(e, maps, shifts), eps_hat, w2.view(B, 1, 1, 1, 1), "channel")[0][..., 0, 0]
+    mc = acc / draws
+    scale = float(A[:, :Kn, :Kn].abs().max())
+    assert float((mc - A[:, :Kn, :Kn]).abs().max()) < 0.15 * scale  # MC error ~ scale * 3 / sqrt(draws * pixels)
+    assert float((mc - A[:, :Kn, :Kn]).abs().mean()) < 0.01 * scale
+    assert float((A_ref[:, :Kn, :Kn] - A[:, :Kn, :Kn]).abs().mean()) > 0.5 * float((mc - A[:, :Kn, :Kn]).abs().mean())  # one draw is far noisier

@@ -11,9 +11,25 @@ tests/test_guidance.py checks both by Monte Carlo.)
 The estimator, step by step:
     1. t ~ U{t_min..t_max} [B],  eps ~ N(0, I),  x_t = alpha_t x + sigma_t eps
     2. eps_hat = CFG noise prediction at x_t                             (no grad through the UNet)
-    3. control variates CV_k, k = 0, ..., K-1 (K = 1 + number of baselines):
-         CV_0 = eps            (phi_0 = 1: the constant term; grad phi_0 = 0)
-         CV_k = eps phi_k(x_t) - sigma_t grad phi_k(x_t)   for baseline k >= 1 (depth, normal, ...)
+    3. control variates CV_k, k = 0, ..., K-1:
+         a. CV_0 = eps            (phi_0 = 1: the constant term; grad phi_0 = 0)
+         b. (noise_kernel k > 1 or noise_maps != "none") CV_(j, c', dy, dx) = m_j ⊙ S_(c', dy, dx) eps:
+            the noise shifted by (dy, dx) within a k x k window (zero outside the image), taken from
+            channel c + c' (mod C) when mixing channels, and multiplied by a map m_j of the
+            *detached* render: 1, the rendered alpha, the channels x_c of x and their products
+            x_c x_c' ("poly2"). m_j does not depend on eps, so each CV is zero-mean by itself
+            (E[m ⊙ S eps] = m ⊙ S E[eps] = 0); with mu per channel, sum mu ⊙ CV over them is a
+            content-dependent k x k filter M(x) applied to eps. This is Stein's identity with a
+            constant vector field per output element (E[eps g^T] = sigma E[grad g] = 0 for g
+            constant in x_t), the matrix-valued generalisation of phi_0's scalar mu_0.
+            Why it helps: to first order in eps, eps_hat(x_t) - eps = (sigma_t J - I) eps + const,
+            J = d eps_hat / d x_t the denoiser's Jacobian at alpha_t x; the optimal M is
+            sigma_t E[J] (Stein again), which is local, mixes channels and changes with the image
+            content, while a diagonal mu_0 can only cancel its diagonal. On a Gaussian data
+            distribution eps_hat is exactly linear in x_t and a wide enough M removes all the
+            eps-variance.
+            (noise_cv.py builds these CVs as one set of features and never materialises them.)
+         c. CV_k = eps phi_k(x_t) - sigma_t grad phi_k(x_t)   for each baseline (depth, normal, ...)
     4. grad = w(t) (eps_hat - sum_k mu_k ⊙ CV_k)                          (descent gradient on x)
 With mu_0 = 1 and mu_k = 0 this is exactly SDS. Whatever mu (as long as it does not depend on
 this step's eps), E[grad] = E[w eps_hat]: only the variance changes. mu is element-wise (per
@@ -49,6 +65,7 @@ from ..estimators.base import GeometryEstimator, GeometryPrediction
 from ..priors.base import DiffusionPrior, PromptEmbeds
 from ..render.common import RenderOutput
 from .base import Estimate, Guidance, GuidanceConfig, weighting
+from .noise_cv import NoiseFeatures, NoiseMaps, noise_maps, noise_shifts, num_noise_maps
 
 Phi = Callable[[Tensor], Tensor]  # x_t [B, C, h, w] -> [B]
 
@@ -137,13 +154,19 @@ def _alpha_mask(render: RenderOutput, size: tuple[int, int], threshold: float = 
     return (a > threshold).float()
 
 
-def estimator_input(estimator: GeometryEstimator, x_t: Tensor, ctx: BaselineContext) -> GeometryPrediction:
+def estimator_input(estimator: GeometryEstimator, x_t: Tensor, ctx: BaselineContext,
+                    input_scale: float = 1.0) -> GeometryPrediction:
     """Run the estimator on x_t: model-space estimators get x_t and t; RGB estimators get the
-    prior's decoding of x_t as [B, 3, H, W] in [0, 1] (differentiable)."""
+    prior's decoding of x_t as [B, 3, H, W] in [0, 1] (differentiable). input_scale < 1 shrinks
+    the estimator's input first (area average, differentiable): cheaper, and still a valid phi."""
     if estimator.input_space == "model":
-        return estimator(x_t, ctx.t, ctx.cameras)
-    rgb = ctx.prior.decode(x_t).permute(0, 3, 1, 2)  # [B, 3, H, W]
-    return estimator(rgb, ctx.t, ctx.cameras)
+        inp = x_t
+    else:
+        inp = ctx.prior.decode(x_t).permute(0, 3, 1, 2)  # [B, 3, H, W]
+    if input_scale != 1.0:
+        size = [max(1, round(s * input_scale)) for s in inp.shape[-2:]]
+        inp = F.interpolate(inp, size=size, mode="area")
+    return estimator(inp, ctx.t, ctx.cameras)
 
 
 class DepthBaseline:
@@ -153,9 +176,10 @@ class DepthBaseline:
 
     name = "depth"
 
-    def __init__(self, estimator: GeometryEstimator, mask_by_alpha: bool = True) -> None:
+    def __init__(self, estimator: GeometryEstimator, mask_by_alpha: bool = True, input_scale: float = 1.0) -> None:
         self.estimator = estimator
         self.mask_by_alpha = mask_by_alpha
+        self.input_scale = input_scale  # the estimator sees x_t resized by this factor
 
     def build(self, ctx: BaselineContext) -> Phi:
         if ctx.render is None:
@@ -163,7 +187,7 @@ class DepthBaseline:
         ref = ctx.render.depth.detach().permute(0, 3, 1, 2).float()  # [B, 1, H, W], 0 where empty
 
         def phi(x_t: Tensor) -> Tensor:
-            pred = estimator_input(self.estimator, x_t, ctx)
+            pred = estimator_input(self.estimator, x_t, ctx, self.input_scale)
             if pred.depth is None:
                 raise ValueError("this estimator predicts no depth; use the normal baseline")
             d = pred.depth  # [B, 1, h, w]
@@ -182,8 +206,9 @@ class NormalBaseline:
 
     name = "normal"
 
-    def __init__(self, estimator: GeometryEstimator) -> None:
+    def __init__(self, estimator: GeometryEstimator, input_scale: float = 1.0) -> None:
         self.estimator = estimator
+        self.input_scale = input_scale  # the estimator sees x_t resized by this factor
 
     def build(self, ctx: BaselineContext) -> Phi:
         if ctx.render is None:
@@ -193,7 +218,7 @@ class NormalBaseline:
         ref = torch.einsum("bij,bhwj->bihw", R, n_w)  # [B, 3, H, W] camera frame
 
         def phi(x_t: Tensor) -> Tensor:
-            pred = estimator_input(self.estimator, x_t, ctx)
+            pred = estimator_input(self.estimator, x_t, ctx, self.input_scale)
             if pred.normal is None:
                 raise ValueError("this estimator predicts no normals; use the depth baseline")
             n = pred.normal  # [B, 3, h, w]
@@ -206,6 +231,30 @@ class NormalBaseline:
             return 1.0 - (cos * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1.0)
 
         return phi
+
+
+def _moments(cv: Tensor, eps_hat: Tensor, w2: Tensor, granularity: str) -> tuple[Tensor, Tensor]:
+    """Per-sample least-squares moments: A = mean(w^2 CV_i CV_j), b = mean(w^2 eps_hat CV_i), the mean
+    taken over what one mu is shared by. cv [B, K, C, h, w], eps_hat [B, C, h, w], w2 [B, 1, 1, 1, 1]
+    -> A [B, K, K, *s], b [B, K, *s] with s = (1, 1, 1) | (C, 1, 1) | (C, h, w)."""
+    B, K, C, h, w = cv.shape
+    wcv = w2 * cv  # [B, K, C, h, w]
+    if granularity == "pixel":
+        return wcv.unsqueeze(2) * cv.unsqueeze(1), (wcv * eps_hat.unsqueeze(1))
+    # one batched matrix product instead of a [B, K, K, C, h, w] intermediate
+    if granularity == "channel":
+        a = wcv.permute(0, 2, 1, 3, 4).reshape(B * C, K, h * w)  # [B*C, K, hw]
+        c = cv.permute(0, 2, 1, 3, 4).reshape(B * C, K, h * w)
+        A = torch.bmm(a, c.transpose(1, 2)) / (h * w)  # [B*C, K, K]
+        b = torch.bmm(a, eps_hat.reshape(B * C, h * w, 1)) / (h * w)  # [B*C, K, 1]
+        return A.view(B, C, K, K).permute(0, 2, 3, 1)[..., None, None], b.view(B, C, K).permute(0, 2, 1)[..., None, None]
+    if granularity == "scalar":
+        a = wcv.reshape(B, K, C * h * w)
+        c = cv.reshape(B, K, C * h * w)
+        A = torch.bmm(a, c.transpose(1, 2)) / (C * h * w)  # [B, K, K]
+        b = torch.bmm(a, eps_hat.reshape(B, C * h * w, 1)) / (C * h * w)  # [B, K, 1]
+        return A[..., None, None, None], b[..., None, None]
+    raise ValueError(f"unknown mu_granularity {granularity!r}: use 'scalar', 'channel' or 'pixel'")
 
 
 # ---------------------------------------------------------------------------- mu
@@ -241,6 +290,11 @@ class SSDConfig(GuidanceConfig):
     ridge: float = 1e-3  # least squares: ridge (relative to the trace) pulling mu towards SDS's (1, 0, ..., 0)
     opt_lr: float = 0.05  # optimizer: Adam learning rate on mu
     opt_steps: int = 3  # optimizer: Adam steps per iteration
+    noise_kernel: int = 1  # step 3b: k x k window of shifted noises (1 with noise_maps "none" = the paper's constant term only)
+    noise_mix_channels: bool = False  # step 3b also with the other channels' noise (a C -> C filter)
+    noise_maps: NoiseMaps = "none"  # step 3b: modulate the shifted noises by maps of the detached render (none | alpha | poly2)
+    solve_every: int = 4  # least squares with K > 4 CVs: re-solve a bin's mu after this many updates of its moments
+    constant_term: bool = True  # CV_0 = eps in the family (False, an ablation: SDS is then not inside the family)
 
 
 class SSD(Guidance):
@@ -250,7 +304,19 @@ class SSD(Guidance):
         super().__init__(prior, config or SSDConfig())
         self.config: SSDConfig
         self.baselines = list(baselines)
-        self.K = 1 + len(self.baselines)  # number of control variates (constant first)
+        C = prior.model_channels
+        self.shifts = noise_shifts(self.config.noise_kernel, self.config.noise_mix_channels, C)  # step 3b
+        self.K_noise = len(self.shifts) * num_noise_maps(self.config.noise_maps, C)  # CV_0 and step 3b's
+        if not self.config.constant_term:
+            if self.K_noise > 1:
+                raise ValueError("constant_term=False leaves out CV_0 = eps: use it without noise_kernel > 1 or noise_maps")
+            if not self.baselines:
+                raise ValueError("constant_term=False needs at least one baseline")
+            self.K_noise = 0
+        self.K = self.K_noise + len(self.baselines)  # number of control variates (constant first)
+        if self.K_noise > 1 and self.config.mu_mode == "optimizer":
+            raise ValueError("SSD's shifted-noise control variates (noise_kernel > 1 or noise_maps) need "
+                             "mu_mode='least_squares' (or 'fixed')")
         self._mu_shape: Optional[tuple[int, ...]] = None
         self._A: Optional[Tensor] = None  # [bins, K, K, *mu_shape] EMA of E[w^2 CV_i CV_j]
         self._b: Optional[Tensor] = None  # [bins, K, *mu_shape] EMA of E[w^2 eps_hat CV_i]
@@ -264,6 +330,9 @@ class SSD(Guidance):
         C, h, w = x.shape[1:]
         g = self.config.mu_granularity
         self._mu_shape = {"scalar": (1, 1, 1), "channel": (C, 1, 1), "pixel": (C, h, w)}[g]
+        if g == "pixel" and self.K_noise > 1:
+            raise ValueError(f"mu per pixel with {self.K} control variates needs {self.K}^2 moments per pixel: "
+                             "use mu_granularity='channel' (or 'scalar') with noise_kernel > 1 or noise_maps")
         nb, K = self.config.timestep_bins, self.K
         dev = x.device
         self._A = torch.zeros(nb, K, K, *self._mu_shape, device=dev)
@@ -281,7 +350,7 @@ class SSD(Guidance):
             mu = torch.tensor([float(m) for m in self.config.mu_fixed], device=device)
         else:
             mu = torch.zeros(self.K, device=device)
-            mu[0] = 1.0
+            mu[0] = 1.0 if self.config.constant_term else 0.0
         return mu.view(self.K, 1, 1, 1)
 
     def _bins(self, t: Tensor) -> Tensor:
@@ -310,20 +379,32 @@ class SSD(Guidance):
         # ridge towards SDS's mu = (1, 0, ..., 0), not towards 0: (A + lam I) mu = b + lam mu_sds,
         # so a poorly determined mu falls back to SDS instead of shrinking the constant term.
         mu_sds = self._initial_mu(A_.device).view(K)
-        mu = spd_solve(A_ + lam * torch.eye(K, device=A_.device), b_.squeeze(-1) + lam.squeeze(-1) * mu_sds)  # [n, *s, K]
+        A_ = A_ + lam * torch.eye(K, device=A_.device)
+        rhs = b_.squeeze(-1) + lam.squeeze(-1) * mu_sds
+        if K <= 4:
+            mu = spd_solve(A_, rhs)  # [n, *s, K]
+        else:  # the shifted-noise CVs: hundreds of unknowns, LAPACK's Cholesky pays off
+            L, info = torch.linalg.cholesky_ex(A_.double())
+            if bool((info != 0).any()):  # not positive definite (should not happen with the ridge): keep the old mu
+                return
+            mu = torch.cholesky_solve(rhs.double().unsqueeze(-1), L).squeeze(-1).to(A_.dtype)
         self._mu_table[ks] = mu.movedim(-1, 1)  # [n, K, *s]
 
-    def _update(self, eps_hat: Tensor, cv: Tensor, w: Tensor, t: Tensor) -> None:
-        """eps_hat [B, C, h, w], cv [B, K, C, h, w], w [B, 1, 1, 1]."""
+    def _update(self, eps_hat: Tensor, cv: Optional[Tensor], w: Tensor, t: Tensor,
+                noise: Optional[NoiseFeatures] = None, residual: Optional[Tensor] = None) -> None:
+        """eps_hat [B, C, h, w], w [B, 1, 1, 1]; the CVs either materialised, cv [B, K, C, h, w], or
+        as step 3b's features `noise` followed by the baselines' cv [B, K_b, C, h, w] (or None),
+        whose mu are then fitted to `residual` = eps_hat - the noise terms (noise_cv.py)."""
         bins = self._bins(t)
-        red = {"scalar": (-3, -2, -1), "channel": (-2, -1), "pixel": ()}[self.config.mu_granularity]
         w2 = (w * w).unsqueeze(1)  # [B, 1, 1, 1, 1]
         if self.config.mu_mode == "least_squares":
-            def rmean(z: Tensor) -> Tensor:
-                return z.mean(dim=red, keepdim=True) if red else z
-
-            A = rmean(w2.unsqueeze(1) * cv.unsqueeze(2) * cv.unsqueeze(1))  # [B, K, K, *s]
-            b = rmean(w2 * eps_hat.unsqueeze(1) * cv)  # [B, K, *s]
+            if noise is None:
+                A, b = _moments(cv, eps_hat, w2, self.config.mu_granularity)  # [B, K, K, *s], [B, K, *s]
+            else:
+                A, b = noise.moments(eps_hat, cv, w2.flatten(), residual)  # [B, K, K, C], [B, K, C]
+                if self.config.mu_granularity == "scalar":
+                    A, b = A.mean(-1, keepdim=True), b.mean(-1, keepdim=True)
+                A, b = A[..., None, None], b[..., None, None]  # [B, K, K, *s], [B, K, *s]
             present = bins.unique()
             for k in present.tolist():
                 sel = bins == k
@@ -331,7 +412,10 @@ class SSD(Guidance):
                 r = max(1.0 - self.config.ema_decay, 1.0 / int(self._n[k]))  # bias-free start
                 self._A[k].mul_(1 - r).add_(A[sel].mean(0), alpha=r)
                 self._b[k].mul_(1 - r).add_(b[sel].mean(0), alpha=r)
-            self._solve(present)
+            every = 1 if self.K <= 4 else self.config.solve_every
+            due = present[self._n[present] % every == 0]
+            if len(due):
+                self._solve(due)
         elif self.config.mu_mode == "optimizer":
             self._n[bins] += 1
             scale = float((w2.squeeze(1) * eps_hat**2).mean().clamp_min(1e-12))
@@ -385,16 +469,27 @@ class SSD(Guidance):
         x_t = alpha * x + sigma * eps  # [B, C, h, w]  step 1
         eps_hat = prior.predict_noise(x_t, t, embeds, cameras, self.config.guidance_scale).float()  # step 2
         ctx = BaselineContext(t=t, alpha=alpha, sigma=sigma, cameras=cameras, render=render, prior=prior)
-        cvs, phis = [eps], []  # step 3: CV_0 = eps (phi_0 = 1)
-        for bl in self.baselines:
+        phis, bl_cvs = [], []
+        for bl in self.baselines:  # step 3c
             cv_k, phi_k = _cv_and_phi(bl.build(ctx), x_t, eps, sigma)
-            cvs.append(cv_k)
+            bl_cvs.append(cv_k)
             phis.append(phi_k)
-        cv = torch.stack(cvs, dim=1)  # [B, K, C, h, w]
         mu = self.current_mu(t)  # [B, K, *s]  (lagged: from earlier steps)
         w = weighting(prior.schedule, t, self.config.weighting)  # [B, 1, 1, 1]
-        grad = w * (eps_hat - (mu * cv).sum(1))  # [B, C, h, w]  step 4
-        if update_state and self.config.mu_mode != "fixed":
-            self._update(eps_hat, cv, w, t)
+        if self.K_noise <= 1:  # the paper's family: CV_0 = eps (step 3a, unless left out) and the baselines
+            cv = torch.stack([eps] * self.K_noise + bl_cvs, dim=1)  # [B, K, C, h, w]
+            grad = w * (eps_hat - (mu * cv).sum(1))  # [B, C, h, w]  step 4
+            if update_state and self.config.mu_mode != "fixed":
+                self._update(eps_hat, cv, w, t)
+        else:  # steps 3a + 3b as features, never materialised (noise_cv.py)
+            noise = NoiseFeatures(eps.float(), noise_maps(self.config.noise_maps, x, render), self.shifts,
+                                  self.config.noise_kernel)
+            mu_n = mu[:, : self.K_noise, :, 0, 0].expand(-1, -1, eps.shape[1])  # [B, K_noise, C]
+            cv_b = torch.stack(bl_cvs, dim=1) if bl_cvs else None  # [B, K_b, C, h, w]
+            residual = eps_hat - noise.combine(mu_n)  # [B, C, h, w]
+            est_b = (mu[:, self.K_noise :] * cv_b).sum(1) if cv_b is not None else 0.0
+            grad = w * (residual - est_b)  # step 4
+            if update_state and self.config.mu_mode != "fixed":
+                self._update(eps_hat, cv_b, w, t, noise=noise, residual=residual)
         phi = torch.stack(phis, 1) if phis else None
         return Estimate(grad=grad, x_t=x_t, phi=phi, mu=mu.flatten(2).mean((0, 2)).detach())

@@ -1,0 +1,172 @@
+"""Convergence: full optimisations per (method, prompt, seed) with the ShapeWorld metrics logged
+every `eval_every` steps, and what it takes each method to reach a quality threshold.
+
+Wall time counts the optimisation only (the evaluations are timed and subtracted). Every run uses
+generation's defaults (init, learning rates, densification) and differs only in the estimator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .. import config
+from ..gaussians import Gaussians
+from ..generate import GenerateConfig, init_gaussians
+from ..shapeworld.metrics import evaluate
+from ..shapeworld.vocab import RoomPrompt, parse_prompt
+from ..train import Trainer
+from .methods import build
+
+METRICS = ("mask_iou", "psnr", "colour_error", "depth_error", "r_precision")
+HIGHER_IS_BETTER = {"mask_iou": True, "psnr": True, "colour_error": False, "depth_error": False, "r_precision": True}
+
+
+@dataclass
+class CurvePoint:
+    step: int
+    seconds: float  # optimisation wall time up to this step (evaluations excluded)
+    mask_iou: float
+    psnr: float
+    colour_error: float
+    depth_error: float
+    r_precision: Optional[float]
+
+
+@dataclass
+class Run:
+    method: str
+    prompt: str
+    seed: int
+    room: bool
+    steps: int
+    seconds: float  # optimisation wall time
+    seconds_per_step: float  # median over steps
+    skipped_steps: int
+    gaussians: int
+    curve: list[CurvePoint] = field(default_factory=list)
+
+    @property
+    def final(self) -> CurvePoint:
+        return self.curve[-1]
+
+
+def is_room(prompt: str) -> bool:
+    return isinstance(parse_prompt(prompt), RoomPrompt)
+
+
+def run_one(method: str, prompt: str, seed: int, steps: int, eval_every: int, prior, est, views: int, resolution: int,
+            snapshot_steps: tuple[int, ...] = ()) -> tuple[Run, dict[int, Gaussians]]:
+    """One optimisation; returns the run and copies of the Gaussians at `snapshot_steps`."""
+    room = is_room(prompt)
+    mode = "scene" if room else "object"
+    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--steps", str(steps), "--mode", mode,
+                                        "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
+    g = init_gaussians(cfg, torch.device("cpu"))
+    guidance = build(method, prior, est, mode)
+    embeds = prior.encode_prompt(prompt)
+    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution)
+    trainer = Trainer(g, prior, guidance, embeds, optim, mode=mode, seed=seed)
+    run = Run(method, prompt, seed, room, steps, 0.0, 0.0, 0, 0)
+    snaps: dict[int, Gaussians] = {}
+    step_times: list[float] = []
+    opt_seconds = 0.0
+
+    def record(step: int) -> None:
+        with torch.no_grad():
+            m = evaluate(trainer.g, prompt)
+        run.curve.append(CurvePoint(step, opt_seconds, m.mask_iou, m.psnr, m.colour_error, m.depth_error, m.r_precision))
+
+    record(0)
+    while trainer.state.step < steps:
+        t0 = time.perf_counter()
+        trainer.step()
+        dt = time.perf_counter() - t0
+        step_times.append(dt)
+        opt_seconds += dt
+        s = trainer.state.step
+        if s in snapshot_steps:
+            snaps[s] = Gaussians.from_state_tensors({k: v.clone() for k, v in trainer.g.state_tensors().items()})
+        if s % eval_every == 0 or s == steps:
+            record(s)
+    run.seconds = opt_seconds
+    run.seconds_per_step = sorted(step_times)[len(step_times) // 2] if step_times else math.nan
+    run.skipped_steps = trainer.state.skipped
+    run.gaussians = len(trainer.g)
+    return run, snaps
+
+
+def mean_curve(runs: list[Run], key: str) -> list[tuple[int, float, float]]:
+    """(step, mean seconds, mean metric) over runs that share their evaluation steps."""
+    if not runs:
+        return []
+    out = []
+    for i, p in enumerate(runs[0].curve):
+        vals = [getattr(r.curve[i], key) for r in runs if i < len(r.curve)]
+        vals = [v for v in vals if v is not None and not math.isnan(v)]
+        secs = [r.curve[i].seconds for r in runs if i < len(r.curve)]
+        out.append((p.step, sum(secs) / len(secs), sum(vals) / len(vals) if vals else math.nan))
+    return out
+
+
+def first_reaching(curve: list[tuple[int, float, float]], threshold: float, higher: bool = True) -> Optional[tuple[int, float]]:
+    """(step, seconds) of the first point of a mean curve at or past `threshold`; None if never."""
+    for step, secs, v in curve:
+        if not math.isnan(v) and ((v >= threshold) if higher else (v <= threshold)):
+            return step, secs
+    return None
+
+
+def summarise(runs: list[Run], methods: list[str], thresholds: dict[str, float]) -> dict:
+    """Per method over object runs (and rooms separately): final metrics mean and std across runs;
+    steps and time to reach SDS's final mean mask IoU and the fixed thresholds."""
+    out: dict = {}
+    for group, sel in (("objects", lambda r: not r.room), ("rooms", lambda r: r.room)):
+        runs_g = [r for r in runs if sel(r)]
+        if not runs_g:
+            continue
+        by_m = {m: [r for r in runs_g if r.method == m] for m in methods}
+        sds_final = None
+        if by_m.get("sds"):
+            c = mean_curve(by_m["sds"], "mask_iou")
+            sds_final = c[-1][2] if c else None
+        res = {}
+        for m, rs in by_m.items():
+            if not rs:
+                continue
+            entry: dict = {"runs": len(rs), "seconds_per_step": _mean([r.seconds_per_step for r in rs]),
+                           "skipped_steps": sum(r.skipped_steps for r in rs)}
+            for k in METRICS:
+                vals = [getattr(r.final, k) for r in rs]
+                entry[k] = _mean(vals)
+                entry[k + "_std"] = _std(vals)
+            curve = mean_curve(rs, "mask_iou")
+            if sds_final is not None:
+                hit = first_reaching(curve, sds_final)
+                entry["reach_sds_final_iou"] = {"threshold": sds_final, "step": hit[0] if hit else None,
+                                                "seconds": hit[1] if hit else None}
+            for k, thr in thresholds.items():
+                hit = first_reaching(mean_curve(rs, k), thr, HIGHER_IS_BETTER[k])
+                entry[f"reach_{k}_{thr:g}"] = {"threshold": thr, "step": hit[0] if hit else None,
+                                               "seconds": hit[1] if hit else None}
+            res[m] = entry
+        out[group] = res
+    return out
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _std(xs) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if len(xs) < 2:
+        return 0.0 if xs else math.nan
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))

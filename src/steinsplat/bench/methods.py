@@ -1,0 +1,58 @@
+"""The estimators the benchmark compares: one explicit mapping from names to builders.
+
+Main methods (issue "Evidence"):
+    sds          Score Distillation Sampling
+    vsd          Variational Score Distillation (LoRA particle score)
+    ssd          steinsplat's default SSD: the constant term plus the learned noise filter
+                 (guidance/noise_cv.py), no estimator baseline for objects, depth for scenes
+    ssd-depth    the paper's SSD: constant term + depth baseline (1 - Pearson)
+    ssd-normal   the paper's SSD: constant term + normal baseline (1 - cosine)
+Ablations (variance only), all on the paper's family unless named otherwise:
+    mu-scalar / mu-channel / mu-pixel       mu shared over everything / per channel / per element (depth)
+    mu-optimizer                            Adam on ||grad||^2 instead of running least squares (depth)
+    no-constant                             the depth baseline without CV_0 = eps (SDS not in the family)
+    half-res-estimator                      the depth estimator on x_t shrunk 2x
+    filter+depth                            the noise filter and the depth baseline together
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..guidance import SDS, SSD, VSD, DepthBaseline, NormalBaseline, SSDConfig, VSDConfig
+
+FILTER = dict(noise_kernel=3, noise_mix_channels=True, noise_maps="poly2")  # steinsplat's default noise terms
+
+
+def _ssd_default(prior, est, mode):
+    baselines = [DepthBaseline(est)] if mode == "scene" else []
+    return SSD(prior, baselines, SSDConfig(**FILTER))
+
+
+METHODS: dict[str, Callable] = {  # name -> builder(prior, estimator, mode) -> Guidance
+    "sds": lambda prior, est, mode: SDS(prior),
+    "vsd": lambda prior, est, mode: VSD(prior, VSDConfig()),
+    "ssd": _ssd_default,
+    "ssd-depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)]),
+    "ssd-normal": lambda prior, est, mode: SSD(prior, [NormalBaseline(est)]),
+}
+
+ABLATIONS: dict[str, Callable] = {
+    "mu-scalar": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_granularity="scalar")),
+    "mu-channel": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_granularity="channel")),
+    "mu-pixel": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_granularity="pixel")),
+    "mu-optimizer": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_mode="optimizer")),
+    "no-constant": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(constant_term=False)),
+    "half-res-estimator": lambda prior, est, mode: SSD(prior, [DepthBaseline(est, input_scale=0.5)]),
+    "filter+depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(**FILTER)),
+}
+
+SAME_MEAN_AS_SDS = ("ssd", "ssd-depth", "ssd-normal", *ABLATIONS)  # Stein: E[SSD] = E[SDS] for any mu, phi
+# (VSD is left out: its mean differs from SDS's by the particle-score term, by design.)
+
+
+def build(name: str, prior, est, mode: str):
+    table = METHODS if name in METHODS else ABLATIONS
+    if name not in table:
+        raise ValueError(f"unknown method {name!r}: choose from {', '.join([*METHODS, *ABLATIONS])}")
+    return table[name](prior, est, mode)

@@ -1,0 +1,83 @@
+"""`steinsplat bench --quick`: the report's structure and the invariants, never specific numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from steinsplat.bench.methods import METHODS, SAME_MEAN_AS_SDS
+from steinsplat.bench.report import PLOTS
+from steinsplat.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "report.json").read_text())  # strict JSON: no NaN
+
+
+def test_quick_report_files_and_sections(quick_report):
+    out, rep = quick_report
+    assert set(rep) == {"meta", "variance", "convergence", "cost", "ablations", "targets"}
+    assert rep["meta"]["config"]["quick"] is True and rep["meta"]["machine"] and rep["meta"]["date"]
+    md = (out / "report.md").read_text()
+    for section in ("## Targets", "## Gradient variance", "## Convergence", "## Cost", "## Ablations"):
+        assert section in md
+    for name in PLOTS:
+        with Image.open(out / name) as im:  # real PNGs that open
+            assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 100
+    for t in rep["targets"]:
+        assert set(t) == {"what", "measured", "met"} and isinstance(t["met"], bool)
+        assert ("**met**" if t["met"] else "**NOT met**") in md
+
+
+def test_variance_rows_cover_every_method_and_keep_the_invariants(quick_report):
+    _, rep = quick_report
+    cfg = rep["meta"]["config"]
+    rows = rep["variance"]
+    assert {(r["method"], r["band"], r["cameras"]) for r in rows} == {
+        (m, b, c) for m in METHODS for b in cfg["bands"] for c in cfg["cameras"]}
+    for r in rows:
+        assert r["variance"] > 0 and math.isfinite(r["variance"]) and r["draws"] == cfg["draws"]
+        if r["method"] == "sds":
+            assert r["ratio_vs_sds"] == pytest.approx(1.0)
+        if r["method"] in SAME_MEAN_AS_SDS:
+            # Stein's identity: every SSD has SDS's mean; the paired test of the means stays at
+            # its null level (about 0.8-0.9 for a handful of draws) instead of growing with a bias
+            assert r["mean_z_vs_sds"] is not None and r["mean_z_vs_sds"] < 1.3, r
+    for r in rep["ablations"]:
+        assert r["variance"] > 0 and (r["method"] == "sds" or r["mean_z_vs_sds"] < 1.3), r
+
+
+def test_convergence_runs_and_cost_rows(quick_report):
+    _, rep = quick_report
+    cfg = rep["meta"]["config"]
+    runs = rep["convergence"]["runs"]
+    assert {(r["method"], r["prompt"]) for r in runs} == {(m, p) for m in METHODS for p in rep["meta"]["prompts"]}
+    for r in runs:
+        steps = [p["step"] for p in r["curve"]]
+        secs = [p["seconds"] for p in r["curve"]]
+        assert steps[0] == 0 and steps[-1] == cfg["steps"] and steps == sorted(set(steps))
+        assert secs == sorted(secs) and secs[0] == 0.0 and r["seconds"] == pytest.approx(secs[-1])
+        assert 0.0 <= r["curve"][-1]["mask_iou"] <= 1.0
+        assert (r["curve"][-1]["r_precision"] is None) == r["room"]  # R-precision for objects only
+    summary = rep["convergence"]["summary"]
+    assert set(summary) == {"objects", "rooms"} and set(summary["objects"]) == set(METHODS)
+    cost = {r["method"]: r for r in rep["cost"]}
+    assert set(cost) == set(METHODS) and cost["sds"]["ratio_vs_sds"] == pytest.approx(1.0)
+    assert all(r["seconds_per_step"] > 0 and r["peak_memory_mb"] >= 0 for r in cost.values())
+
+
+def test_bad_bench_options_end_with_one_clear_error(capsys, tmp_path):
+    assert main(["bench", "--methods", "sds", "magic", "--out", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["bench", "--methods", "ssd", "--out", str(tmp_path)]) == 2
+    assert "needs sds" in capsys.readouterr().err
+    assert main(["bench", "--prompts", "a corgi in a spacesuit", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "report.json").exists()
