@@ -54,6 +54,7 @@ class GenerateConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
     resume: Optional[Path] = None  # a checkpoint file or a run folder (its latest checkpoint)
     mesh: Optional[Path] = None  # also write a mesh: .ply, .obj or .glb
+    mesh_method: Literal["tsdf", "density"] = "tsdf"  # --mesh by TSDF fusion of rendered views, or density-grid marching cubes
     video: Optional[Path] = None  # also write a turntable: .mp4 or .gif
     checkpoint_every: int = 100  # steps between checkpoints (0: only on Ctrl-C)
     preview_every: int = 100  # steps between preview images (0: none)
@@ -346,7 +347,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     if cfg.mesh is not None:
         from .export.mesh import MeshConfig, export_mesh
 
-        export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode))
+        export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode, method=cfg.mesh_method))
         outputs["mesh"] = str(cfg.mesh)
     if cfg.video is not None:
         from .export.video import VideoConfig, export_video
