@@ -109,6 +109,19 @@ def assert_object_drawn(shot: tuple[float, float, bytes], folder: Path, name: st
     assert border < 0.05, f"{name}: the object's colour covers {border:.1%} of the border: not framed ({where})"
 
 
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until `proc` serves `url` (an HTTP request: a bare TCP probe makes websockets log a handshake error)."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            assert time.perf_counter() < deadline, f"nothing served at {url} after {timeout} s"
+            time.sleep(0.2)
+
+
 def input_values(page) -> list[str]:
     return page.evaluate("() => [...document.querySelectorAll('input')].map(i => i.value)")
 
@@ -154,6 +167,13 @@ def test_viewer_flag_and_loopback_rules():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
 
 
+def test_cost_check_runs():
+    from steinsplat.viewer.cost import hook_cpu_ms_per_step
+
+    ms = hook_cpu_ms_per_step(300, steps=30, push_every=5, step_seconds=0.0)
+    assert 0.0 < ms < 50.0  # measured ~0.4 ms with 1,000 Gaussians
+
+
 def test_bad_input_gives_one_clear_error(tmp_path, capsys, monkeypatch):
     ply = tmp_path / "blob.ply"
     write_ply(ply, coloured_blob(20))
@@ -195,7 +215,7 @@ def test_non_loopback_host_warns():
 
 
 # ---------------------------------------------------------------------------- in the browser
-def test_view_command_draws_the_splats_and_stops_on_ctrl_c(tmp_path, browser):
+def test_view_command_draws_the_splats_and_stops_on_ctrl_c_or_sigterm(tmp_path, browser):
     ply = tmp_path / "red.ply"
     write_ply(ply, coloured_blob())
     port = free_port()
@@ -203,15 +223,7 @@ def test_view_command_draws_the_splats_and_stops_on_ctrl_c(tmp_path, browser):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.perf_counter() + 60
-        while True:  # wait for the server (an HTTP request: a bare TCP probe makes websockets log a handshake error)
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.communicate()
-                assert time.perf_counter() < deadline, "viewer did not start"
-                time.sleep(0.2)
+        wait_for_http(url, proc)
         page = browser.new_page()
         assert_object_drawn(screenshot_until(page, url), tmp_path, "view")
         values = input_values(page)
@@ -223,6 +235,14 @@ def test_view_command_draws_the_splats_and_stops_on_ctrl_c(tmp_path, browser):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert f"127.0.0.1:{port}" in err and "viewer stopped" in err and "Traceback" not in err, err
+    # SIGTERM (kill, service managers) stops it the same way
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "steinsplat.cli", "view", str(ply), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_http(f"http://127.0.0.1:{port}/", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "viewer stopped" in err and "Traceback" not in err, err
 
 
 def test_offline_bundle_on_a_static_server(tmp_path, browser):

@@ -4,6 +4,7 @@
     server.py   start/stop a loopback-by-default server, the splat node + count/bounds readout, `steinsplat view`
     live.py     the training-loop hook of `--viewer`: live splats, step/loss/variance/count, pause, snapshot PLY
     record.py   offline views: a `.viser` recording and a static folder with viser's own client
+    cost.py     what `--viewer` costs a run (`python -m steinsplat.viewer.cost`)
 
 viser itself is imported only when a server starts (`server.require_viser`), so this package imports
 without it.

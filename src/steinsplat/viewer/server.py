@@ -2,7 +2,7 @@
 
 `start_server` binds loopback unless asked otherwise (and warns then: the page has no password and,
 during generation, buttons that write files); `SplatScene` owns the scene node and the GUI readout;
-`view_file` is `steinsplat view`: load, serve, block until Ctrl-C, stop cleanly.
+`view_file` is `steinsplat view`: load, serve, block until Ctrl-C (or SIGTERM), stop cleanly.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +142,17 @@ def serve_gaussians(g: Gaussians, title: str, cfg: ViewerConfig,
     return server, scene
 
 
+def _stop_on_sigterm() -> Any:
+    """Let SIGTERM (kill, systemd, docker stop) end the viewer like Ctrl-C; returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
               warn: Optional[Callable[[str], None]] = None) -> int:
     """`steinsplat view FILE`: serve until Ctrl-C; returns the number of splats shown."""
@@ -150,6 +163,7 @@ def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
     g = load_gaussians(path)
     server, scene = serve_gaussians(g, path.name, cfg, warn)
     say(f"viewing {path} ({scene.count.value} splats) at {url(server)}  (Ctrl-C to stop)")
+    previous = _stop_on_sigterm()
     try:
         while True:
             time.sleep(0.5)
@@ -157,5 +171,7 @@ def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
         pass
     finally:
         stop_server(server)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     say("viewer stopped")
     return len(g)
