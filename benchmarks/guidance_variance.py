@@ -30,9 +30,8 @@ import torch
 
 from steinsplat.cameras import OrbitSampler
 from steinsplat.gaussians import Gaussians
-from steinsplat.guidance import (
-    SDS, SSD, VSD, DepthBaseline, NormalBaseline, SSDConfig, VSDConfig, parameter_gradient_variance,
-)
+from steinsplat.bench.methods import ABLATIONS, METHODS, build as build_method
+from steinsplat.guidance import SSD, SDS, SSDConfig, parameter_gradient_variance
 from steinsplat.priors.base import TimestepRange
 from steinsplat.render import render
 
@@ -109,15 +108,17 @@ def main() -> None:
     ap.add_argument("--fixed-t", type=int, default=None, help="use this timestep for every draw")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is steadiest on a shared CPU)")
-    ap.add_argument("--mu-granularity", default="channel", choices=["scalar", "channel", "pixel"], help="SSD's mu sharing")
-    ap.add_argument("--mu-mode", default="least_squares", choices=["least_squares", "optimizer"], help="how SSD picks mu")
-    ap.add_argument("--noise-kernel", type=int, default=1, help="SSD's noise_kernel (1 = the paper's constant term)")
-    ap.add_argument("--mix-channels", action="store_true", help="SSD's noise_mix_channels")
-    ap.add_argument("--ema-decay", type=float, default=0.95, help="SSD's ema_decay")
-    ap.add_argument("--solve-every", type=int, default=8, help="SSD's solve_every")
-    ap.add_argument("--noise-maps", default="none", choices=["none", "alpha", "poly2"], help="SSD's noise_maps")
-    ap.add_argument("--methods", nargs="*", default=["sds", "vsd", "ssd-const", "ssd-depth", "ssd-normal", "ssd-depth+normal"],
-                    help="ssd-const: the constant control variate only (no estimator), to separate its share")
+    ap.add_argument("--mu-granularity", default="channel", choices=["scalar", "channel", "pixel"], help="ssd-const: mu sharing")
+    ap.add_argument("--mu-mode", default="least_squares", choices=["least_squares", "optimizer"], help="ssd-const: how mu is picked")
+    ap.add_argument("--noise-kernel", type=int, default=3, help="ssd-filter-custom: noise_kernel")
+    ap.add_argument("--mix-channels", action=argparse.BooleanOptionalAction, default=True, help="ssd-filter-custom: noise_mix_channels")
+    ap.add_argument("--ema-decay", type=float, default=0.95, help="ssd-filter-custom: ema_decay")
+    ap.add_argument("--solve-every", type=int, default=4, help="ssd-filter-custom: solve_every")
+    ap.add_argument("--noise-maps", default="poly2", choices=["none", "alpha", "poly2"], help="SSD's noise_maps")
+    ap.add_argument("--methods", nargs="*", default=["sds", "vsd", "ssd", "ssd-const", "ssd-depth", "ssd-normal", "filter+depth"],
+                    help="names of steinsplat.bench.methods (ssd = steinsplat's default: the noise filter; ssd-depth / "
+                         "ssd-normal = the paper's), plus ssd-const (the paper's constant term alone) and "
+                         "ssd-filter-custom (the filter with --noise-* options)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -138,16 +139,15 @@ def main() -> None:
     cams = sampler.sample(args.views, torch.Generator().manual_seed(args.seed + 1))  # the fixed views
 
     def build(name: str):
-        if name == "sds":
-            return SDS(prior)
-        if name == "vsd":
-            return VSD(prior, VSDConfig())
-        bl = {"ssd-depth": [DepthBaseline(est)], "ssd-normal": [NormalBaseline(est)],
-              "ssd-depth+normal": [DepthBaseline(est), NormalBaseline(est)], "ssd-const": []}[name]
-        return SSD(prior, bl, SSDConfig(mu_mode=args.mu_mode, mu_granularity=args.mu_granularity,
-                                        noise_kernel=args.noise_kernel, noise_mix_channels=args.mix_channels,
-                                        noise_maps=args.noise_maps, solve_every=args.solve_every,
-                                        ema_decay=args.ema_decay))
+        if name in METHODS or name in ABLATIONS:
+            return build_method(name, prior, est, "object")
+        if name == "ssd-const":  # the paper's constant term alone (no estimator): SDS with the optimal mu
+            return SSD(prior, [], SSDConfig(mu_mode=args.mu_mode, mu_granularity=args.mu_granularity))
+        if name == "ssd-filter-custom":  # the noise filter with this script's options
+            return SSD(prior, [], SSDConfig(noise_kernel=args.noise_kernel, noise_mix_channels=args.mix_channels,
+                                            noise_maps=args.noise_maps, solve_every=args.solve_every,
+                                            ema_decay=args.ema_decay))
+        raise SystemExit(f"unknown method {name!r}: {', '.join([*METHODS, *ABLATIONS, 'ssd-const', 'ssd-filter-custom'])}")
 
     def make_x():
         r = render(gs, cams, background=(1.0, 1.0, 1.0), backend="torch")

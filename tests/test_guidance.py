@@ -456,3 +456,17 @@ def test_noise_features_agree_with_the_materialised_control_variates(mix):
     assert float((mc - A[:, :Kn, :Kn]).abs().max()) < 0.15 * scale  # MC error ~ scale * 3 / sqrt(draws * pixels)
     assert float((mc - A[:, :Kn, :Kn]).abs().mean()) < 0.01 * scale
     assert float((A_ref[:, :Kn, :Kn] - A[:, :Kn, :Kn]).abs().mean()) > 0.5 * float((mc - A[:, :Kn, :Kn]).abs().mean())  # one draw is far noisier
+
+
+def test_guard_falls_back_to_sds_where_the_fitted_mu_does_worse():
+    """At t = 500 on the toy, Adam on mu overshoots (about 2.5x SDS's variance without the guard);
+    the guard measures that on later steps and serves SDS's gradient in that bin instead."""
+    f = 500 / 999
+    prior, x = _toy(t_range=(f, f))
+    phi = _quadratic_phi(prior)
+    v_sds = _variance_after_warmup(SDS(prior), prior, x)
+    cfg = dict(mu_mode="optimizer", opt_lr=0.5)
+    v_raw = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(guard=False, **cfg)), prior, x)
+    v_guard = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(guard=True, **cfg)), prior, x)
+    assert v_raw > 1.3 * v_sds  # the unguarded fit really is worse here ...
+    assert v_guard < 1.05 * v_sds  # ... and the guard keeps SSD at SDS's level

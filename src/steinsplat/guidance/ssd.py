@@ -31,14 +31,19 @@ The estimator, step by step:
             (noise_cv.py builds these CVs as one set of features and never materialises them.)
          c. CV_k = eps phi_k(x_t) - sigma_t grad phi_k(x_t)   for each baseline (depth, normal, ...)
     4. grad = w(t) (eps_hat - sum_k mu_k ⊙ CV_k)                          (descent gradient on x)
+    5. the guard: per timestep bin, SDS's grad instead, until the fitted mu has shown a lower
+       second moment than SDS's on later steps (see `_guarded`)
 With mu_0 = 1 and mu_k = 0 this is exactly SDS. Whatever mu (as long as it does not depend on
 this step's eps), E[grad] = E[w eps_hat]: only the variance changes. mu is element-wise (per
 channel by default; "pixel" = per element of x, "scalar" = one number per CV), kept per
 timestep bin, and chosen to minimise E||grad||^2 (which, the mean being fixed, is the variance):
     (a) "least_squares": the running optimum of the normal equations
             sum_j E[w^2 CV_i ⊙ CV_j] mu_j = E[w^2 eps_hat ⊙ CV_i]
-        (for one CV: mu* = E[eps_hat ⊙ CV] / E[CV ⊙ CV]) from EMA moments;
-    (b) "optimizer": a few Adam steps per iteration on ||grad||^2.
+        (for one CV: mu* = E[eps_hat ⊙ CV] / E[CV ⊙ CV]) from EMA moments. With step 3b's CVs
+        (hundreds of them) the noise block of E[CV_i CV_j] is taken in closed form, the baselines'
+        mu are fitted in a second stage to what the noise terms leave, and each bin is re-solved
+        every `solve_every` updates (noise_cv.py);
+    (b) "optimizer": a few Adam steps per iteration on ||grad||^2 (the paper's family only).
 Both are *lagged*: the mu used at a step comes from earlier steps only, so the estimator stays
 exactly unbiased. On the Gaussian toy (tests/test_guidance.py) (a) wins clearly (variance vs SDS
 at random t 0.87x against 1.14x; at t = 200 0.001x against 0.05x; at t = 500 0.03x against 2.5x):
@@ -49,6 +54,11 @@ normals, phi = 1 - mean cos(rendered normal, estimator normal). The rendered map
 grad phi is autograd through the estimator (and what maps x_t to its input), never through the
 UNet. Depth is compared like with like: when the estimator returns disparity the rendered depth
 is inverted first.
+
+Defaults. `SSDConfig()` is the paper's family (steps 3a + 3c). steinsplat's generation uses
+steps 3a + 3b (noise_kernel=3, noise_mix_channels=True, noise_maps="poly2") and, for scenes, the
+depth baseline: measured on ShapeWorld, the estimator baselines add no variance reduction on top
+of step 3b at ~1.3-1.6x the cost of an SDS step (README, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -295,6 +305,8 @@ class SSDConfig(GuidanceConfig):
     noise_maps: NoiseMaps = "none"  # step 3b: modulate the shifted noises by maps of the detached render (none | alpha | poly2)
     solve_every: int = 4  # least squares with K > 4 CVs: re-solve a bin's mu after this many updates of its moments
     constant_term: bool = True  # CV_0 = eps in the family (False, an ablation: SDS is then not inside the family)
+    guard: bool = True  # step 5: per timestep bin, SDS's mu until the fitted mu shows a lower second moment out of sample
+    guard_min_updates: int = 8  # step 5: updates a bin needs before its fitted mu may be used
 
 
 class SSD(Guidance):
@@ -340,6 +352,7 @@ class SSD(Guidance):
         self._n = torch.zeros(nb, dtype=torch.long, device=dev)
         self._mu_table = self._initial_mu(dev).expand(nb, K, *self._mu_shape).clone()  # [bins, K, *s] solved mu
         self._mu_param = torch.nn.Parameter(self._mu_table.clone())
+        self._guard = torch.zeros(3, nb, device=dev)  # step 5: [EMA of E||grad_fit||^2, of E||grad_sds||^2, updates] per bin
         self._opt = torch.optim.Adam([self._mu_param], lr=self.config.opt_lr)
 
     def _initial_mu(self, device: torch.device) -> Tensor:
@@ -433,7 +446,7 @@ class SSD(Guidance):
         if self._mu_shape is None:
             return t
         t.update({"ssd.A": self._A, "ssd.b": self._b, "ssd.n": self._n, "ssd.mu_table": self._mu_table,
-                  "ssd.mu_param": self._mu_param.detach()})
+                  "ssd.mu_param": self._mu_param.detach(), "ssd.guard": self._guard})
         st = self._opt.state.get(self._mu_param, {})
         for k, v in st.items():
             t[f"ssd.opt.{k}"] = torch.as_tensor(v)
@@ -454,6 +467,7 @@ class SSD(Guidance):
         self._n = tensors["ssd.n"].to(dev).clone()
         self._mu_table = table.to(dev).clone()
         self._mu_param = torch.nn.Parameter(tensors["ssd.mu_param"].to(dev).clone())
+        self._guard = tensors["ssd.guard"].to(dev).clone() if "ssd.guard" in tensors else torch.zeros(3, len(table), device=dev)
         self._opt = torch.optim.Adam([self._mu_param], lr=self.config.opt_lr)
         st = {k[len("ssd.opt."):]: v.to(dev).clone() for k, v in tensors.items() if k.startswith("ssd.opt.")}
         if st:
@@ -491,5 +505,26 @@ class SSD(Guidance):
             grad = w * (residual - est_b)  # step 4
             if update_state and self.config.mu_mode != "fixed":
                 self._update(eps_hat, cv_b, w, t, noise=noise, residual=residual)
+        if self.config.guard and self.config.constant_term and self.config.mu_mode != "fixed":  # step 5
+            grad = self._guarded(grad, w * (eps_hat - eps), t, update_state)
         phi = torch.stack(phis, 1) if phis else None
         return Estimate(grad=grad, x_t=x_t, phi=phi, mu=mu.flatten(2).mean((0, 2)).detach())
+
+    def _guarded(self, grad: Tensor, grad_sds: Tensor, t: Tensor, update_state: bool) -> Tensor:
+        """Step 5: per timestep bin, keep the fitted mu only where its gradient's second moment, measured
+        on later steps than those it was fitted on, is below SDS's (mu = (1, 0, ..., 0)); else SDS.
+        A poorly determined fit (few updates, hundreds of CVs, a tiny residual as at high t) can add
+        more variance than it removes: this keeps SSD from ever doing worse than SDS for long. The
+        decision uses earlier steps only, so the estimator stays unbiased. grad, grad_sds [B, C, h, w]."""
+        bins = self._bins(t)
+        fit_err, sds_err, n = self._guard
+        use = (n[bins] >= self.config.guard_min_updates) & (fit_err[bins] < sds_err[bins])  # [B] (lagged)
+        if update_state:
+            e_fit, e_sds = grad.pow(2).flatten(1).mean(1), grad_sds.pow(2).flatten(1).mean(1)  # [B]
+            for k in bins.unique().tolist():
+                sel = bins == k
+                n[k] += 1
+                r = max(1.0 - self.config.ema_decay, 1.0 / float(n[k]))
+                fit_err[k] = (1 - r) * fit_err[k] + r * e_fit[sel].mean()
+                sds_err[k] = (1 - r) * sds_err[k] + r * e_sds[sel].mean()
+        return torch.where(use.view(-1, 1, 1, 1), grad, grad_sds)
