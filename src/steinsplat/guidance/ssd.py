@@ -306,7 +306,8 @@ class SSDConfig(GuidanceConfig):
     solve_every: int = 4  # least squares with K > 4 CVs: re-solve a bin's mu after this many updates of its moments
     constant_term: bool = True  # CV_0 = eps in the family (False, an ablation: SDS is then not inside the family)
     guard: bool = True  # step 5: per timestep bin, SDS's mu until the fitted mu shows a lower second moment out of sample
-    guard_min_updates: int = 8  # step 5: updates a bin needs before its fitted mu may be used
+    guard_min_updates: int = 8  # step 5: updates a bin needs before its fitted mu may be used (and measured)
+    guard_decay: float = 0.8  # step 5: EMA decay of the two second moments (short: it judges the current fit)
 
 
 class SSD(Guidance):
@@ -518,13 +519,15 @@ class SSD(Guidance):
         decision uses earlier steps only, so the estimator stays unbiased. grad, grad_sds [B, C, h, w]."""
         bins = self._bins(t)
         fit_err, sds_err, n = self._guard
-        use = (n[bins] >= self.config.guard_min_updates) & (fit_err[bins] < sds_err[bins])  # [B] (lagged)
+        use = (n[bins] >= 2) & (fit_err[bins] < sds_err[bins])  # [B] (lagged: from earlier steps)
         if update_state:
             e_fit, e_sds = grad.pow(2).flatten(1).mean(1), grad_sds.pow(2).flatten(1).mean(1)  # [B]
             for k in bins.unique().tolist():
+                if int(self._n[k]) < self.config.guard_min_updates:  # not fitted yet: nothing to judge
+                    continue
                 sel = bins == k
                 n[k] += 1
-                r = max(1.0 - self.config.ema_decay, 1.0 / float(n[k]))
+                r = max(1.0 - self.config.guard_decay, 1.0 / float(n[k]))
                 fit_err[k] = (1 - r) * fit_err[k] + r * e_fit[sel].mean()
                 sds_err[k] = (1 - r) * sds_err[k] + r * e_sds[sel].mean()
         return torch.where(use.view(-1, 1, 1, 1), grad, grad_sds)
