@@ -6,7 +6,6 @@ same loading code as the shipped ones); the shipped weights are exercised when t
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
