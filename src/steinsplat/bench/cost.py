@@ -4,7 +4,8 @@ Each method runs `steps` steps of a fresh optimisation of the same prompt and se
 Python process of its own (one after the other), so that memory is not shared between methods.
 Time per step is the median over steps after the first two. Memory: on CUDA, torch's peak
 allocated bytes above those before the steps; on the CPU, the process's peak resident set size
-above its resident size once the models are loaded (the optimisation's own working memory).
+(sampled every 2 ms during the steps) above its resident size once the models are loaded: the
+optimisation's own working memory.
 """
 
 from __future__ import annotations
@@ -36,10 +37,28 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def _peak_rss_bytes() -> int:
-    import resource
+class _PeakRSS:
+    """The peak resident set size while the `with` block runs, sampled every 2 ms in a thread
+    (the process's lifetime high-water mark would be the model-loading peak instead)."""
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    def __enter__(self) -> "_PeakRSS":
+        import threading
+
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            self._stop.wait(0.002)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
 
 
 def _one(name: str, prompt: str, seed: int, steps: int, views: int, resolution: int, threads: int) -> dict:
@@ -60,11 +79,12 @@ def _one(name: str, prompt: str, seed: int, steps: int, views: int, resolution: 
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if cuda else _rss_bytes()
     times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        trainer.step()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
+    with _PeakRSS() as mon:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            trainer.step()
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() if cuda else mon.peak
     kept = sorted(times[2:] if len(times) > 4 else times)
     return {"seconds_per_step": kept[len(kept) // 2], "peak_extra_mb": max(0.0, (peak - base) / 2**20)}
 
