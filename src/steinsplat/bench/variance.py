@@ -97,13 +97,13 @@ def measure_variance(scene: Gaussians, point: str, step: int, prior, est, embeds
                                         float(Gm.var(0, unbiased=True).sum()), float(Gm.mean(0).pow(2).sum()),
                                         seconds_per_draw=dt))
             base = per_method.get("sds")
-            for row in rows[-len(methods):]:
-                if base is None:
-                    continue
-                sds_var = float(base.var(0, unbiased=True).sum())
-                row.ratio_vs_sds = row.variance / sds_var if sds_var > 0 else math.nan
-                if row.method in SAME_MEAN_AS_SDS:
-                    row.mean_z_vs_sds = paired_mean_z(per_method[row.method], base)
+            if base is not None:
+                group = rows[-len(methods):]
+                sds_var = next(r.variance for r in group if r.method == "sds")
+                for row in group:
+                    row.ratio_vs_sds = row.variance / sds_var if sds_var > 0 else math.nan
+                    if row.method in SAME_MEAN_AS_SDS:
+                        row.mean_z_vs_sds = paired_mean_z(per_method[row.method], base)
     return rows
 
 
