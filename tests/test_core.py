@@ -122,6 +122,16 @@ def test_initialisers():
     lo, hi = torch.tensor([-2.0, -2.0, 0.0]), torch.tensor([2.0, 2.0, 2.5])
     on_face = ((m - lo).abs() < 1e-5) | ((m - hi).abs() < 1e-5)
     assert bool(on_face.any(-1).all())
+    # flat discs: the scale across the face (its normal axis) is `flatness` times the scales along it
+    flat = Gaussians.random_box_shell(500, flatness=0.1, generator=gen)
+    fm = flat.means
+    normal_axis = torch.minimum((fm - lo).abs(), (hi - fm).abs()).argmin(-1)  # [N]
+    s = flat.scales  # [N, 3]
+    across = s[torch.arange(500), normal_axis]
+    torch.testing.assert_close(across, 0.1 * s.max(-1).values, rtol=1e-5, atol=0)
+    assert bool((box.scales.max(-1).values == box.scales.min(-1).values).all())  # default: isotropic
+    with pytest.raises(ValueError, match="flatness"):
+        Gaussians.random_box_shell(10, flatness=0.0)
     pts = Gaussians.from_points(torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [0, 0.1, 0], [0, 0, 0.1]]))
     assert pts.scales.max().item() < 0.2
     with pytest.raises(ValueError, match="shape"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Literal
 
 import torch
@@ -24,12 +24,12 @@ from torch import Tensor
 
 from .gaussians import Gaussians, quat_to_rotmat
 
-StrategyName = Literal["default", "mcmc", "none"]
+StrategyName = Literal["auto", "default", "mcmc", "none"]
 
 
 @dataclass
 class DensifyConfig:
-    strategy: StrategyName = "default"  # "default" (3DGS clone/split/prune), "mcmc" or "none"
+    strategy: StrategyName = "auto"  # "default" (3DGS clone/split/prune), "mcmc", "none"; auto: default for objects, none for scenes
     start: int = 100  # first step at which Gaussians are refined
     stop: int = 1_000  # no refinement from this step on
     interval: int = 100  # refine every this many steps
@@ -43,12 +43,21 @@ class DensifyConfig:
     mcmc_min_opacity: float = 0.005  # mcmc: relocate Gaussians below this opacity
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("default", "mcmc", "none"):
-            raise ValueError(f"unknown densification strategy {self.strategy!r}: use default, mcmc or none")
+        if self.strategy not in ("auto", "default", "mcmc", "none"):
+            raise ValueError(f"unknown densification strategy {self.strategy!r}: use auto, default, mcmc or none")
         if self.interval <= 0:
             raise ValueError("densify interval must be positive")
         if self.cap <= 0:
             raise ValueError("densify cap must be positive")
+
+
+def for_mode(cfg: DensifyConfig, mode: str) -> DensifyConfig:
+    """Resolve strategy "auto": 3DGS clone/split/prune for objects; none for scenes, whose init
+    already covers every wall and whose split children would scatter off the walls (with one fixed
+    camera centre no view corrects the depth of a Gaussian that leaves its wall)."""
+    if cfg.strategy != "auto":
+        return cfg
+    return replace(cfg, strategy="default" if mode == "object" else "none")
 
 
 class Densifier:
@@ -61,6 +70,8 @@ class Densifier:
 
     def __init__(self, cfg: DensifyConfig, gaussians: Gaussians, optimizers: dict[str, torch.optim.Optimizer],
                  scene_scale: float = 1.0) -> None:
+        if cfg.strategy == "auto":
+            raise ValueError('densification strategy "auto" depends on the mode: pass for_mode(cfg, mode)')
         self.cfg = cfg
         self.gaussians = gaussians
         self.optimizers = optimizers
@@ -108,6 +119,9 @@ class Densifier:
             return
         before = len(self.gaussians)
         packed = info.get("gaussian_ids") is not None
+        m2d = info.get("means2d")
+        if isinstance(m2d, Tensor) and m2d.retains_grad and m2d.grad is None:  # nothing visible: no screen-space gradient
+            m2d.grad = torch.zeros_like(m2d)
         if self.cfg.strategy == "default":
             self.strategy.step_post_backward(self.gaussians.splats, self.optimizers, self.state, step, info, packed=packed)
         else:

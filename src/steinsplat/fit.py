@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Cameras, OrbitSampler, orbit_cameras
-from .densify import Densifier, DensifyConfig, per_param_optimizers
+from .densify import Densifier, DensifyConfig, for_mode, per_param_optimizers
 from .gaussians import Gaussians, rgb_to_sh0
 from .render import render
 from .render.dense import render_dense
@@ -70,7 +70,7 @@ def fit_views(
     lrs = dict(means=cfg.lr_means, scales=cfg.lr_scales, quats=cfg.lr_quats, opacities=cfg.lr_opacities,
                sh0=cfg.lr_sh0, shN=cfg.lr_shN)
     opt = per_param_optimizers(g, lrs)
-    densifier = Densifier(cfg.densify, g, opt, scene_scale=cfg.init_radius)
+    densifier = Densifier(for_mode(cfg.densify, "object"), g, opt, scene_scale=cfg.init_radius)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for step in range(cfg.steps):

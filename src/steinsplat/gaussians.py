@@ -282,9 +282,16 @@ class Gaussians(torch.nn.Module):
         opacity: float = 0.1,
         sh_degree: int = 0,
         generator: Optional[torch.Generator] = None,
+        flatness: float = 1.0,
     ) -> "Gaussians":
         """Scene init: `num` Gaussians on the six faces of the box [lo, hi] (a room seen from inside),
-        faces sampled in proportion to their areas."""
+        faces sampled in proportion to their areas.
+
+        flatness: the scale across the face as a fraction of the scale along it (1: isotropic;
+            0.1: discs lying on the walls, so the rendered depth is the wall's from the first step).
+        """
+        if not 0.0 < flatness <= 1.0:
+            raise ValueError(f"flatness must be in (0, 1], got {flatness}")
         if num <= 0:
             raise ValueError(f"number of Gaussians must be positive, got {num}")
         lo_t, hi_t = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
@@ -302,7 +309,10 @@ class Gaussians(torch.nn.Module):
         colors = torch.rand(num, 3, generator=generator)
         if scale is None:
             scale = 0.5 * math.sqrt(float(areas.sum()) / num)
-        return cls.from_points(pts, colors, scale=scale, opacity=opacity, sh_degree=sh_degree)
+        g = cls.from_points(pts, colors, scale=scale, opacity=opacity, sh_degree=sh_degree)
+        with torch.no_grad():  # identity rotations: the face normal is the world axis `axis`
+            g.splats["scales"][torch.arange(num), axis] += math.log(flatness)
+        return g
 
 
 def _knn_scale(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:

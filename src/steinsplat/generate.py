@@ -50,7 +50,7 @@ class GenerateConfig:
     guidance_scale: Optional[float] = None  # classifier-free guidance; default: the prior's
     resolution: int = 64  # render size (square)
     views: int = 4  # cameras per step
-    init_gaussians: int = 1000  # initial number of Gaussians
+    init_gaussians: Optional[int] = None  # initial number of Gaussians; default 1000 for objects (densification grows them), 8000 for scenes (no densification)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
     resume: Optional[Path] = None  # a checkpoint file or a run folder (its latest checkpoint)
     mesh: Optional[Path] = None  # also write a mesh: .ply, .obj or .glb
@@ -141,9 +141,12 @@ def init_gaussians(cfg: GenerateConfig, device: torch.device):
 
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.mode == "object":
-        g = Gaussians.random_ball(cfg.init_gaussians, radius=0.45, opacity=0.1, generator=gen)
+        g = Gaussians.random_ball(cfg.init_gaussians or 1000, radius=0.45, opacity=0.1, generator=gen)
     else:
-        g = Gaussians.random_box_shell(cfg.init_gaussians, opacity=0.1, generator=gen)
+        # The room-scale init: discs lying on the walls of the ShapeWorld room box, half opaque.
+        # Every scene camera sits at one point (SHAPEWORLD.md), so no pair of views gives parallax:
+        # the prior can fix colours and coverage but not depth, which the init must get right.
+        g = Gaussians.random_box_shell(cfg.init_gaussians or 8000, opacity=0.5, flatness=0.1, generator=gen)
     return g.to(device)
 
 
@@ -180,7 +183,7 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
             raise GenerationError(str(exc).replace("--port", "--viewer").replace("--host", "--viewer-host")) from None
         if cfg.viewer_every <= 0:
             raise GenerationError("--viewer-every must be positive")
-    if cfg.steps <= 0 or cfg.views <= 0 or cfg.resolution < 8 or cfg.init_gaussians <= 0:
+    if cfg.steps <= 0 or cfg.views <= 0 or cfg.resolution < 8 or (cfg.init_gaussians is not None and cfg.init_gaussians <= 0):
         raise GenerationError("--steps, --views and --init-gaussians must be positive and --resolution at least 8")
     return out
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .cameras import InsideOutSampler, OrbitSampler
-from .densify import Densifier, DensifyConfig, per_param_optimizers
+from .densify import Densifier, DensifyConfig, for_mode, per_param_optimizers
 from .gaussians import Gaussians
 from .priors.base import DiffusionPrior, PromptEmbeds
 from .render import RenderOutput, render
@@ -66,10 +66,16 @@ class Trainer:
     """Holds everything one optimisation needs; `run()` loops, `state_tensors()` checkpoints it."""
 
     def __init__(self, gaussians: Gaussians, prior: DiffusionPrior, guidance, embeds: PromptEmbeds, cfg: OptimConfig,
-                 mode: str = "object", seed: int = 0, background: Optional[tuple[float, float, float]] = None) -> None:
+                 mode: str = "object", seed: int = 0, background: Optional[tuple[float, float, float]] = None,
+                 random_background: Optional[bool] = None) -> None:
         self.g, self.prior, self.guidance, self.embeds, self.cfg = gaussians, prior, guidance, embeds, cfg
         self.mode = mode
+        # background: behind the splats in previews (and in training unless random_background);
+        # objects: white, as the prior saw them. Rooms have no background (SHAPEWORLD.md), so by
+        # default a scene is trained on a fresh random colour per view: a hole in the walls then
+        # shows an arbitrary colour that no room image has, and the prior closes it.
         self.background = background if background is not None else ((1.0, 1.0, 1.0) if mode == "object" else (0.0, 0.0, 0.0))
+        self.random_background = (mode == "scene") if random_background is None else random_background
         sampler_cls = OrbitSampler if mode == "object" else InsideOutSampler
         self.sampler = sampler_cls(width=cfg.resolution, height=cfg.resolution)
         self.generator = torch.Generator().manual_seed(seed)
@@ -77,7 +83,7 @@ class Trainer:
                    sh0=cfg.lr_sh0, shN=cfg.lr_shN)
         self.optimizers = per_param_optimizers(gaussians, lrs)
         scene_scale = 0.5 if mode == "object" else 2.0
-        self.densifier = Densifier(cfg.densify, gaussians, self.optimizers, scene_scale=scene_scale)
+        self.densifier = Densifier(for_mode(cfg.densify, mode), gaussians, self.optimizers, scene_scale=scene_scale)
         self.state = LoopState()
         self.t0 = time.perf_counter()
 
@@ -91,7 +97,8 @@ class Trainer:
         lr = self.lr_means(s)
         self.optimizers["means"].param_groups[0]["lr"] = lr
         cams = self.sampler.sample(cfg.views, self.generator).to(self.g.device)  # 1.
-        out: RenderOutput = render(self.g, cams, background=self.background)  # 2. [B, H, W, 3] ...
+        bg = torch.rand(len(cams), 3, generator=self.generator) if self.random_background else self.background  # [B, 3]
+        out: RenderOutput = render(self.g, cams, background=bg)  # 2. [B, H, W, 3] ...
         x = self.prior.encode_images(out.rgb)  # 3. [B, C, h, w]
         self.densifier.pre_backward(s, out.info)
         gout = self.guidance.step(x, self.embeds, cams, render=out, progress=s / max(1, cfg.steps),
