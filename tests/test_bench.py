@@ -80,4 +80,6 @@ def test_bad_bench_options_end_with_one_clear_error(capsys, tmp_path):
     assert main(["bench", "--methods", "ssd", "--out", str(tmp_path)]) == 2
     assert "needs sds" in capsys.readouterr().err
     assert main(["bench", "--prompts", "a corgi in a spacesuit", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--warmup", "-5", "--out", str(tmp_path)]) == 2
+    assert "--warmup" in capsys.readouterr().err
     assert not (tmp_path / "report.json").exists()

@@ -194,8 +194,9 @@ def test_optimised_ssd_has_lower_variance_than_sds_and_least_squares_wins(t_fixe
         prior, x = _toy(t_range=(f, f))
     phi = _quadratic_phi(prior)
     v_sds = _variance_after_warmup(SDS(prior), prior, x)
-    v_ls = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(mu_mode="least_squares")), prior, x)
-    v_opt = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(mu_mode="optimizer")), prior, x)
+    pix = dict(guard_pool=1)  # the toy's parameters are its pixels: the guard judges them one by one
+    v_ls = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(mu_mode="least_squares", **pix)), prior, x)
+    v_opt = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(mu_mode="optimizer", **pix)), prior, x)
     print(f"\nt={t_fixed}: variance SDS {v_sds:.3e}  SSD least-squares {v_ls:.3e} ({v_ls / v_sds:.3f}x)  "
           f"SSD optimizer {v_opt:.3e} ({v_opt / v_sds:.3f}x)")
     assert SSDConfig().mu_mode == "least_squares"  # the default is the winner below
@@ -465,8 +466,29 @@ def test_guard_falls_back_to_sds_where_the_fitted_mu_does_worse():
     prior, x = _toy(t_range=(f, f))
     phi = _quadratic_phi(prior)
     v_sds = _variance_after_warmup(SDS(prior), prior, x)
-    cfg = dict(mu_mode="optimizer", opt_lr=0.5)
+    cfg = dict(mu_mode="optimizer", opt_lr=0.5, guard_pool=1)  # the toy's parameters are its pixels
     v_raw = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(guard=False, **cfg)), prior, x)
     v_guard = _variance_after_warmup(SSD(prior, [FunctionBaseline(phi)], SSDConfig(guard=True, **cfg)), prior, x)
     assert v_raw > 1.3 * v_sds  # the unguarded fit really is worse here ...
     assert v_guard < 1.05 * v_sds  # ... and the guard keeps SSD at SDS's level
+
+
+@pytest.mark.parametrize("pool, expect_fit", [(1, False), (8, True)])
+def test_guard_judges_the_pooled_gradient(pool, expect_fit):
+    """The guard compares second moments after f x f average pooling (what the Gaussians' parameters
+    see: sums over footprints). A fitted gradient that halves the smooth part but adds a checkerboard
+    is worse element by element (10 vs 5) and better pooled (1 vs 4): pool 1 keeps SDS, pool 8 the fit."""
+    prior, _ = _toy()
+    ssd = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))], SSDConfig(guard_pool=pool, guard_min_updates=0))
+    h = 16
+    ssd._init_state(torch.zeros(1, 3, h, h))
+    check = (torch.arange(h)[:, None] + torch.arange(h)[None, :]).remainder(2).float() * 2 - 1  # [h, w] +-1
+    smooth = torch.full((2, 3, h, h), 2.0)  # [B, C, h, w]
+    grad_sds = smooth + check
+    grad_fit = 0.5 * smooth + 3 * check
+    t = torch.tensor([500, 510])
+    for _ in range(3):  # the first calls serve SDS (nothing measured yet), then the decision is lagged
+        out = ssd._guarded(grad_fit, grad_sds, t, update_state=True)
+    assert torch.equal(out, grad_fit if expect_fit else grad_sds)
+    with pytest.raises(ValueError, match="guard_pool"):
+        SSD(prior, [], SSDConfig(guard_pool=0))

@@ -46,7 +46,7 @@ class BenchConfig:
     bands: tuple[str, ...] = ("all", "low", "middle", "high")  # timestep bands of the variance measurement
     cameras: tuple[str, ...] = ("same", "fresh")  # variance with fixed cameras and with fresh cameras per draw
     draws: int = 48  # paired draws per variance measurement
-    warmup: int = 60  # steps of state learning (SSD's mu, VSD's LoRA) before each variance measurement
+    warmup: int = -1  # steps of state learning (SSD's mu, VSD's LoRA) on the snapshot before each variance measurement; -1: the snapshot's own step (the state a run has at that step: "at the same number of steps")
     cost_steps: int = 30  # steps per method for time / memory
     ablations: bool = True  # the SSD ablations (variance at the middle snapshot)
     iou_threshold: float = 0.8  # fixed quality threshold: steps / time to reach this mean mask IoU
@@ -55,6 +55,11 @@ class BenchConfig:
 def quick_config(cfg: BenchConfig) -> BenchConfig:
     return dataclasses.replace(cfg, prompts=f"a red cube;{ROOM}", seeds=(0,), steps=30, eval_every=15, views=2,
                                resolution=32, points=(0.5,), bands=("all", "low"), draws=8, warmup=6, cost_steps=6)
+
+
+def warmup_at(cfg: BenchConfig, step: int) -> int:
+    """State-learning steps before measuring the variance at a snapshot taken at `step`."""
+    return step if cfg.warmup < 0 else cfg.warmup
 
 
 def prompt_list(spec: str) -> list[str]:
@@ -148,6 +153,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         raise config.ConfigError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     if "sds" not in cfg.methods:
         raise config.ConfigError("the comparison needs sds among --methods (every ratio is against it)")
+    if cfg.warmup < -1 or cfg.draws < 2:
+        raise config.ConfigError("--warmup must be >= 0 (or -1: the snapshot's step) and --draws at least 2")
     prompts = prompt_list(cfg.prompts)
     t_start = time.perf_counter()
     prior = ShapeWorldPriorAdapter.from_pretrained(None)
@@ -187,7 +194,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     variance = []
     for i, s in enumerate(snap_steps):
         rows = measure_variance(snapshots[s], names[i], s, prior, est, embeds, mode, methods, bands, list(cfg.cameras),
-                                cfg.warmup, cfg.draws, cfg.views, cfg.resolution, seed=1234 + i)
+                                warmup_at(cfg, s), cfg.draws, cfg.views, cfg.resolution, seed=1234 + i)
         variance += [dataclasses.asdict(r) for r in rows]
         for r in rows:
             log(f"variance {r.point:<6} {r.band:<6} {r.cameras:<5} {r.method:<11} {r.variance:.4g} "
@@ -198,7 +205,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         mid = snap_steps[len(snap_steps) // 2]
         names_ab = ["sds", *ABLATIONS] if not cfg.quick else ["sds", "mu-scalar", "no-constant", "half-res-estimator"]
         rows = measure_variance(snapshots[mid], "middle", mid, prior, est, embeds, mode, names_ab, {"all": bands.get("all", (lo, hi))},
-                                ["same"], cfg.warmup, cfg.draws, cfg.views, cfg.resolution, seed=4321)
+                                ["same"], warmup_at(cfg, mid), cfg.draws, cfg.views, cfg.resolution, seed=4321)
         ablations = [dataclasses.asdict(r) for r in rows]
         for r in rows:
             log(f"ablation {r.method:<20} {r.variance:.4g} ({'-' if r.ratio_vs_sds is None else f'{r.ratio_vs_sds:.3f}'}x SDS)")

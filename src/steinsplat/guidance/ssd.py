@@ -308,6 +308,7 @@ class SSDConfig(GuidanceConfig):
     guard: bool = True  # step 5: per timestep bin, SDS's mu until the fitted mu shows a lower second moment out of sample
     guard_min_updates: int = 8  # step 5: updates a bin needs before its fitted mu may be used (and measured)
     guard_decay: float = 0.8  # step 5: EMA decay of the two second moments (short: it judges the current fit)
+    guard_pool: int = 8  # step 5: the second moments are of the gradient average-pooled over f x f blocks (1: per element)
 
 
 class SSD(Guidance):
@@ -327,6 +328,8 @@ class SSD(Guidance):
                 raise ValueError("constant_term=False needs at least one baseline")
             self.K_noise = 0
         self.K = self.K_noise + len(self.baselines)  # number of control variates (constant first)
+        if self.config.guard_pool < 1:
+            raise ValueError(f"guard_pool must be at least 1 (1: no pooling), got {self.config.guard_pool}")
         if self.K_noise > 1 and self.config.mu_mode == "optimizer":
             raise ValueError("SSD's shifted-noise control variates (noise_kernel > 1 or noise_maps) need "
                              "mu_mode='least_squares' (or 'fixed')")
@@ -516,12 +519,18 @@ class SSD(Guidance):
         on later steps than those it was fitted on, is below SDS's (mu = (1, 0, ..., 0)); else SDS.
         A poorly determined fit (few updates, hundreds of CVs, a tiny residual as at high t) can add
         more variance than it removes: this keeps SSD from ever doing worse than SDS for long. The
-        decision uses earlier steps only, so the estimator stays unbiased. grad, grad_sds [B, C, h, w]."""
+        decision uses earlier steps only, so the estimator stays unbiased. grad, grad_sds [B, C, h, w].
+        The second moments are taken after average pooling over guard_pool x guard_pool blocks: the
+        parameters' gradient sums the image gradient over each Gaussian's footprint, so it sees the
+        low frequencies. Measured on a ShapeWorld cube at low t: the filter's gradient had 1.05x SDS's
+        per-element second moment, 0.82x pooled 8x8, and 0.36x SDS's parameter-space variance; a
+        per-element guard kept SDS there."""
         bins = self._bins(t)
         fit_err, sds_err, n = self._guard
         use = (n[bins] >= 2) & (fit_err[bins] < sds_err[bins])  # [B] (lagged: from earlier steps)
         if update_state:
-            e_fit, e_sds = grad.pow(2).flatten(1).mean(1), grad_sds.pow(2).flatten(1).mean(1)  # [B]
+            f = min(self.config.guard_pool, grad.shape[-1], grad.shape[-2])
+            e_fit, e_sds = (F.avg_pool2d(g, f).pow(2).flatten(1).mean(1) for g in (grad, grad_sds))  # [B]
             for k in bins.unique().tolist():
                 if int(self._n[k]) < self.config.guard_min_updates:  # not fitted yet: nothing to judge
                     continue
