@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..gaussians import Gaussians
 from .splats import CameraPose, SplatArrays, bounds, framing_camera, splat_arrays
 
 INSTALL_HINT = "the viewer needs viser: pip install 'steinsplat[viewer]'"
@@ -133,15 +132,6 @@ class SplatScene:
         self.hi.value = " ".join(f"{v:.3f}" for v in b.hi)
 
 
-def serve_gaussians(g: Gaussians, title: str, cfg: ViewerConfig,
-                    warn: Optional[Callable[[str], None]] = None) -> tuple[Any, SplatScene]:
-    """Start a server showing `g` with the camera on it; returns (server, scene)."""
-    server = start_server(cfg, warn)
-    scene = SplatScene(server, title)
-    scene.show(splat_arrays(g), frame_camera=True)
-    return server, scene
-
-
 def _stop_on_sigterm() -> Any:
     """Let SIGTERM (kill, systemd, docker stop) end the viewer like Ctrl-C; returns the previous handler."""
     if threading.current_thread() is not threading.main_thread():
@@ -161,16 +151,20 @@ def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
     require_viser()  # the install hint before reading a large file
     check_config(cfg)
     g = load_gaussians(path)
-    server, scene = serve_gaussians(g, path.name, cfg, warn)
-    say(f"viewing {path} ({scene.count.value} splats) at {url(server)}  (Ctrl-C to stop)")
-    previous = _stop_on_sigterm()
+    previous = _stop_on_sigterm()  # before the server answers: a SIGTERM from then on stops it cleanly
+    server = None
     try:
+        server = start_server(cfg, warn)
+        scene = SplatScene(server, path.name)
+        scene.show(splat_arrays(g), frame_camera=True)
+        say(f"viewing {path} ({scene.count.value} splats) at {url(server)}  (Ctrl-C to stop)")
         while True:
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, also while the scene was being sent
         pass
     finally:
-        stop_server(server)
+        if server is not None:
+            stop_server(server)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     say("viewer stopped")
