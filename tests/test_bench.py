@@ -83,3 +83,34 @@ def test_bad_bench_options_end_with_one_clear_error(capsys, tmp_path):
     assert main(["bench", "--warmup", "-5", "--out", str(tmp_path)]) == 2
     assert "--warmup" in capsys.readouterr().err
     assert not (tmp_path / "report.json").exists()
+
+
+def test_a_second_invocation_reuses_the_stored_runs(quick_report, capsys):
+    """Finished convergence runs are stored under OUT/runs and reused by the next invocation with the
+    same settings (a long protocol resumes where it stopped); --no-resume runs them again."""
+    out, rep = quick_report
+    stored = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert len(stored) == len(rep["convergence"]["runs"])
+    assert main(["bench", "--quick", "--out", str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["meta"]["reused_runs"] == len(stored)
+    assert again["convergence"]["runs"] == rep["convergence"]["runs"]  # the same runs, read back exactly
+    assert "reused" in (out / "report.md").read_text()
+
+
+def test_stored_runs_that_are_incomplete_are_run_again(tmp_path):
+    import torch
+
+    from steinsplat.bench.convergence import CurvePoint, Run, load_run, save_run
+    from steinsplat.gaussians import Gaussians
+
+    run = Run("ssd", "a red cube", 0, False, 10, 1.5, 0.15, 0, 40, [CurvePoint(0, 0.0, 0.4, 10.0, 0.2, 0.1, None)])
+    g = Gaussians.random_ball(40, generator=torch.Generator().manual_seed(0))
+    save_run(tmp_path, "k", run, {5: g})
+    back, snaps = load_run(tmp_path, "k", (5,))
+    assert back == run and torch.equal(snaps[5].means, g.means)
+    assert load_run(tmp_path, "k", (7,)) is None  # a snapshot it does not hold
+    assert load_run(tmp_path, "missing", ()) is None
+    (tmp_path / "k.json").write_text('{"method": "ssd", "prom')  # cut short
+    assert load_run(tmp_path, "k", ()) is None
+    assert not list(tmp_path.glob("*.tmp*"))

@@ -3,14 +3,17 @@ every `eval_every` steps, and what it takes each method to reach a quality thres
 
 Wall time counts the optimisation only (the evaluations are timed and subtracted). Every run uses
 generation's defaults (init, learning rates, densification) and differs only in the estimator.
+Finished runs are stored (`save_run`) so that a long protocol can be resumed where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -98,6 +101,53 @@ def run_one(method: str, prompt: str, seed: int, steps: int, eval_every: int, pr
     run.seconds_per_step = sorted(step_times)[len(step_times) // 2] if step_times else math.nan
     run.skipped_steps = trainer.state.skipped
     run.gaussians = len(trainer.g)
+    return run, snaps
+
+
+def run_key(method: str, prompt: str, seed: int, steps: int, eval_every: int, views: int, resolution: int) -> str:
+    """File-system-safe name of one convergence run and its settings (the cache key)."""
+    from ..batch import slugify
+
+    return f"{method}--{slugify(prompt)}--seed{seed}--{steps}steps-{views}views-{resolution}px-eval{eval_every}"
+
+
+def save_run(folder: Path, key: str, run: Run, snaps: dict[int, Gaussians]) -> None:
+    """Store a finished run (JSON) and its snapshots (safetensors), each written atomically;
+    the JSON goes last, so a run counts as finished only when everything is on disk."""
+    from safetensors.torch import save
+
+    from ..export.atomic import atomic_write_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if snaps:
+        tensors = {f"{step}.{k}": v.detach().cpu().contiguous() for step, g in snaps.items()
+                   for k, v in g.state_tensors().items()}
+        atomic_write_bytes(folder / f"{key}.snapshots.safetensors", save(tensors))
+    atomic_write_bytes(folder / f"{key}.json", json.dumps(dataclasses.asdict(run), allow_nan=True).encode())
+
+
+def load_run(folder: Path, key: str, want_snapshots: tuple[int, ...]) -> Optional[tuple[Run, dict[int, Gaussians]]]:
+    """A run stored by `save_run` (None if absent, incomplete or lacking a wanted snapshot)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    jp, sp = folder / f"{key}.json", folder / f"{key}.snapshots.safetensors"
+    if not jp.exists():
+        return None
+    try:
+        d = json.loads(jp.read_text())
+        curve = [CurvePoint(**c) for c in d.pop("curve")]
+        run = Run(**d, curve=curve)
+        snaps: dict[int, Gaussians] = {}
+        if want_snapshots:
+            flat = load_file(str(sp)) if sp.exists() else {}
+            for step in want_snapshots:
+                part = {k.split(".", 1)[1]: v for k, v in flat.items() if k.split(".", 1)[0] == str(step)}
+                if not part:
+                    return None
+                snaps[step] = Gaussians.from_state_tensors(part)
+    except (ValueError, TypeError, KeyError, OSError, SafetensorError):
+        return None  # unreadable: run it again
     return run, snaps
 
 

@@ -27,7 +27,9 @@ def markdown(rep: dict) -> str:
          f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
          f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
          f"- prompts: {len(meta['prompts'])} ({', '.join(meta['prompts'][:8])}{' ...' if len(meta['prompts']) > 8 else ''}); "
-         f"seeds {meta['config']['seeds']}; {meta['config']['steps']} steps", f"- wall time of the benchmark: {meta['seconds']:.0f} s", ""]
+         f"seeds {meta['config']['seeds']}; {meta['config']['steps']} steps", f"- wall time of the benchmark: {meta['seconds']:.0f} s"
+         + (f" ({meta['reused_runs']} convergence runs reused from an earlier invocation)" if meta.get("reused_runs") else ""),
+         ""]
     L += ["## Targets", ""] + [f"- **{'met' if t['met'] else 'NOT met'}** — {t['what']}: {t['measured']}" for t in rep["targets"]] + [""]
     L += ["## Gradient variance (parameter space, over paired draws)", "",
           "tr Cov of the gradient w.r.t. all Gaussian parameters; ratio to SDS on the same draws; "

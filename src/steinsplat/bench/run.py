@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import config
-from .convergence import Run, run_one, summarise
+from .convergence import Run, load_run, run_key, run_one, save_run, summarise
 from .cost import measure_cost
 from .methods import ABLATIONS, METHODS
 from .report import write_report
@@ -49,6 +49,7 @@ class BenchConfig:
     warmup: int = -1  # steps of state learning (SSD's mu, VSD's LoRA) on the snapshot before each variance measurement; -1: the snapshot's own step (the state a run has at that step: "at the same number of steps")
     cost_steps: int = 30  # steps per method for time / memory
     ablations: bool = True  # the SSD ablations (variance at the middle snapshot)
+    resume: bool = True  # reuse the convergence runs already stored in OUT/runs with the same settings (--no-resume: run all again)
     iou_threshold: float = 0.8  # fixed quality threshold: steps / time to reach this mean mask IoU
 
 
@@ -164,17 +165,29 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     # convergence (the SDS run of the first prompt and seed also provides the variance snapshots)
     snap_steps = tuple(sorted({max(1, round(p * cfg.steps)) for p in cfg.points}))
     runs: list[Run] = []
+    reused = 0
     snapshots = {}
     for prompt in prompts:
         for seed in cfg.seeds:
             for m in methods:
                 want = snap_steps if (m == "sds" and prompt == prompts[0] and seed == cfg.seeds[0]) else ()
-                run, snaps = run_one(m, prompt, seed, cfg.steps, cfg.eval_every, prior, est, cfg.views, cfg.resolution, want)
+                key = run_key(m, prompt, seed, cfg.steps, cfg.eval_every, cfg.views, cfg.resolution)
+                stored = load_run(cfg.out / "runs", key, want) if cfg.resume else None
+                if stored is not None:
+                    run, snaps = stored
+                    reused += 1
+                else:
+                    run, snaps = run_one(m, prompt, seed, cfg.steps, cfg.eval_every, prior, est, cfg.views,
+                                         cfg.resolution, want)
+                    save_run(cfg.out / "runs", key, run, snaps)
                 snapshots.update(snaps)
                 runs.append(run)
                 f = run.final
                 log(f"convergence {m:<11} {prompt[:34]:<34} seed {seed}: IoU {f.mask_iou:.3f} colour {f.colour_error:.3f} "
                     f"PSNR {f.psnr:.2f} in {run.seconds:.0f} s")
+
+    if reused:
+        log(f"convergence: {reused} of {len(runs)} runs reused from {cfg.out / 'runs'} (--no-resume to run them again)")
 
     # variance at the snapshots
     from ..shapeworld.vocab import RoomPrompt, parse_prompt
@@ -220,7 +233,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         "meta": {"command": "steinsplat bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"]
                  else "steinsplat bench", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "machine": machine(), "versions": versions(), "prompts": prompts,
-                 "config": {**dataclasses.asdict(cfg), "out": str(cfg.out)}, "seconds": time.perf_counter() - t_start},
+                 "config": {**dataclasses.asdict(cfg), "out": str(cfg.out)}, "seconds": time.perf_counter() - t_start,
+                 "reused_runs": reused},
         "variance": variance,
         "convergence": {"runs": [dataclasses.asdict(r) for r in runs],
                         "summary": summarise(runs, methods, {"mask_iou": cfg.iou_threshold})},

@@ -132,15 +132,25 @@ class SplatScene:
         self.hi.value = " ".join(f"{v:.3f}" for v in b.hi)
 
 
-def _stop_on_sigterm() -> Any:
-    """Let SIGTERM (kill, systemd, docker stop) end the viewer like Ctrl-C; returns the previous handler."""
+def _stop_on_signals() -> Optional[dict[int, Any]]:
+    """Let Ctrl-C and SIGTERM (kill, systemd, docker stop) end the viewer; returns the previous handlers.
+    SIGINT is set explicitly too: a process started with SIGINT ignored (as background jobs of a
+    script are) would otherwise never stop on Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _stop_within(server: Any, seconds: float = 10.0) -> None:
+    """Stop the server, waiting at most `seconds` (a connection that does not close must not keep
+    the command from returning; viser's threads are daemons)."""
+    t = threading.Thread(target=stop_server, args=(server,), daemon=True)
+    t.start()
+    t.join(seconds)
 
 
 def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
@@ -151,7 +161,7 @@ def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
     require_viser()  # the install hint before reading a large file
     check_config(cfg)
     g = load_gaussians(path)
-    previous = _stop_on_sigterm()  # before the server answers: a SIGTERM from then on stops it cleanly
+    previous = _stop_on_signals()  # before the server answers: a signal from then on stops it cleanly
     server = None
     try:
         server = start_server(cfg, warn)
@@ -164,8 +174,8 @@ def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
         pass
     finally:
         if server is not None:
-            stop_server(server)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            _stop_within(server)
+        for sig, old_handler in (previous or {}).items():
+            signal.signal(sig, old_handler)
     say("viewer stopped")
     return len(g)
