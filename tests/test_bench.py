@@ -114,3 +114,14 @@ def test_stored_runs_that_are_incomplete_are_run_again(tmp_path):
     (tmp_path / "k.json").write_text('{"method": "ssd", "prom')  # cut short
     assert load_run(tmp_path, "k", ()) is None
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_stored_runs_are_keyed_by_settings_and_code(monkeypatch):
+    from steinsplat.bench import convergence
+
+    a = convergence.run_key("ssd", "a red cube", 0, 200, 40, 4, 64)
+    assert a != convergence.run_key("ssd", "a red cube", 1, 200, 40, 4, 64)
+    assert a != convergence.run_key("ssd", "a red cube", 0, 500, 40, 4, 64)
+    assert "/" not in a and " " not in a
+    monkeypatch.setattr(convergence, "code_fingerprint", lambda: "0123456789")  # other code: other runs
+    assert a != convergence.run_key("ssd", "a red cube", 0, 200, 40, 4, 64)

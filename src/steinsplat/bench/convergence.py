@@ -9,6 +9,8 @@ Finished runs are stored (`save_run`) so that a long protocol can be resumed whe
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import time
@@ -104,11 +106,22 @@ def run_one(method: str, prompt: str, seed: int, steps: int, eval_every: int, pr
     return run, snaps
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """Hash of steinsplat's own source files: a stored run is reused only by the code that made it."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def run_key(method: str, prompt: str, seed: int, steps: int, eval_every: int, views: int, resolution: int) -> str:
-    """File-system-safe name of one convergence run and its settings (the cache key)."""
+    """File-system-safe name of one convergence run, its settings and the code (the cache key)."""
     from ..batch import slugify
 
-    return f"{method}--{slugify(prompt)}--seed{seed}--{steps}steps-{views}views-{resolution}px-eval{eval_every}"
+    return (f"{method}--{slugify(prompt)}--seed{seed}--{steps}steps-{views}views-{resolution}px-eval{eval_every}"
+            f"--code{code_fingerprint()}")
 
 
 def save_run(folder: Path, key: str, run: Run, snaps: dict[int, Gaussians]) -> None:

@@ -49,7 +49,7 @@ class BenchConfig:
     warmup: int = -1  # steps of state learning (SSD's mu, VSD's LoRA) on the snapshot before each variance measurement; -1: the snapshot's own step (the state a run has at that step: "at the same number of steps")
     cost_steps: int = 30  # steps per method for time / memory
     ablations: bool = True  # the SSD ablations (variance at the middle snapshot)
-    resume: bool = True  # reuse the convergence runs already stored in OUT/runs with the same settings (--no-resume: run all again)
+    resume: bool = True  # reuse the convergence runs already stored in OUT/runs with the same settings and code (--no-resume: run all again)
     iou_threshold: float = 0.8  # fixed quality threshold: steps / time to reach this mean mask IoU
 
 
