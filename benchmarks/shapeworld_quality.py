@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from steinsplat import config
 from steinsplat.batch import slugify
+from steinsplat.bench.convergence import finite_mean
 from steinsplat.export.atomic import atomic_write_bytes
 from steinsplat.generate import GenerateConfig, generate
 from steinsplat.shapeworld.vocab import HELD_OUT, all_object_prompts, canonical_text
@@ -30,11 +30,6 @@ ROOM = "a room with blue walls and a gray floor"
 QUICK = ["a red cube", "a blue sphere", "a yellow cylinder", "an orange cone", "a cyan torus", "a gray pyramid",
          "a purple capsule"]  # blue sphere, orange cone, cyan torus are held out
 KEYS = ("mask_iou", "psnr", "colour_error", "depth_error", "r_precision")
-
-
-def mean(xs: list[float]) -> float:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    return sum(xs) / len(xs) if xs else math.nan
 
 
 def main() -> None:
@@ -67,7 +62,7 @@ def main() -> None:
     for name, sel in (("trained", lambda r: not r["held_out"] and not r["room"]), ("held_out", lambda r: r["held_out"]),
                       ("objects", lambda r: not r["room"]), ("room", lambda r: r["room"])):
         group = [r for r in rows if sel(r)]
-        summary[name] = {k: mean([r[k] for r in group]) for k in (*KEYS, "seconds")} | {"runs": len(group)}
+        summary[name] = {k: finite_mean([r[k] for r in group]) for k in (*KEYS, "seconds")} | {"runs": len(group)}
     print()
     for name, s in summary.items():
         print(f"{name:<9} runs {s['runs']:>3}  " + "  ".join(f"{k} {s[k]:.3f}" for k in (*KEYS, "seconds")))

@@ -171,9 +171,8 @@ def mean_curve(runs: list[Run], key: str) -> list[tuple[int, float, float]]:
     out = []
     for i, p in enumerate(runs[0].curve):
         vals = [getattr(r.curve[i], key) for r in runs if i < len(r.curve)]
-        vals = [v for v in vals if v is not None and not math.isnan(v)]
         secs = [r.curve[i].seconds for r in runs if i < len(r.curve)]
-        out.append((p.step, sum(secs) / len(secs), sum(vals) / len(vals) if vals else math.nan))
+        out.append((p.step, sum(secs) / len(secs), finite_mean(vals)))
     return out
 
 
@@ -202,11 +201,11 @@ def summarise(runs: list[Run], methods: list[str], thresholds: dict[str, float])
         for m, rs in by_m.items():
             if not rs:
                 continue
-            entry: dict = {"runs": len(rs), "seconds_per_step": _mean([r.seconds_per_step for r in rs]),
+            entry: dict = {"runs": len(rs), "seconds_per_step": finite_mean([r.seconds_per_step for r in rs]),
                            "skipped_steps": sum(r.skipped_steps for r in rs)}
             for k in METRICS:
                 vals = [getattr(r.final, k) for r in rs]
-                entry[k] = _mean(vals)
+                entry[k] = finite_mean(vals)
                 entry[k + "_std"] = _std(vals)
             curve = mean_curve(rs, "mask_iou")
             if sds_final is not None:
@@ -222,7 +221,8 @@ def summarise(runs: list[Run], methods: list[str], thresholds: dict[str, float])
     return out
 
 
-def _mean(xs) -> float:
+def finite_mean(xs) -> float:
+    """Mean of the values that are not None or NaN (NaN if none is left)."""
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return sum(xs) / len(xs) if xs else math.nan
 

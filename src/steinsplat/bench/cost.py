@@ -1,4 +1,4 @@
-"""Cost: time per optimisation step and peak memory of each method, side by side in one process.
+"""Cost: time per optimisation step and peak memory of each method, side by side in one run.
 
 Each method runs `steps` steps of a fresh optimisation of the same prompt and seed, in a fresh
 Python process of its own (one after the other), so that memory is not shared between methods.
