@@ -440,9 +440,12 @@ def test_noise_features_agree_with_the_materialised_control_variates(mix):
     A_ref, b_ref = _moments(torch.cat([ref, others], 1), eps_hat, w2.view(B, 1, 1, 1, 1), "channel")
     A_ref, b_ref = A_ref[..., 0, 0], b_ref[..., 0, 0]  # [B, K, K, C], [B, K, C]
     Kn = feats.K
-    # the noise terms' b and the baselines' block are the sampled moments themselves (the baselines'
-    # b against the residual: the second stage), the cross block is 0 ...
-    assert torch.allclose(b[:, :Kn], b_ref[:, :Kn], atol=1e-5)
+    # the noise terms' b: the exact E[w^2 eps CV_i] (= E[A]_(i, 0), eps being CV_0) plus the sampled
+    # moments of SDS's residual eps_hat - eps; its expectation is the sampled b's ...
+    b_r = _moments(ref, eps_hat - eps, w2.view(B, 1, 1, 1, 1), "channel")[1][..., 0, 0]  # [B, Kn, C]
+    assert torch.allclose(b[:, :Kn], A[:, :Kn, 0] + b_r, atol=1e-5)
+    assert not torch.allclose(b[:, :Kn], b_ref[:, :Kn], atol=1e-3)  # ... but not its noise
+    # the baselines' block is sampled (their b against the residual: the second stage), the cross block is 0 ...
     b_res = _moments(others, residual, w2.view(B, 1, 1, 1, 1), "channel")[1][..., 0, 0]
     assert torch.allclose(b[:, Kn:], b_res, atol=1e-5)
     assert torch.allclose(A[:, Kn:, Kn:], A_ref[:, Kn:, Kn:], atol=1e-5) and float(A[:, :Kn, Kn:].abs().max()) == 0.0
@@ -457,6 +460,65 @@ def test_noise_features_agree_with_the_materialised_control_variates(mix):
     assert float((mc - A[:, :Kn, :Kn]).abs().max()) < 0.15 * scale  # MC error ~ scale * 3 / sqrt(draws * pixels)
     assert float((mc - A[:, :Kn, :Kn]).abs().mean()) < 0.01 * scale
     assert float((A_ref[:, :Kn, :Kn] - A[:, :Kn, :Kn]).abs().mean()) > 0.5 * float((mc - A[:, :Kn, :Kn]).abs().mean())  # one draw is far noisier
+
+
+def test_noise_filter_fit_samples_only_the_residual():
+    """With eps_hat = eps (a perfect denoiser: SDS's gradient is 0), the filter's least-squares fit is
+    exactly SDS's mu (1, 0, ..., 0) after a single update: the noise-noise moments are exact and only
+    eps_hat - eps is sampled. Fitting the sampled E[w^2 eps_hat CV] instead would give a mu of
+    order 1 / sqrt(pixels) away from it, which adds variance (the bench saw up to 12x SDS's at high t).
+    With a residual that is a known filter of the noise, one update finds that filter."""
+    from steinsplat.guidance.noise_cv import NoiseFeatures, noise_maps, shift_noise
+
+    prior, _ = _toy()
+    g = torch.Generator().manual_seed(3)
+    B, C, h = 2, 3, 32
+    xs = torch.rand(B, C, h, h, generator=g)
+    eps = torch.randn(B, C, h, h, generator=g)
+    t = torch.tensor([300, 310])  # one bin
+    w = torch.ones(B, 1, 1, 1)
+    for maps, eps_hat, expect in (
+        ("poly2", eps.clone(), {(0, 0, 0): 1.0}),
+        ("none", eps + 0.3 * shift_noise(eps, 1, 0, 1), {(0, 0, 0): 1.0, (1, 0, 1): 0.3}),  # reads channel c+1, one pixel right
+    ):
+        ssd = SSD(prior, [], SSDConfig(noise_kernel=3, noise_mix_channels=True, noise_maps=maps, ridge=1e-6))
+        ssd._init_state(xs)
+        feats = NoiseFeatures(eps, noise_maps(maps, xs, None), ssd.shifts, 3)
+        ssd._update(eps_hat, None, w, t, noise=feats, residual=None)
+        mu = ssd._mu_table[int(ssd._bins(t)[0])][..., 0, 0]  # [K, C]
+        target = torch.zeros_like(mu)
+        for shift, v in expect.items():
+            target[ssd.shifts.index(shift)] = v
+        tol = 1e-4 if maps == "poly2" else 0.03  # exact / one draw of a sampled residual
+        assert float((mu - target).abs().max()) < tol, (maps, float((mu - target).abs().max()))
+
+
+def test_bins_with_few_updates_borrow_their_neighbours_moments():
+    """pool_updates: a bin with fewer updates is solved from its own and its nearest bins' moments
+    (each scaled by 1 / trace, weighted by its updates); a bin with enough updates from its own alone."""
+    prior, x = _toy()
+    ssd = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))], SSDConfig(pool_updates=10, timestep_bins=5))
+    ssd._init_state(x)
+    K = ssd.K
+    g = torch.Generator().manual_seed(0)
+    for k in range(5):  # distinct SPD moments per bin, at different scales
+        R = torch.randn(K, K, generator=g)
+        ssd._A[k] = (R @ R.T + K * torch.eye(K)).mul(10.0**k).view(K, K, 1, 1, 1).expand_as(ssd._A[k])
+        ssd._b[k] = torch.randn(K, generator=g).mul(10.0**k).view(K, 1, 1, 1).expand_as(ssd._b[k])
+    ssd._n[:] = torch.tensor([12, 4, 4, 0, 3])
+    A, b = ssd._pooled_moments(torch.tensor([0, 1, 3, 4]))
+    assert torch.equal(A[0], ssd._A[0]) and torch.equal(b[0], ssd._b[0])  # 12 >= 10: its own
+    tr = [float(ssd._A[j, :, :, 0].diagonal().sum()) for j in range(5)]
+    # bin 1: itself (4), then bin 0 (12): 16 >= 10
+    exp = 4 / tr[1] * ssd._A[1] + 12 / tr[0] * ssd._A[0]
+    assert torch.allclose(A[1], exp, rtol=1e-5)
+    # bin 3 has no updates: bins 2 (4) and 4 (3), then 1 (4): 11 >= 10
+    exp_b = 4 / tr[2] * ssd._b[2] + 3 / tr[4] * ssd._b[4] + 4 / tr[1] * ssd._b[1]
+    assert torch.allclose(b[2], exp_b, rtol=1e-5)
+    # the solve uses them: bin 1's mu is the pooled least-squares solution (up to the ridge)
+    ssd._solve(torch.tensor([1]))
+    Ap, bp = A[1][:, :, 0, 0, 0], b[1][:, 0, 0, 0]
+    assert torch.allclose(ssd._mu_table[1][:, 0, 0, 0], torch.linalg.solve(Ap, bp), rtol=1e-2, atol=1e-3)
 
 
 def test_guard_falls_back_to_sds_where_the_fitted_mu_does_worse():
@@ -482,13 +544,18 @@ def test_guard_judges_the_pooled_gradient(pool, expect_fit):
     ssd = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))], SSDConfig(guard_pool=pool, guard_min_updates=0))
     h = 16
     ssd._init_state(torch.zeros(1, 3, h, h))
+    ssd._n[:] = 10  # every bin fitted
     check = (torch.arange(h)[:, None] + torch.arange(h)[None, :]).remainder(2).float() * 2 - 1  # [h, w] +-1
     smooth = torch.full((2, 3, h, h), 2.0)  # [B, C, h, w]
     grad_sds = smooth + check
     grad_fit = 0.5 * smooth + 3 * check
     t = torch.tensor([500, 510])
-    for _ in range(3):  # the first calls serve SDS (nothing measured yet), then the decision is lagged
+    first = ssd._guarded(grad_fit, grad_sds, t, update_state=True)
+    assert torch.equal(first, grad_fit)  # nothing measured yet: a fitted bin serves its fit
+    for _ in range(2):  # the decision is lagged: it needs two measurements
         out = ssd._guarded(grad_fit, grad_sds, t, update_state=True)
     assert torch.equal(out, grad_fit if expect_fit else grad_sds)
+    ssd._n[:] = 0  # a bin with no fit serves SDS's gradient
+    assert torch.equal(ssd._guarded(grad_fit, grad_sds, t, update_state=False), grad_sds)
     with pytest.raises(ValueError, match="guard_pool"):
         SSD(prior, [], SSDConfig(guard_pool=0))

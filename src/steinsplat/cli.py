@@ -463,7 +463,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[name].run(argv[1:])
     except (UserError, ConfigError, ExportError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")  # messages hold paths and "steinsplat[viewer]"
+        # soft_wrap: the message is one line whatever the terminal width (no newline inside a path or a word pair)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # messages hold paths and "steinsplat[viewer]"
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")

@@ -114,6 +114,7 @@ class NoiseFeatures:
         self.shape = (B, C, h, w)
         self.maps = torch.cat(list(maps), 1)  # [B, J, h, w]
         self.kernel = kernel
+        self.eps = eps  # [B, C, h, w] = CV_0
 
     @property
     def K(self) -> int:
@@ -139,6 +140,12 @@ class NoiseFeatures:
             E[A]_((j, a, q), (j', a', q')) = [a = a'] [q = q'] mean_p w^2 m_j(p) m_j'(p) inside_q(p),
         one small [maps x maps] Gram matrix per shift: no noise in it, and no F x F product over
         pixels (the cost that would otherwise dominate).
+        b is split the same way. eps = CV_0, so
+            E[w^2 eps_hat CV_i] = E[w^2 CV_0 CV_i] + E[w^2 (eps_hat - eps) CV_i] = E[A]_(i, 0) + b^r_i:
+        the first term is exact (taken from the Gram above) and only SDS's residual r = eps_hat - eps
+        is sampled. The sampled eps CV_i products carry noise of order 1 / sqrt(pixels) whatever t
+        is, while r CV_i, the signal, is small where the denoiser is good (high t): sampling only r
+        keeps that noise out of mu (with eps_hat = eps, mu is exactly SDS's (1, 0, ..., 0)).
         The baselines' mu are fitted in a second stage, to what the noise terms leave: their
         block is sampled with b = mean_p w^2 residual CV (residual [B, C, h, w] = eps_hat minus
         the noise terms' current estimate) and the cross block is 0. (A joint fit would mix an
@@ -154,12 +161,12 @@ class NoiseFeatures:
         G = torch.einsum("bqjk,ac,qr->bjaqkcr", H, torch.eye(C, device=M.device, dtype=M.dtype),
                          torch.eye(P, device=M.device, dtype=M.dtype)).reshape(B, J * C * P, J * C * P)  # [B, F, F]
         wphi = self.phi * (w2.view(B, 1, 1) / n)  # [B, F, hw]
-        e = eps_hat.reshape(B, C, n)  # [B, C, hw]
-        g = torch.bmm(wphi, e.transpose(1, 2))  # [B, F, C]
+        r = (eps_hat - self.eps).reshape(B, C, n)  # [B, C, hw] SDS's residual
+        g = torch.bmm(wphi, r.transpose(1, 2))  # [B, F, C]
         idx = self.idx  # [C, Kn]
         cidx = torch.arange(C, device=idx.device)
         A_nn = G[:, idx[:, :, None], idx[:, None, :]]  # [B, C, Kn, Kn]
-        b_n = g[:, idx, cidx[:, None]]  # [B, C, Kn]
+        b_n = A_nn[..., 0] + g[:, idx, cidx[:, None]]  # [B, C, Kn]  E[w^2 CV_0 CV_k] exactly + sampled w^2 r CV_k
         if others is None:
             return A_nn.permute(0, 2, 3, 1), b_n.permute(0, 2, 1)
         if residual is None:

@@ -31,8 +31,8 @@ The estimator, step by step:
             (noise_cv.py builds these CVs as one set of features and never materialises them.)
          c. CV_k = eps phi_k(x_t) - sigma_t grad phi_k(x_t)   for each baseline (depth, normal, ...)
     4. grad = w(t) (eps_hat - sum_k mu_k ⊙ CV_k)                          (descent gradient on x)
-    5. the guard: per timestep bin, SDS's grad instead, until the fitted mu has shown a lower
-       second moment than SDS's on later steps (see `_guarded`)
+    5. the guard: per timestep bin, SDS's grad instead for the first updates and wherever the fitted
+       mu has shown a larger second moment than SDS's on later steps (see `_guarded`)
 With mu_0 = 1 and mu_k = 0 this is exactly SDS. Whatever mu (as long as it does not depend on
 this step's eps), E[grad] = E[w eps_hat]: only the variance changes. mu is element-wise (per
 channel by default; "pixel" = per element of x, "scalar" = one number per CV), kept per
@@ -303,11 +303,13 @@ class SSDConfig(GuidanceConfig):
     noise_kernel: int = 1  # step 3b: k x k window of shifted noises (1 with noise_maps "none" = the paper's constant term only)
     noise_mix_channels: bool = False  # step 3b also with the other channels' noise (a C -> C filter)
     noise_maps: NoiseMaps = "none"  # step 3b: modulate the shifted noises by maps of the detached render (none | alpha | poly2)
-    solve_every: int = 4  # least squares with K > 4 CVs: re-solve a bin's mu after this many updates of its moments
+    solve_every: int = 4  # least squares with K > 4 CVs: re-solve a bin's mu after this many updates of its moments (after each of the first ones)
+    pool_updates: int = 32  # least squares: a bin with fewer updates than this is solved with its nearest bins' moments too (0: never)
     constant_term: bool = True  # CV_0 = eps in the family (False, an ablation: SDS is then not inside the family)
-    guard: bool = True  # step 5: per timestep bin, SDS's mu until the fitted mu shows a lower second moment out of sample
-    guard_min_updates: int = 8  # step 5: updates a bin needs before its fitted mu may be used (and measured)
-    guard_decay: float = 0.8  # step 5: EMA decay of the two second moments (short: it judges the current fit)
+    guard: bool = True  # step 5: per timestep bin, SDS's mu wherever the fitted mu has shown a larger second moment out of sample
+    guard_min_updates: int = 2  # step 5: updates a bin needs before its fitted mu is used (and measured); SDS before
+    guard_decay: float = 0.9  # step 5: EMA decay of the paired differences of second moments (it judges the current fit)
+    guard_z: float = 1.0  # step 5: SDS's mu where the fit's excess second moment is above guard_z standard errors
     guard_pool: int = 8  # step 5: the second moments are of the gradient average-pooled over f x f blocks (1: per element)
 
 
@@ -356,7 +358,7 @@ class SSD(Guidance):
         self._n = torch.zeros(nb, dtype=torch.long, device=dev)
         self._mu_table = self._initial_mu(dev).expand(nb, K, *self._mu_shape).clone()  # [bins, K, *s] solved mu
         self._mu_param = torch.nn.Parameter(self._mu_table.clone())
-        self._guard = torch.zeros(3, nb, device=dev)  # step 5: [EMA of E||grad_fit||^2, of E||grad_sds||^2, updates] per bin
+        self._guard = torch.zeros(3, nb, device=dev)  # step 5: [EMA of the paired difference D = ||grad_fit||^2 - ||grad_sds||^2, of D^2, measurements] per bin
         self._opt = torch.optim.Adam([self._mu_param], lr=self.config.opt_lr)
 
     def _initial_mu(self, device: torch.device) -> Tensor:
@@ -385,12 +387,49 @@ class SSD(Guidance):
             return self._mu_param.detach()[bins]
         return self._mu_table[bins]
 
+    def _pooled_moments(self, ks: Tensor) -> tuple[Tensor, Tensor]:
+        """The moments bins ks [n] are solved from: a bin's own, or, while it has fewer than
+        `pool_updates` updates, its own and its nearest neighbours' (k, k-1, k+1, k-2, ...) until
+        their updates add up to `pool_updates`. Each bin enters scaled by 1 / tr A_j (mu is the same
+        for (A, b) and (c A, c b), so this only weights the bins alike) times its update count
+        (capped at the EMA's memory). Early in a run every bin has seen a few steps only, and the
+        optimal filter changes slowly with t: neighbours' data make a better fit than none.
+        -> A [n, K, K, *s], b [n, K, *s]."""
+        cfg = self.config
+        nb = self._n.shape[0]
+        cap = 1.0 / (1.0 - cfg.ema_decay)
+        counts = self._n.float().clamp(max=cap)  # [bins]
+        A_out, b_out = [], []
+        for k in ks.tolist():
+            order = sorted(range(nb), key=lambda j: (abs(j - k), j))
+            chosen, total = [], 0.0
+            for j in order:
+                if total >= cfg.pool_updates:
+                    break
+                if counts[j] > 0:
+                    chosen.append(j)
+                    total += float(counts[j])
+            if chosen == [k] or not chosen:
+                A_out.append(self._A[k])
+                b_out.append(self._b[k])
+                continue
+            A_acc, b_acc = torch.zeros_like(self._A[k]), torch.zeros_like(self._b[k])
+            for j in chosen:
+                tr = self._A[j].diagonal(dim1=0, dim2=1).sum(-1).clamp_min(1e-30)  # [*s]
+                c = float(counts[j]) / tr
+                A_acc += c * self._A[j]
+                b_acc += c * self._b[j]
+            A_out.append(A_acc)
+            b_out.append(b_acc)
+        return torch.stack(A_out), torch.stack(b_out)
+
     def _solve(self, ks: Tensor) -> None:
         """Least squares for bins ks [n]: sum_j A_ij mu_j = b_i per element, ridge relative to the trace
         (one batched solve per step)."""
         K = self.K
-        A_ = self._A[ks].movedim(1, -1).movedim(1, -1)  # [n, *s, K, K]
-        b_ = self._b[ks].movedim(1, -1).unsqueeze(-1)  # [n, *s, K, 1]
+        A_pool, b_pool = self._pooled_moments(ks) if self.config.pool_updates > 0 else (self._A[ks], self._b[ks])
+        A_ = A_pool.movedim(1, -1).movedim(1, -1)  # [n, *s, K, K]
+        b_ = b_pool.movedim(1, -1).unsqueeze(-1)  # [n, *s, K, 1]
         tr = A_.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]  # [n, *s, 1, 1]
         lam = self.config.ridge * tr / K + 1e-12
         # ridge towards SDS's mu = (1, 0, ..., 0), not towards 0: (A + lam I) mu = b + lam mu_sds,
@@ -430,7 +469,7 @@ class SSD(Guidance):
                 self._A[k].mul_(1 - r).add_(A[sel].mean(0), alpha=r)
                 self._b[k].mul_(1 - r).add_(b[sel].mean(0), alpha=r)
             every = 1 if self.K <= 4 else self.config.solve_every
-            due = present[self._n[present] % every == 0]
+            due = present[(self._n[present] % every == 0) | (self._n[present] <= every)]  # every update at first
             if len(due):
                 self._solve(due)
         elif self.config.mu_mode == "optimizer":
@@ -515,28 +554,39 @@ class SSD(Guidance):
         return Estimate(grad=grad, x_t=x_t, phi=phi, mu=mu.flatten(2).mean((0, 2)).detach())
 
     def _guarded(self, grad: Tensor, grad_sds: Tensor, t: Tensor, update_state: bool) -> Tensor:
-        """Step 5: per timestep bin, keep the fitted mu only where its gradient's second moment, measured
-        on later steps than those it was fitted on, is below SDS's (mu = (1, 0, ..., 0)); else SDS.
-        A poorly determined fit (few updates, hundreds of CVs, a tiny residual as at high t) can add
-        more variance than it removes: this keeps SSD from ever doing worse than SDS for long. The
-        decision uses earlier steps only, so the estimator stays unbiased. grad, grad_sds [B, C, h, w].
+        """Step 5: per timestep bin, serve SDS's gradient (mu = (1, 0, ..., 0)) instead of the fitted mu's
+        until the bin has `guard_min_updates` updates, and wherever the fit has shown, on later steps
+        than those it was fitted on, a larger second moment than SDS's. grad, grad_sds [B, C, h, w].
+
+        Both gradients have the same mean, so E||grad_fit||^2 - E||grad_sds||^2 is exactly the
+        difference of their variances; it is estimated from the paired difference
+        D = ||pool(grad_fit)||^2 - ||pool(grad_sds)||^2 of each step (same t, eps, cameras), whose EMA
+        mean and spread give a standard error. The fit is refused where mean(D) > guard_z x SE: a
+        clearly worse fit (few updates, hundreds of CVs, a tiny residual) is caught within a few
+        steps, and a fit that is better, or not clearly worse, is kept. (An earlier guard waited
+        for evidence that the fit was better; noisy evidence then kept SDS at steps where the fit
+        halved the parameter-space variance.) Decisions use earlier steps only, so the estimator
+        stays unbiased.
         The second moments are taken after average pooling over guard_pool x guard_pool blocks: the
         parameters' gradient sums the image gradient over each Gaussian's footprint, so it sees the
-        low frequencies. Measured on a ShapeWorld cube at low t: the filter's gradient had 1.05x SDS's
-        per-element second moment, 0.82x pooled 8x8, and 0.36x SDS's parameter-space variance; a
-        per-element guard kept SDS there."""
+        low frequencies first."""
+        cfg = self.config
         bins = self._bins(t)
-        fit_err, sds_err, n = self._guard
-        use = (n[bins] >= 2) & (fit_err[bins] < sds_err[bins])  # [B] (lagged: from earlier steps)
+        m, m2, n = self._guard
+        n_eff = torch.minimum(n, torch.full_like(n, (1 + cfg.guard_decay) / (1 - cfg.guard_decay))).clamp_min(1.0)
+        se = ((m2 - m * m).clamp_min(0.0) / n_eff).sqrt()  # [bins] standard error of mean(D)
+        worse = (n >= 2) & (m > cfg.guard_z * se)  # [bins] (lagged: from earlier steps)
+        use = (self._n[bins] > cfg.guard_min_updates) & ~worse[bins]  # [B] (_n counts this step's update too)
         if update_state:
-            f = min(self.config.guard_pool, grad.shape[-1], grad.shape[-2])
-            e_fit, e_sds = (F.avg_pool2d(g, f).pow(2).flatten(1).mean(1) for g in (grad, grad_sds))  # [B]
+            f = min(cfg.guard_pool, grad.shape[-1], grad.shape[-2])
+            d = (F.avg_pool2d(grad, f).pow(2) - F.avg_pool2d(grad_sds, f).pow(2)).flatten(1).mean(1)  # [B] D per sample
             for k in bins.unique().tolist():
-                if int(self._n[k]) < self.config.guard_min_updates:  # not fitted yet: nothing to judge
+                if int(self._n[k]) <= cfg.guard_min_updates:  # not fitted yet: nothing to judge
                     continue
                 sel = bins == k
                 n[k] += 1
-                r = max(1.0 - self.config.guard_decay, 1.0 / float(n[k]))
-                fit_err[k] = (1 - r) * fit_err[k] + r * e_fit[sel].mean()
-                sds_err[k] = (1 - r) * sds_err[k] + r * e_sds[sel].mean()
+                r = max(1.0 - cfg.guard_decay, 1.0 / float(n[k]))
+                dk = d[sel].mean()
+                m[k] = (1 - r) * m[k] + r * dk
+                m2[k] = (1 - r) * m2[k] + r * dk * dk
         return torch.where(use.view(-1, 1, 1, 1), grad, grad_sds)
