@@ -3,6 +3,8 @@ closed-form score, variance reduction, and gradient flow through the renderer (t
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -236,13 +238,20 @@ def _scene():
     return gs, cams
 
 
-def test_ssd_gradients_reach_every_gaussian_parameter_and_never_the_prior():
+@pytest.mark.parametrize("backend", ["torch", pytest.param("gsplat", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="the gsplat backend needs CUDA")])])
+def test_ssd_gradients_reach_every_gaussian_parameter_and_never_the_prior(backend):
     gs, cams = _scene()
     prior = TinyPixelPrior(resolution=16)
     est = TinyConvEstimator()
     ssd = SSD(prior, [DepthBaseline(est), NormalBaseline(est)])
     emb = prior.encode_prompt("a red cube")
-    out_r = render(gs, cams, background=(1.0, 1.0, 1.0), backend="torch")
+    if backend == "gsplat":  # render on the GPU; the tiny prior and estimator stay on the CPU (.cpu() keeps autograd)
+        gs = gs.to("cuda")
+        r = render(gs, cams.to("cuda"), background=(1.0, 1.0, 1.0), backend="gsplat")
+        out_r = dataclasses.replace(r, rgb=r.rgb.cpu(), alpha=r.alpha.cpu(), depth=r.depth.cpu(), normal=r.normal.cpu())
+    else:
+        out_r = render(gs, cams, background=(1.0, 1.0, 1.0), backend=backend)
     x = prior.encode_images(out_r.rgb)  # [B, 3, 16, 16]
     out = ssd.step(x, emb, cams, render=out_r, generator=torch.Generator().manual_seed(0))
     assert out.grad.shape == x.shape and torch.isfinite(out.grad).all()

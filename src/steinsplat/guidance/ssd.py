@@ -40,9 +40,12 @@ timestep bin, and chosen to minimise E||grad||^2 (which, the mean being fixed, i
     (a) "least_squares": the running optimum of the normal equations
             sum_j E[w^2 CV_i ⊙ CV_j] mu_j = E[w^2 eps_hat ⊙ CV_i]
         (for one CV: mu* = E[eps_hat ⊙ CV] / E[CV ⊙ CV]) from EMA moments. With step 3b's CVs
-        (hundreds of them) the noise block of E[CV_i CV_j] is taken in closed form, the baselines'
-        mu are fitted in a second stage to what the noise terms leave, and each bin is re-solved
-        every `solve_every` updates (noise_cv.py);
+        (hundreds of them) the noise block of E[CV_i CV_j] is taken in closed form, and so is the
+        eps part of E[eps_hat ⊙ CV_i] (eps = CV_0): only SDS's residual eps_hat - eps is sampled;
+        the baselines' mu are fitted in a second stage to what the noise terms leave, and each bin
+        is re-solved after each of its first updates, then every `solve_every` (noise_cv.py).
+        A bin is solved from its nearest bins' moments as well until `pool_updates` updates are
+        pooled (`_pooled_moments`: wide early, narrow later): the optimum changes slowly with t;
     (b) "optimizer": a few Adam steps per iteration on ||grad||^2 (the paper's family only).
 Both are *lagged*: the mu used at a step comes from earlier steps only, so the estimator stays
 exactly unbiased. On the Gaussian toy (tests/test_guidance.py) (a) wins clearly (variance vs SDS
@@ -304,7 +307,7 @@ class SSDConfig(GuidanceConfig):
     noise_mix_channels: bool = False  # step 3b also with the other channels' noise (a C -> C filter)
     noise_maps: NoiseMaps = "none"  # step 3b: modulate the shifted noises by maps of the detached render (none | alpha | poly2)
     solve_every: int = 4  # least squares with K > 4 CVs: re-solve a bin's mu after this many updates of its moments (after each of the first ones)
-    pool_updates: int = 32  # least squares: a bin with fewer updates than this is solved with its nearest bins' moments too (0: never)
+    pool_updates: int = 32  # least squares: a bin is solved with its nearest bins' moments until their (EMA-capped) updates add up to this (0: its own only)
     constant_term: bool = True  # CV_0 = eps in the family (False, an ablation: SDS is then not inside the family)
     guard: bool = True  # step 5: per timestep bin, SDS's mu wherever the fitted mu has shown a larger second moment out of sample
     guard_min_updates: int = 2  # step 5: updates a bin needs before its fitted mu is used (and measured); SDS before
@@ -388,12 +391,14 @@ class SSD(Guidance):
         return self._mu_table[bins]
 
     def _pooled_moments(self, ks: Tensor) -> tuple[Tensor, Tensor]:
-        """The moments bins ks [n] are solved from: a bin's own, or, while it has fewer than
-        `pool_updates` updates, its own and its nearest neighbours' (k, k-1, k+1, k-2, ...) until
-        their updates add up to `pool_updates`. Each bin enters scaled by 1 / tr A_j (mu is the same
-        for (A, b) and (c A, c b), so this only weights the bins alike) times its update count
-        (capped at the EMA's memory). Early in a run every bin has seen a few steps only, and the
-        optimal filter changes slowly with t: neighbours' data make a better fit than none.
+        """The moments bins ks [n] are solved from: a bin's own and its nearest neighbours'
+        (k, k-1, k+1, k-2, ...) until their update counts, each capped at the EMA's memory
+        1 / (1 - ema_decay), add up to `pool_updates`; a bin whose own count reaches it alone uses
+        its own. Each bin enters scaled by 1 / tr A_j (mu is the same for (A, b) and (c A, c b), so
+        this only weights the bins alike) times its capped count. A smoothing in t whose width
+        adapts: wide early in a run, when every bin has seen a few steps only, narrow later (with
+        the defaults, 32 against a memory of 20, a bin always shares with one or two neighbours).
+        The optimal filter changes slowly with t, so neighbours' data make a better fit than none.
         -> A [n, K, K, *s], b [n, K, *s]."""
         cfg = self.config
         nb = self._n.shape[0]
