@@ -404,6 +404,7 @@ class SSD(Guidance):
         nb = self._n.shape[0]
         cap = 1.0 / (1.0 - cfg.ema_decay)
         counts = self._n.float().clamp(max=cap)  # [bins]
+        traces = self._A.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)  # [bins, *s] tr A_j, once
         A_out, b_out = [], []
         for k in ks.tolist():
             order = sorted(range(nb), key=lambda j: (abs(j - k), j))
@@ -420,8 +421,7 @@ class SSD(Guidance):
                 continue
             A_acc, b_acc = torch.zeros_like(self._A[k]), torch.zeros_like(self._b[k])
             for j in chosen:
-                tr = self._A[j].diagonal(dim1=0, dim2=1).sum(-1).clamp_min(1e-30)  # [*s]
-                c = float(counts[j]) / tr
+                c = float(counts[j]) / traces[j]  # [*s]
                 A_acc += c * self._A[j]
                 b_acc += c * self._b[j]
             A_out.append(A_acc)
@@ -578,7 +578,7 @@ class SSD(Guidance):
         cfg = self.config
         bins = self._bins(t)
         m, m2, n = self._guard
-        n_eff = torch.minimum(n, torch.full_like(n, (1 + cfg.guard_decay) / (1 - cfg.guard_decay))).clamp_min(1.0)
+        n_eff = n.clamp(1.0, (1 + cfg.guard_decay) / (1 - cfg.guard_decay))  # [bins] the EMA's effective sample size
         se = ((m2 - m * m).clamp_min(0.0) / n_eff).sqrt()  # [bins] standard error of mean(D)
         worse = (n >= 2) & (m > cfg.guard_z * se)  # [bins] (lagged: from earlier steps)
         use = (self._n[bins] > cfg.guard_min_updates) & ~worse[bins]  # [B] (_n counts this step's update too)
