@@ -4,7 +4,7 @@
 
 Scene: N Gaussians in a ball of radius 0.5 (the ShapeWorld object scale), log-scales spread
 around the nearest-neighbour spacing, random rotations, opacities sigmoid(U(-2, 2)); B random
-orbit cameras (SHAPEWORLD.md training ranges). Both renderers run in the same process on the
+orbit cameras (training ranges of docs/shapeworld.md, section Cameras). Both renderers run in the same process on the
 same scene; the dense one is skipped above --dense-max Gaussians (it needs O(H W N) memory).
 """
 

@@ -1,13 +1,19 @@
 """Text-to-3D quality and speed on the embedded default, against ShapeWorld's ground truth.
 
     python benchmarks/shapeworld_quality.py [--set all|quick] [--seeds 0] [--guidance ssd] [--steps 500]
-                                            [--out-dir runs/quality] [extra generation options ...]
+                                            [--out-dir runs/quality] [--shard I/N] [--reuse] [extra generation options ...]
 
 For each prompt (all 56 colour/shape pairs plus a room with --set all; one pair per shape, three
 of them held out, plus the room with --set quick) it runs `steinsplat PROMPT` with the defaults
 (models loaded once) and collects the ShapeWorld metrics of its run.json: mask IoU, PSNR,
-colour error, depth error, R-precision (shipped classifier), and the wall time. Prints a table,
-the means over trained and held-out pairs separately, and writes results.json + results.md.
+colour error, depth error, R-precision (shipped classifier), the shape-aware measures (top-view
+and low-view mask IoU, 3D IoU, chamfer distance in mm, the classifier's shape votes on views where
+look-alike shapes differ) and the wall time. Prints a table, the means over trained and held-out
+pairs separately, per shape, the shape confusion matrix, and writes results.json + results.md.
+
+Pieces: `--shard I/N` runs every N-th prompt from the I-th (two shards run side by side on two
+cores); `--reuse` takes the metrics of runs whose run.json already exists in the output folder
+instead of generating again, so a last `--reuse` invocation collects the shards' runs in one table.
 
 Targets (issue "End-to-end text-to-3D"): "a red cube" <= 120 s; over all 56 pairs mean mask IoU
 >= 0.85, colour error <= 0.08, R-precision >= 0.9; a room reaches depth error <= 0.15 m.
@@ -24,12 +30,25 @@ from steinsplat.batch import slugify
 from steinsplat.bench.convergence import finite_mean
 from steinsplat.export.atomic import atomic_write_bytes
 from steinsplat.generate import GenerateConfig, generate
-from steinsplat.shapeworld.vocab import HELD_OUT, all_object_prompts, canonical_text
+from steinsplat.shapeworld.vocab import HELD_OUT, SHAPE_NAMES, all_object_prompts, canonical_text, parse_prompt
 
 ROOM = "a room with blue walls and a gray floor"
 QUICK = ["a red cube", "a blue sphere", "a yellow cylinder", "an orange cone", "a cyan torus", "a gray pyramid",
          "a purple capsule"]  # blue sphere, orange cone, cyan torus are held out
-KEYS = ("mask_iou", "psnr", "colour_error", "depth_error", "r_precision")
+KEYS = ("mask_iou", "psnr", "colour_error", "depth_error", "r_precision", "top_iou", "low_iou", "iou_3d", "chamfer_mm")
+CUBOIDS = ("cube", "pyramid")  # the shapes whose look changes with azimuth
+
+
+def confusion(rows: list[dict]) -> dict:
+    """{true shape: {called shape: mean share}} of the classifier's shape votes (objects with votes)."""
+    out: dict = {}
+    for r in rows:
+        if r.get("shape_votes"):
+            acc = out.setdefault(r["shape"], {"runs": 0})
+            acc["runs"] += 1
+            for k, v in r["shape_votes"].items():
+                acc[k] = acc.get(k, 0.0) + v
+    return {s: {k: (v / a["runs"] if k != "runs" else v) for k, v in a.items()} for s, a in out.items()}
 
 
 def main() -> None:
@@ -37,40 +56,67 @@ def main() -> None:
     ap.add_argument("--set", choices=["all", "quick"], default="quick")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out-dir", type=Path, default=Path("runs/quality"))
+    ap.add_argument("--shard", type=str, default="0/1", help="I/N: run every N-th prompt starting at the I-th")
+    ap.add_argument("--reuse", action="store_true", help="read finished runs' run.json instead of generating again")
     args, extra = ap.parse_known_args()
     prompts = [canonical_text(p) for p in all_object_prompts()] if args.set == "all" else list(QUICK)
     prompts.append(ROOM)
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
+    prompts = prompts[shard::shards]
     held = {canonical_text(p) for p in HELD_OUT}
     models: dict = {}
     rows = []
-    print(f"{'prompt':<42} {'seed':>4} {'IoU':>6} {'PSNR':>6} {'colour':>7} {'depth m':>8} {'R-prec':>6} {'s':>6}")
+    print(f"{'prompt':<42} {'seed':>4} {'IoU':>6} {'PSNR':>6} {'colour':>7} {'depth m':>8} {'R-prec':>6} "
+          f"{'top':>6} {'low':>6} {'3D':>6} {'CD mm':>6} {'s':>6}")
     for prompt in prompts:
         for seed in args.seeds:
             mode = ["--mode", "scene"] if prompt == ROOM else []
             out = args.out_dir / f"{slugify(prompt)}-seed{seed}" / "splats.ply"
             cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--out", str(out), "--quiet",
                                                 "--checkpoint-every", "0", *mode, *extra], prog="quality")
-            rec = generate(cfg, models=models)
+            done = out.parent / "run.json"
+            if args.reuse and done.exists() and json.loads(done.read_text()).get("status") == "ok":
+                rec = json.loads(done.read_text())
+            else:
+                rec = generate(cfg, models=models)
             m = rec["metrics"]
             row = {"prompt": prompt, "seed": seed, "held_out": prompt in held, "room": prompt == ROOM,
-                   "seconds": rec["timings"]["total_s"], **{k: m.get(k) for k in KEYS}}
+                   "shape": None if prompt == ROOM else parse_prompt(prompt).shape,
+                   "seconds": rec["timings"]["total_s"], **{k: m.get(k) for k in KEYS}, "shape_votes": m.get("shape_votes")}
             rows.append(row)
-            rp = "-" if row["r_precision"] is None else f"{row['r_precision']:.2f}"
-            print(f"{prompt:<42} {seed:>4} {row['mask_iou']:>6.3f} {row['psnr']:>6.2f} {row['colour_error']:>7.3f} "
-                  f"{row['depth_error']:>8.3f} {rp:>6} {row['seconds']:>6.1f}", flush=True)
+            f = lambda k, w, d: "-" if row[k] is None else f"{row[k]:>{w}.{d}f}"  # noqa: E731
+            print(f"{prompt:<42} {seed:>4} {f('mask_iou', 6, 3)} {f('psnr', 6, 2)} {f('colour_error', 7, 3)} "
+                  f"{f('depth_error', 8, 3)} {f('r_precision', 6, 2):>6} {f('top_iou', 6, 3):>6} {f('low_iou', 6, 3):>6} "
+                  f"{f('iou_3d', 6, 3):>6} {f('chamfer_mm', 6, 1):>6} {row['seconds']:>6.1f}", flush=True)
     summary = {}
     for name, sel in (("trained", lambda r: not r["held_out"] and not r["room"]), ("held_out", lambda r: r["held_out"]),
-                      ("objects", lambda r: not r["room"]), ("room", lambda r: r["room"])):
+                      ("objects", lambda r: not r["room"]), ("cubes+pyramids", lambda r: r["shape"] in CUBOIDS),
+                      *((f"shape {s}", (lambda s: lambda r: r["shape"] == s)(s)) for s in SHAPE_NAMES),
+                      ("room", lambda r: r["room"])):
         group = [r for r in rows if sel(r)]
-        summary[name] = {k: finite_mean([r[k] for r in group]) for k in (*KEYS, "seconds")} | {"runs": len(group)}
+        if group:
+            summary[name] = {k: finite_mean([r[k] for r in group if r[k] is not None]) for k in (*KEYS, "seconds")} | {"runs": len(group)}
+    conf = confusion(rows)
     print()
     for name, s in summary.items():
-        print(f"{name:<9} runs {s['runs']:>3}  " + "  ".join(f"{k} {s[k]:.3f}" for k in (*KEYS, "seconds")))
+        print(f"{name:<15} runs {s['runs']:>3}  " + "  ".join(f"{k} {s[k]:.3f}" for k in (*KEYS, "seconds")))
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out_dir / "results.json", json.dumps({"rows": rows, "summary": summary}, indent=2).encode())
-    md = ["| group | runs | mask IoU | PSNR | colour err | depth err (m) | R-precision | s / run |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    md += [f"| {n} | {s['runs']} | {s['mask_iou']:.3f} | {s['psnr']:.2f} | {s['colour_error']:.3f} | {s['depth_error']:.3f} | "
-           f"{s['r_precision']:.2f} | {s['seconds']:.0f} |" for n, s in summary.items()]
+    atomic_write_bytes(args.out_dir / "results.json",
+                       json.dumps({"rows": rows, "summary": summary, "confusion": conf}, indent=2).encode())
+    num = lambda v, d: "-" if v != v else f"{v:.{d}f}"  # noqa: E731  (nan for groups without the measure)
+    md = ["| group | runs | mask IoU | top IoU | low IoU | 3D IoU | chamfer mm | PSNR | colour err | depth err (m) | R-precision | s / run |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md += [f"| {n} | {s['runs']} | {num(s['mask_iou'], 3)} | {num(s['top_iou'], 3)} | {num(s['low_iou'], 3)} | "
+           f"{num(s['iou_3d'], 3)} | {num(s['chamfer_mm'], 1)} | {num(s['psnr'], 2)} | {num(s['colour_error'], 3)} | "
+           f"{num(s['depth_error'], 3)} | {num(s['r_precision'], 2)} | {s['seconds']:.0f} |" for n, s in summary.items()]
+    md += ["", "Shape confusion (the classifier's shape calls on views where look-alikes differ: el 0 and 60 at az 45, "
+           "135, 225, 315; rows: the prompt's shape, mean share over its runs):", "",
+           "| shape | " + " | ".join(SHAPE_NAMES) + " |", "|---|" + "---:|" * len(SHAPE_NAMES)]
+    md += [f"| {s} | " + " | ".join(f"{c.get(k, 0.0):.2f}" for k in SHAPE_NAMES) + " |" for s, c in conf.items()]
     atomic_write_bytes(args.out_dir / "results.md", ("\n".join(md) + "\n").encode())
     print(f"wrote {args.out_dir / 'results.json'} and results.md")
 

@@ -1,4 +1,4 @@
-"""Gaussians and cameras: activations, initialisers, conventions of SHAPEWORLD.md, view tags."""
+"""Gaussians and cameras: activations, initialisers, conventions of docs/shapeworld.md, view tags."""
 
 from __future__ import annotations
 

@@ -289,3 +289,51 @@ def test_shapeworld_estimator_adapter_in_ssd_through_the_renderer(tmp_path):
     assert all(p.grad is None for p in list(prior.parameters()) + list(est.parameters()))
     with pytest.raises(EstimatorUnavailableError, match="shapeworld.train estimator"):
         ESTIMATORS["shapeworld"].from_pretrained(tmp_path / "nothing")
+
+
+def test_perp_neg_combine_against_hand_computed_cases():
+    from steinsplat.priors.base import cfg_combine, perp_neg_combine
+
+    u = torch.zeros(2, 3)
+    c = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    # a negative parallel to the prompt's direction is ignored; an orthogonal one is pushed away from fully
+    negs = torch.stack([torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 1.0]])])  # [K=1, B=2, 3]
+    w = torch.tensor([[2.0, 2.0]])
+    out = perp_neg_combine(u, c, negs, w, guidance_scale=5.0)
+    assert torch.allclose(out[0], 5.0 * c[0])
+    assert torch.allclose(out[1], 5.0 * (c[1] - 2.0 * torch.tensor([0.0, 0.0, 1.0])))
+    # weight 0 is plain CFG
+    u2, c2, n2 = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    assert torch.allclose(perp_neg_combine(u2, c2, n2, torch.zeros(2, 3), 7.5), cfg_combine(u2, c2, 7.5), atol=1e-6)
+    # in general: the correction to CFG is orthogonal to the prompt's direction, sample by sample
+    corr = perp_neg_combine(u2, c2, n2, torch.rand(2, 3), 7.5) - cfg_combine(u2, c2, 7.5)
+    assert torch.allclose((corr * (c2 - u2)).sum((1, 2, 3)), torch.zeros(3), atol=1e-4)
+
+
+def test_stable_diffusion_perp_neg_uses_the_other_views(tiny_sd):
+    """With the tiny SD: Perp-Neg equals the formula applied to the UNet's outputs for the views'
+    prompts, is plain CFG at weight 0, and leaves overhead views (no negatives) unchanged."""
+    from steinsplat.priors.base import perp_neg_combine
+
+    plain = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu", guidance_scale=7.5)
+    pn = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu", guidance_scale=7.5, perp_neg=2.0)
+    cams = _cams()  # front, side, back, overhead
+    emb = plain.encode_prompt("a red cube")
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([300, 300, 300, 300])
+    raw_plain = plain.denoise(x, t, emb, cams, 7.5, raw=True)
+    raw_pn = pn.denoise(x, t, pn.encode_prompt("a red cube"), cams, 7.5, raw=True)
+    assert torch.allclose(raw_pn[3], raw_plain[3], atol=1e-5)  # overhead: nothing to push away from
+    assert not torch.allclose(raw_pn[0], raw_plain[0], atol=1e-4)
+    with torch.no_grad():
+        def unet_out(texts_emb):
+            return plain.unet(x, t, encoder_hidden_states=texts_emb).sample
+        u = unet_out(emb.uncond.expand(4, -1, -1))
+        c = unet_out(torch.cat([emb.by_view[v] for v in ("front", "side", "back", "overhead")]))
+        n1 = unet_out(torch.cat([emb.by_view[v] for v in ("side", "front", "front", "overhead")]))
+        n2 = unet_out(torch.cat([emb.by_view[v] for v in ("back", "back", "side", "overhead")]))
+        w = torch.tensor([[2.0, 2.0, 2.0, 0.0], [2.0, 2.0, 2.0, 0.0]])
+        want = perp_neg_combine(u, c, torch.stack([n1, n2]), w, 7.5)
+    assert torch.allclose(raw_pn, want, atol=1e-4)
+    zero = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu", guidance_scale=7.5, perp_neg=0.0)
+    assert torch.allclose(zero.denoise(x, t, zero.encode_prompt("a red cube"), cams, 7.5, raw=True), raw_plain, atol=1e-6)

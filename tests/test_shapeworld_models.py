@@ -6,6 +6,9 @@ same loading code as the shipped ones); the shipped weights are exercised when t
 
 from __future__ import annotations
 
+import json
+import math
+
 
 import pytest
 import torch
@@ -135,7 +138,7 @@ def test_predict_noise_is_guided_eps_of_the_unet():
     t = torch.tensor([100, 900])
     with torch.no_grad():
         eps = prior.predict_noise(x, t, cond, cams, guidance_scale=2.5)
-        f = camera_features(cams)
+        f = prior.camera_features(cams)
         v_c = prior.model_output(x, t, cond.cond, f)
         v_u = prior.model_output(x, t, cond.uncond, f)
         a, s = prior.alpha_sigma(t)
@@ -150,10 +153,78 @@ def test_camera_features():
     assert torch.allclose(r, torch.tensor([[0.0, -1.0, 0.0, 1.0, 0.0, 1.0, 1.0]]), atol=1e-6)
 
 
+def test_fourier_camera_features():
+    f = camera_features(orbit_cameras([30.0], [45.0], 1.6), "fourier-rays", (1, 2, 3, 4))
+    az, el = math.radians(45.0), math.radians(30.0)
+    want = [g(k * az) for k in (1, 2, 3, 4) for g in (math.sin, math.cos)]
+    want += [math.sin(el), math.cos(el), math.sin(2 * el), math.cos(2 * el), -1.0, 0.0, 1.0]
+    assert torch.allclose(f, torch.tensor([want]), atol=1e-6)
+    # az 0 and 45 are told apart by the k = 4 pair alone: cos(4 az) = +1 vs -1
+    g = camera_features(orbit_cameras([20.0, 20.0], [0.0, 45.0], 1.8), "fourier-rays")
+    assert g[0, 7] == pytest.approx(1.0) and g[1, 7] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="start with 1"):
+        camera_features(orbit_cameras([0.0], [0.0], 1.8), "fourier-rays", (2, 4))
+    with pytest.raises(ValueError, match="unknown camera encoding"):
+        PriorConfig(camera_encoding="tokens")
+
+
+def test_plucker_rays_geometry():
+    """Ray maps against first principles: unit directions; the centre pixel of an orbit camera looks
+    at the origin (moment 0); every ray passes through the camera centre (o x d = m with o the centre);
+    d is orthogonal to m; the ray map rebuilt from the features equals the real cameras' one."""
+    from steinsplat.shapeworld.prior import plucker_rays, rays_from_features
+
+    cams = orbit_cameras([20.0, -10.0, 55.0], [0.0, 45.0, 200.0], [1.8, 1.6, 2.0], width=64, height=64)
+    r = plucker_rays(cams, 32)  # [3, 6, 32, 32]
+    d, m = r[:, :3], r[:, 3:]
+    assert torch.allclose(d.norm(dim=1), torch.ones(3, 32, 32), atol=1e-5)
+    assert (d * m).sum(1).abs().max() < 1e-5
+    centre = d[:, :, 15:17, 15:17].mean((2, 3))  # [3, 3] mean of the 4 centre pixels
+    assert torch.allclose(torch.nn.functional.normalize(centre, dim=1), -cams.centers / cams.centers.norm(dim=1, keepdim=True), atol=1e-3)
+    o = cams.centers[:, :, None, None].expand_as(d)
+    assert torch.allclose(torch.linalg.cross(o, d, dim=1), m, atol=1e-5)
+    # image rows go down: the top row's rays point higher (+z) than the bottom row's
+    assert bool((d[:, 2, 0].mean(1) > d[:, 2, -1].mean(1)).all())
+    f = camera_features(cams, "fourier-rays")
+    assert torch.allclose(rays_from_features(f, 32), r, atol=1e-5)
+    rooms = inside_out_cameras([30.0, 250.0], [5.0, -10.0], width=32, height=32)
+    fr = camera_features(rooms, "fourier-rays")
+    assert torch.allclose(rays_from_features(fr, 32), plucker_rays(rooms, 32), atol=1e-5)
+    assert not rays_from_features(torch.zeros_like(f), 32).any()  # a dropped camera: no rays
+
+
+def test_prior_sees_the_rays_and_old_folders_still_load(tmp_path):
+    prior = tiny_prior().eval()
+    assert prior.unet.config.in_channels == 3 + 6 and prior.config.camera_dim == 15
+    x, t = torch.randn(1, 3, R, R), torch.tensor([500])
+    text = prior.encode_text(["a red cube"])
+    with torch.no_grad():
+        f0 = prior.camera_features(orbit_cameras([20.0], [0.0], 1.8))
+        f45 = prior.camera_features(orbit_cameras([20.0], [45.0], 1.8))
+        assert not torch.allclose(prior.model_output(x, t, text, f0), prior.model_output(x, t, text, f45))
+        # with the feature vector fixed, the ray channels alone change the output
+        sample0, sample45 = prior.unet_input(x, f0), prior.unet_input(x, f45)
+        assert torch.equal(sample0[:, :3], x) and not torch.allclose(sample0[:, 3:], sample45[:, 3:])
+    # a folder written by the first prior (no camera_encoding in its config) loads as "angles"
+    torch.manual_seed(0)
+    old = ShapeWorldPrior.from_config(PriorConfig(resolution=R, text_dim=16, camera_encoding="angles"), block_out_channels=(8, 16),
+                                      layers_per_block=1, text_hidden_dim=16, norm_num_groups=4)
+    old.save_pretrained(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "prior_config.json").read_text())
+    cfg.pop("camera_encoding"), cfg.pop("azimuth_frequencies"), cfg.update(camera_dim=7)
+    (tmp_path / "old" / "prior_config.json").write_text(json.dumps(cfg))
+    back = ShapeWorldPrior.from_pretrained(tmp_path / "old")
+    assert back.config.camera_encoding == "angles" and back.unet.config.in_channels == 3
+    cams = orbit_cameras([20.0], [45.0], 1.8, width=R, height=R)
+    with torch.no_grad():
+        assert torch.allclose(back.model_output(x, t, back.encode_text(["a red cube"]), back.camera_features(cams)),
+                              old.model_output(x, t, old.encode_text(["a red cube"]), old.camera_features(cams)), atol=1e-6)
+
+
 def test_condition_dropout_really_drops():
     prior = tiny_prior()
     ids, mask = prior.tokenizer(["a red cube"] * 400)
-    cams = torch.randn(400, 7)
+    cams = torch.randn(400, prior.config.camera_dim)
     g = torch.Generator().manual_seed(0)
     m1, c1 = prior.drop_conditions(mask, cams, g, 1.0, 1.0)
     assert not m1.any() and not c1.any()
@@ -207,7 +278,7 @@ def test_training_steps_decrease_the_loss():
     prior = tiny_prior()
     x0 = torch.rand(4, 3, R, R, generator=g) * 2 - 1
     ids, mask = prior.tokenizer(["a red cube", "a blue cone", "a gray torus", "a room with red walls and a blue floor"])
-    cams = torch.randn(4, 7, generator=g)
+    cams = prior.camera_features(orbit_cameras([0.0, 10.0, 20.0, 30.0], [0.0, 45.0, 90.0, 200.0], 1.8))
     lp = _fixed_batch_losses(lambda: prior.training_loss(x0, ids, mask, cams, torch.Generator().manual_seed(3), 0.0, 0.0),
                              prior.parameters())
     assert lp[-1] < lp[0]

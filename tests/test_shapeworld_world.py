@@ -238,9 +238,9 @@ def test_evaluate_scores_a_perfect_render_perfectly(monkeypatch):
         return RenderOutput(rgb=gt.rgb, alpha=gt.alpha, depth=gt.depth, normal=gt.normal)
 
     monkeypatch.setattr(render_mod, "render", fake_render)
-    m = evaluate("a purple cube", "a purple cube")  # the spec's 64x64 rig; R-precision by the shipped classifier
+    m = evaluate("a purple cube", "a purple cube", shape=False)  # the spec's 64x64 rig; R-precision by the shipped classifier
     assert (m.mask_iou, m.psnr, m.colour_error, m.depth_error, m.r_precision) == (1.0, PSNR_CAP, 0.0, 0.0, 1.0)
-    m = evaluate("a red sphere", "a red cube", width=16, height=16)
+    m = evaluate("a red sphere", "a red cube", width=16, height=16, shape=False)
     assert m.mask_iou < 0.9 and m.psnr < 30
     room = evaluate("a room with red walls and a blue floor", "a room with red walls and a gray floor", width=16, height=16)
     assert room.mask_iou == 1.0 and room.depth_error == 0.0 and room.colour_error > 0

@@ -1,4 +1,4 @@
-"""Camera batches, samplers and evaluation rigs (conventions of SHAPEWORLD.md).
+"""Camera batches, samplers and evaluation rigs (conventions of docs/shapeworld.md, section Cameras).
 
 - World: right-handed, +Z up.
 - Camera frame: OpenCV (x right, y down, z forward); `viewmats` are world-to-camera.
@@ -223,7 +223,7 @@ def inside_out_cameras(
 # ---------------------------------------------------------------------------- samplers
 @dataclass
 class OrbitSampler:
-    """Random orbit cameras around an object (defaults: SHAPEWORLD.md training ranges)."""
+    """Random orbit cameras around an object (defaults: training ranges, docs/shapeworld.md, section Cameras)."""
 
     elevation: tuple[float, float] = (-10.0, 60.0)  # degrees, uniform
     azimuth: tuple[float, float] = (0.0, 360.0)  # degrees, uniform in [lo, hi)
@@ -242,7 +242,7 @@ class OrbitSampler:
 
 @dataclass
 class InsideOutSampler:
-    """Random cameras looking out from a point inside a scene (defaults: SHAPEWORLD.md rooms)."""
+    """Random cameras looking out from a point inside a scene (defaults: docs/shapeworld.md, section Cameras)."""
 
     position: tuple[float, float, float] = (0.0, 0.0, 1.2)
     yaw: tuple[float, float] = (0.0, 360.0)  # degrees, uniform in [lo, hi)

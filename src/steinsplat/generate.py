@@ -39,6 +39,7 @@ class GenerateConfig:
     model: Optional[str] = None  # Stable Diffusion hub id or local folder (default stabilityai/stable-diffusion-2-1-base)
     allow_download: bool = False  # let the SD prior / depth estimator download from the Hugging Face hub if not cached
     attention_slicing: bool = False  # SD: compute attention in slices (less GPU memory, a little slower)
+    perp_neg: float = 0.0  # SD: Perp-Neg weight of the other views' prompts against multi-face (Janus) objects (0: off; try 1-3)
     estimator: Literal["auto", "shapeworld", "transformers", "none"] = "auto"  # SSD's geometry estimator
     estimator_model: Optional[str] = None  # transformers depth model id or folder (Depth Anything, DPT)
     baseline: Literal["auto", "depth", "normal", "none"] = "auto"  # SSD's estimator baseline; auto: none for objects (no measured gain over ssd_noise "filter", +35 % time), depth for scenes
@@ -101,7 +102,7 @@ def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
             kw = {"guidance_scale": cfg.guidance_scale} if cfg.guidance_scale is not None else {}
             return PRIORS["sd"].from_pretrained(cfg.model or "stabilityai/stable-diffusion-2-1-base", device=str(device),
                                                 allow_download=cfg.allow_download,
-                                                attention_slicing=cfg.attention_slicing, **kw)
+                                                attention_slicing=cfg.attention_slicing, perp_neg=cfg.perp_neg, **kw)
         kw = {"guidance_scale": cfg.guidance_scale} if cfg.guidance_scale is not None else {}
         return PRIORS["shapeworld"].from_pretrained(cfg.model, device=device, **kw)
     except ModelUnavailableError as exc:
@@ -144,7 +145,7 @@ def init_gaussians(cfg: GenerateConfig, device: torch.device):
         g = Gaussians.random_ball(cfg.init_gaussians or 1000, radius=0.45, opacity=0.1, generator=gen)
     else:
         # The room-scale init: discs lying on the walls of the ShapeWorld room box, half opaque.
-        # Every scene camera sits at one point (SHAPEWORLD.md), so no pair of views gives parallax:
+        # Every scene camera sits at one point (docs/shapeworld.md, Cameras), so no pair of views gives parallax:
         # the prior can fix colours and coverage but not depth, which the init must get right.
         g = Gaussians.random_box_shell(cfg.init_gaussians or 8000, opacity=0.5, flatness=0.1, generator=gen)
     return g.to(device)
@@ -185,6 +186,8 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
             raise GenerationError("--viewer-every must be positive")
     if cfg.steps <= 0 or cfg.views <= 0 or cfg.resolution < 8 or (cfg.init_gaussians is not None and cfg.init_gaussians <= 0):
         raise GenerationError("--steps, --views and --init-gaussians must be positive and --resolution at least 8")
+    if not cfg.perp_neg >= 0:
+        raise GenerationError(f"--perp-neg must be >= 0 (0 turns Perp-Neg off), got {cfg.perp_neg}")
     return out
 
 

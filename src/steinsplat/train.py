@@ -71,9 +71,10 @@ class Trainer:
         self.g, self.prior, self.guidance, self.embeds, self.cfg = gaussians, prior, guidance, embeds, cfg
         self.mode = mode
         # background: behind the splats in previews (and in training unless random_background);
-        # objects: white, as the prior saw them. Rooms have no background (SHAPEWORLD.md), so by
-        # default a scene is trained on a fresh random colour per view: a hole in the walls then
-        # shows an arbitrary colour that no room image has, and the prior closes it.
+        # objects: white, as the prior saw them. Rooms have no background (docs/shapeworld.md,
+        # section Backgrounds), so by default a scene is trained on a fresh random colour per view:
+        # a hole in the walls then shows an arbitrary colour that no room image has, and the prior
+        # closes it.
         self.background = background if background is not None else ((1.0, 1.0, 1.0) if mode == "object" else (0.0, 0.0, 0.0))
         self.random_background = (mode == "scene") if random_background is None else random_background
         sampler_cls = OrbitSampler if mode == "object" else InsideOutSampler

@@ -1,7 +1,7 @@
 """What SDS, VSD and SSD share: the typed output, timesteps, weighting, the surrogate loss,
 running moments, and the parameter-space variance helper.
 
-Conventions (DESIGN.md; `priors/base.py` has the notation):
+Conventions (docs/architecture.md, section The gradient estimators; `priors/base.py` has the notation):
     x_t = alpha_t x + sigma_t eps,   eps ~ N(0, I),   t ~ U{t_min, ..., t_max}
     w(t) = sigma_t^2 by default (threestudio's weighting), or 1 ("uniform").
 Every estimator returns a **descent** gradient `grad` on x, shape [B, C, h, w]: the update is

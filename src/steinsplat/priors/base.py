@@ -221,6 +221,37 @@ def cfg_combine(pred_uncond: Tensor, pred_cond: Tensor, guidance_scale: float) -
     return pred_uncond + guidance_scale * (pred_cond - pred_uncond)
 
 
+# Perp-Neg (Armandpour et al., "Re-imagine the Negative Prompt Algorithm", 2023): the negative views'
+# noise directions, with their component along the positive direction removed, are subtracted.
+PERP_NEG_VIEWS: dict[str, tuple[str, ...]] = {  # view tag -> the view tags pushed away from
+    "front": ("side", "back"), "side": ("front", "back"), "back": ("front", "side"), "overhead": (),
+}
+
+
+def perp_neg_combine(pred_uncond: Tensor, pred_cond: Tensor, pred_negs: Tensor, weights: Tensor,
+                     guidance_scale: float) -> Tensor:
+    """Perp-Neg guidance, per sample b (dot products over all of a sample's elements):
+
+        1. d_pos = pred_c - pred_u                                 the prompt's direction
+        2. d_k = pred_neg_k - pred_u                               each negative view's direction
+        3. perp_k = d_k - (<d_k, d_pos> / <d_pos, d_pos>) d_pos     its part orthogonal to d_pos
+        4. pred = pred_u + s (d_pos - sum_k w_k perp_k)
+
+    So a negative never cancels the prompt's own direction (what a plain negative prompt does when
+    "front view" and "back view" share most of it); with w = 0 this is `cfg_combine`.
+    pred_uncond, pred_cond: [B, ...]; pred_negs: [K, B, ...]; weights: [K, B] (0 where a sample has
+    fewer than K negatives).
+    """
+    d_pos = (pred_cond - pred_uncond).float()  # [B, ...]
+    dims = tuple(range(1, d_pos.dim()))
+    norm2 = (d_pos * d_pos).sum(dims, keepdim=True).clamp_min(1e-12)  # [B, 1, ...]
+    push = torch.zeros_like(d_pos)
+    for d_k, w_k in zip((pred_negs.float() - pred_uncond.float()), weights.float()):  # [B, ...], [B]
+        perp = d_k - (d_k * d_pos).sum(dims, keepdim=True) / norm2 * d_pos
+        push = push + w_k.view(-1, *([1] * len(dims))) * perp
+    return (pred_uncond.float() + guidance_scale * (d_pos - push)).to(pred_cond.dtype)
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """eval() and requires_grad_(False): a frozen prior never receives gradients."""
     module.eval()

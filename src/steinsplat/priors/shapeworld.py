@@ -95,12 +95,13 @@ class ShapeWorldPriorAdapter(nn.Module):
         B = x_t.shape[0]
         t = as_timesteps(t, B, x_t.device)
         cond, uncond = embeds.for_cameras(cameras, view_dependent=False)  # [B, D] each
-        cam = self.prior.camera_features(cameras).to(x_t.device)  # [B, 7]
+        cam = self.prior.camera_features(cameras).to(x_t.device)  # [B, F]
         dummy = x_t.new_zeros(B, 1, self.prior.config.cross_attention_dim)  # unused: no attention blocks
+        sample = self.prior.unet_input(x_t, cam)  # [B, 3 (+ 6 ray channels), R, R]
 
         def v_of(text: Tensor) -> Tensor:  # the prior's model_output, with any UNet of its architecture
-            c = torch.cat([text.to(x_t), cam.to(x_t)], dim=-1)  # [B, D + 7]
-            return unet(x_t, t, encoder_hidden_states=dummy, class_labels=c).sample
+            c = torch.cat([text.to(x_t), cam.to(x_t)], dim=-1)  # [B, D + F]
+            return unet(sample, t, encoder_hidden_states=dummy, class_labels=c).sample
 
         v = v_of(cond) if guidance_scale == 1.0 else cfg_combine(v_of(uncond), v_of(cond), guidance_scale)
         if raw:

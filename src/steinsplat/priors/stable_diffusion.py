@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras
 from .base import (
-    NoiseSchedule, PriorUnavailableError, PromptEmbeds, TimestepRange, as_timesteps, cfg_combine, check_model_space,
-    freeze, v_to_eps, view_prompts,
+    PERP_NEG_VIEWS, NoiseSchedule, PriorUnavailableError, PromptEmbeds, TimestepRange, as_timesteps, cfg_combine,
+    check_model_space, freeze, perp_neg_combine, v_to_eps, view_prompts,
 )
 from .hub import resolve, unavailable_as
 
@@ -42,6 +42,7 @@ class StableDiffusionPriorConfig:
     guidance_scale: float = 100.0  # classifier-free guidance for SDS-style guidance (DreamFusion's value)
     negative_prompt: str = ""  # default negative prompt ("" = unconditional)
     view_dependent: bool = True  # append ", front/side/back/overhead view" per camera
+    perp_neg: float = 0.0  # Perp-Neg weight of the other views' prompts (0: off; e.g. 1-3 against Janus faces; needs view_dependent)
     timesteps: TimestepRange = field(default_factory=TimestepRange)  # [t_min, t_max] and its annealing
     attention_slicing: bool = False  # compute attention in slices (less memory, a little slower)
     sample_latents: bool = False  # True: sample the VAE posterior; False: its mean (no extra noise in x)
@@ -182,6 +183,8 @@ class StableDiffusionPrior(nn.Module):
         t_in = t.to(self.device)
         if guidance_scale == 1.0:
             out = unet(x_in, t_in, encoder_hidden_states=cond, class_labels=class_labels).sample
+        elif self.config.perp_neg > 0 and self.config.view_dependent and embeds.by_view:
+            out = self._perp_neg(unet, x_in, t_in, cond, uncond, embeds, cameras, guidance_scale, class_labels)
         else:
             cl = None if class_labels is None else torch.cat([class_labels, class_labels])
             both = unet(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]), encoder_hidden_states=torch.cat([uncond, cond]),
@@ -194,6 +197,31 @@ class StableDiffusionPrior(nn.Module):
         if raw:
             return out
         return self._raw_to_eps(out, x_t.float(), t)
+
+    def _perp_neg(self, unet: nn.Module, x_in: Tensor, t_in: Tensor, cond: Tensor, uncond: Tensor, embeds: PromptEmbeds,
+                  cameras: Cameras, guidance_scale: float, class_labels: Optional[Tensor]) -> Tensor:
+        """Raw output with Perp-Neg guidance (`base.perp_neg_combine`): each camera's view-tagged prompt
+        is the positive, the prompts of the other views (PERP_NEG_VIEWS) the negatives, weight
+        `config.perp_neg` each. One UNet call on [uncond, cond, neg_1 .. neg_K] (K = 2)."""
+        tags = cameras.view_tags()
+        K = max(len(v) for v in PERP_NEG_VIEWS.values())
+        negs, weights = [], torch.zeros(K, len(tags))
+        for k in range(K):
+            rows = []
+            for b, tag in enumerate(tags):
+                others = PERP_NEG_VIEWS[tag]
+                if k < len(others):
+                    rows.append(embeds.by_view[others[k]])
+                    weights[k, b] = self.config.perp_neg
+                else:  # no k-th negative for this view: any embedding, weight 0
+                    rows.append(cond[b: b + 1])
+            negs.append(torch.cat(rows))
+        n = 2 + K
+        cl = None if class_labels is None else torch.cat([class_labels] * n)
+        outs = unet(torch.cat([x_in] * n), torch.cat([t_in] * n), encoder_hidden_states=torch.cat([uncond, cond, *negs]),
+                    class_labels=cl).sample.chunk(n)  # n x [B, 4, h, w]
+        # On the raw output, as CFG: the map to eps is affine with the same x_t, and projections commute with it.
+        return perp_neg_combine(outs[0], outs[1], torch.stack(outs[2:]), weights.to(outs[0].device), guidance_scale)
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cameras: Cameras,
                       guidance_scale: Optional[float] = None) -> Tensor:

@@ -1,6 +1,6 @@
 """ShapeWorld: the small, fully specified world that lets steinsplat run for real on a CPU.
 
-SHAPEWORLD.md is the contract. This package holds
+docs/shapeworld.md is the contract. This package holds
 - `vocab`: colours, shapes, held-out pairs and the prompt grammar (`parse_prompt`);
 - `world`: triangle meshes of the shapes and the room, and the shading model;
 - `groundtruth`: the ground-truth renderer (`render_gt`, open3d ray casting, 4x4 supersampling);

@@ -344,7 +344,7 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------- CLI
 def main(argv: Optional[Sequence[str]] = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m steinsplat.shapeworld.data", description="Render a ShapeWorld dataset (SHAPEWORLD.md)."
+        prog="python -m steinsplat.shapeworld.data", description="Render a ShapeWorld dataset (docs/shapeworld.md)."
     )
     ap.add_argument("--out", type=Path, default=Path("data/shapeworld"), help="output directory")
     ap.add_argument("--objects", type=int, default=30000, help="number of object samples")

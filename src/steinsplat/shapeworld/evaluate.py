@@ -12,7 +12,14 @@
    some channel differs from white by more than MASK_DIFF (0.15), i.e. max_c (1 - rgb_c) > 0.15;
    ground-truth mask: alpha > 0.5 (the spec's). The same rule applied to the ground-truth RGB is
    reported as a sanity check of the rule (`gt_rule_iou`, should be near 1).
-3. Estimator: relative-depth and normal errors on fresh ground-truth renders (objects + rooms,
+3. View test of the prior (`--only view`): the shapes whose look changes with azimuth (cube and
+   pyramid, all 8 colours each, held-out pairs included) sampled at az 0 and az 45 (el 20, d 1.8),
+   `--view-seeds` samples per pair and azimuth; each sample is assigned to the ground-truth view
+   (az 0 or 45, same shape) whose mask its mask matches better (IoU, the mask rule of 2.); view
+   accuracy = share assigned to the azimuth it was sampled at (0.5 is chance: a prior blind to
+   azimuth). A sample sheet (`view_samples.png`) shows each pair over az 0, 15, ..., 90 under the
+   ground truth of the two shapes.
+4. Estimator: relative-depth and normal errors on fresh ground-truth renders (objects + rooms,
    a seed unused in training) at noise levels t in TIMESTEPS (t = 0 is the clean image).
 """
 
@@ -33,6 +40,9 @@ from .groundtruth import render_gt
 from .vocab import ObjectPrompt, all_object_prompts, canonical_text
 
 MASK_DIFF = 0.15
+VIEW_SHAPES = ("cube", "pyramid")  # the shapes whose look changes with azimuth (4-fold symmetric)
+VIEW_AZIMUTHS = (0.0, 45.0)  # face-on and edge-on
+SHEET_AZIMUTHS = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0)
 TIMESTEPS = (0, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 
 
@@ -151,6 +161,53 @@ def sweep_guidance(prior, clf, scales: Sequence[float], steps: int = 25, seed: i
     return {"pairs": [canonical_text(p) for p in pairs], "views": n, "steps": steps, "rows": rows, "best": best["guidance_scale"]}
 
 
+def view_cameras(azimuths: Sequence[float], size: int = 64):
+    """Cameras at el 20, d 1.8 (the evaluation rig's) at the given azimuths."""
+    from ..cameras import orbit_cameras
+
+    return orbit_cameras([20.0] * len(azimuths), list(azimuths), 1.8, width=size, height=size)
+
+
+def assign_views(masks: torch.Tensor, gt_masks: torch.Tensor) -> torch.Tensor:
+    """For sample masks [B, H, W, 1] and candidate ground-truth masks [B, V, H, W, 1] (per sample, its
+    shape's masks at the V candidate azimuths), the index [B] of the candidate with the highest IoU."""
+    B, V = gt_masks.shape[:2]
+    ious = torch.stack([_iou(masks, gt_masks[:, v]) for v in range(V)], 1)  # [B, V]
+    return ious.argmax(1)
+
+
+@torch.no_grad()
+def eval_view(prior, steps: int = 25, seeds: int = 4, guidance: Optional[float] = None, seed: int = 0,
+              save_sheet: Optional[Path] = None) -> dict:
+    """View accuracy of the prior (see the module docstring, 3.)."""
+    prompts = [p for p in all_object_prompts(include_held_out=True) if p.shape in VIEW_SHAPES]
+    nv = len(VIEW_AZIMUTHS)
+    gt_masks = {s: render_gt(f"a gray {s}", view_cameras(VIEW_AZIMUTHS)).alpha > 0.5 for s in VIEW_SHAPES}  # [V, 64, 64, 1]
+    g = torch.Generator().manual_seed(seed)
+    az = [a for _ in range(seeds) for a in VIEW_AZIMUTHS]  # per pair: seeds x azimuths
+    per_pair, t0 = {}, time.perf_counter()
+    for p in prompts:
+        samples = prior.sample(canonical_text(p), view_cameras(az, prior.resolution), steps=steps,
+                               guidance_scale=guidance, generator=g)  # [seeds * V, R, R, 3]
+        got = assign_views(sample_mask(samples), gt_masks[p.shape][None].expand(len(az), *gt_masks[p.shape].shape))
+        want = torch.arange(nv).repeat(seeds)
+        per_pair[canonical_text(p)] = {"held_out": p.held_out, "view_acc": _acc(got, want)}
+    seconds = time.perf_counter() - t0
+    vals = lambda held: [v["view_acc"] for v in per_pair.values() if held is None or v["held_out"] == held]  # noqa: E731
+    res = {"shapes": list(VIEW_SHAPES), "azimuths": list(VIEW_AZIMUTHS), "samples": len(prompts) * len(az),
+           "steps": steps, "guidance_scale": guidance if guidance is not None else prior.config.default_guidance_scale,
+           "seconds": round(seconds, 1), "view_acc": sum(vals(None)) / len(vals(None)),
+           "trained_view_acc": sum(vals(False)) / len(vals(False)), "held_out_view_acc": sum(vals(True)) / len(vals(True)),
+           "per_pair": per_pair}
+    if save_sheet is not None:
+        cols = len(SHEET_AZIMUTHS)
+        gts = [render_gt(f"a gray {s}", view_cameras(SHEET_AZIMUTHS, prior.resolution)).rgb for s in VIEW_SHAPES]
+        rows = [prior.sample(canonical_text(p), view_cameras(SHEET_AZIMUTHS, prior.resolution), steps=steps,
+                             guidance_scale=guidance, generator=torch.Generator().manual_seed(seed)) for p in prompts]
+        _save_grid(torch.cat(gts + rows), len(gts) + len(rows), cols, save_sheet)
+    return res
+
+
 def _save_grid(samples: torch.Tensor, rows: int, cols: int, path: Path) -> None:
     """A PNG with one row per pair (vocab order) and one column per evaluation camera."""
     try:
@@ -227,6 +284,18 @@ def _markdown(res: dict) -> str:
             if v["held_out"]:
                 L.append(f"| {k} | {v['shape_acc']:.2f} | {v['colour_acc']:.2f} | {v['mask_iou']:.2f} |")
         L.append("")
+    if "view" in res:
+        v = res["view"]
+        L += ["## View test of the prior", "",
+              f"{v['samples']} samples of {', '.join(v['shapes'])} (all colours, held-out pairs included) at az "
+              f"{' and '.join(str(a) for a in v['azimuths'])} (el 20, d 1.8), DDIM {v['steps']} steps, guidance "
+              f"{v['guidance_scale']}; each assigned to the ground-truth view its mask matches better "
+              f"({v['seconds']:.0f} s). Chance is 0.5.", "",
+              "| pairs | view accuracy |", "|---|---|",
+              f"| all | {v['view_acc']:.3f} |", f"| trained | {v['trained_view_acc']:.3f} |",
+              f"| held-out | {v['held_out_view_acc']:.3f} |", "",
+              f"Target >= 0.95: **{'met' if v['view_acc'] >= 0.95 else 'NOT met'}**. Sample sheet: `view_samples.png` "
+              "(top rows: ground truth of each shape; then one row per pair; columns az 0, 15, ..., 90).", ""]
     if "estimator" in res:
         e = res["estimator"]
         cl = e["clean"]
@@ -252,7 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--sweep", type=str, default=None,
                     help="comma-separated guidance scales to try on a small trained subset first; the best is used (e.g. 2,3,5,7.5)")
     ap.add_argument("--random-views", type=int, default=4, help="extra random views per pair for the classifier test")
-    ap.add_argument("--only", choices=("classifier", "prior", "estimator"), action="append", help="evaluate only these (repeatable)")
+    ap.add_argument("--only", choices=("classifier", "prior", "view", "estimator"), action="append", help="evaluate only these (repeatable)")
+    ap.add_argument("--view-seeds", type=int, default=4, help="view test: samples per pair and azimuth")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -263,7 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     assets = args.assets or default_assets_dir()
     out = args.out or assets
-    only = set(args.only or ("classifier", "prior", "estimator"))
+    only = set(args.only or ("classifier", "prior", "view", "estimator"))
     t0 = time.perf_counter()
     json_path = out / "evaluation.json"
     res = json.loads(json_path.read_text()) if json_path.exists() else {}  # keep figures of parts not re-run
@@ -279,6 +349,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             g = res["guidance_sweep"]["best"]
         res["prior"] = eval_prior(prior, clf, args.steps, g, save_grid=out / "prior_samples.png")
         print("prior", json.dumps({k: v for k, v in res["prior"].items() if k != "per_pair"}), flush=True)
+    if "view" in only:
+        prior = ShapeWorldPrior.from_pretrained(assets / "prior")
+        res["view"] = eval_view(prior, seeds=args.view_seeds, guidance=args.guidance, save_sheet=out / "view_samples.png")
+        print("view", json.dumps({k: v for k, v in res["view"].items() if k != "per_pair"}), flush=True)
     if "estimator" in only:
         res["estimator"] = eval_estimator(ShapeWorldEstimator.from_pretrained(assets / "estimator"))
         print("estimator clean", json.dumps(res["estimator"]["clean"]), flush=True)

@@ -1,4 +1,4 @@
-"""ShapeWorld's ground-truth metrics (SHAPEWORLD.md, "Ground-truth metrics").
+"""ShapeWorld's ground-truth metrics (docs/shapeworld.md, section Ground-truth metrics).
 
 Each metric is computed per view and then averaged over the views. Masks are `alpha > 0.5`
 for both the prediction and the ground truth. Edge cases:
@@ -120,6 +120,12 @@ class ShapeWorldMetrics:
     colour_error: float  # mean |rgb error| inside the GT mask, lower is better
     depth_error: float  # metres, inside both masks, lower is better (nan: no overlap)
     r_precision: Optional[float] = None  # share of views the ShapeWorld classifier gets right (None: not run)
+    # Shape-aware measures (objects only; None for rooms or when not run), see shape_metrics.py:
+    top_iou: Optional[float] = None  # mask IoU from straight above (elevation 90), higher is better
+    low_iou: Optional[float] = None  # mask IoU at elevation 0 over 8 azimuths, higher is better
+    iou_3d: Optional[float] = None  # voxel IoU of the occupied volume against the true solid, higher is better
+    chamfer_mm: Optional[float] = None  # surface-to-surface chamfer distance in mm, lower is better
+    shape_votes: Optional[dict] = None  # {shape: share} of the classifier's calls on views where look-alikes differ
 
     def to_dict(self) -> dict[str, Optional[float]]:
         return asdict(self)
@@ -154,11 +160,13 @@ def shipped_classifier():  # -> Optional[ShapeWorldClassifier]
 @torch.no_grad()
 def evaluate(
     gaussians: Gaussians, prompt: str | Prompt, backend: str = "torch", width: int = 64, height: int = 64,
-    r_precision: bool = True,
+    r_precision: bool = True, shape: bool = True,
 ) -> ShapeWorldMetrics:
     """Render `gaussians` from the evaluation cameras (white background) and score them against
     the ground truth of `prompt`. R-precision (objects only) uses the shipped classifier; it is
-    None for rooms, when `r_precision` is False, or when the classifier's weights are absent."""
+    None for rooms, when `r_precision` is False, or when the classifier's weights are absent.
+    `shape` adds the shape-aware measures for objects (top/low-view IoU, 3D IoU, chamfer, the
+    classifier's shape votes on the confusion views; a few seconds)."""
     from ..render import render  # imported late: the renderer pulls in the backends
 
     p = as_prompt(prompt)
@@ -170,4 +178,10 @@ def evaluate(
     clf = shipped_classifier() if (r_precision and isinstance(p, ObjectPrompt)) else None
     if clf is not None:
         m.r_precision = clf.r_precision(rgb.clamp(0, 1), p)
+    if shape and isinstance(p, ObjectPrompt):
+        from .shape_metrics import shape_scores
+
+        sc = shape_scores(gaussians, p, backend=backend, classifier=clf)
+        m.top_iou, m.low_iou, m.iou_3d, m.chamfer_mm = sc.top_iou, sc.low_iou, sc.iou_3d, sc.chamfer_mm
+        m.shape_votes = sc.shape_votes or None
     return m

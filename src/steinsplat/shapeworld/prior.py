@@ -7,7 +7,7 @@ Parts (folder layout written by `save_pretrained`, read by `from_pretrained`):
     <folder>/tokenizer/tokenizer.json           `tokenizers` WordLevel model over ShapeWorld's words
     <folder>/text_encoder/config.json + model.safetensors              ShapeWorldTextEncoder
 
-Conditioning. The UNet has no attention at all (CPU cost, DESIGN.md "Facts measured"): the prompt
+Conditioning. The UNet has no attention at all (CPU cost, docs/architecture.md, "Facts measured on a CPU"): the prompt
 and the camera enter through the class-embedding path (`class_embed_type="projection"`), i.e. a
 vector c = [text embedding (D), camera features (7)] is mapped by an MLP and added to the timestep
 embedding, which every ResNet block then applies as a scale/shift (`resnet_time_scale_shift=
@@ -183,21 +183,59 @@ class ShapeWorldTextEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------- camera features
-def camera_features_from_angles(elevation: Tensor, azimuth: Tensor, distance: Tensor, is_room: Tensor) -> Tensor:
-    """[B, 7] = (sin az, cos az, sin el, cos el, (d - 1.8) / 0.2, room flag, present flag).
+# Two encodings of the camera, named in PriorConfig.camera_encoding:
+#   "angles" (shapeworld-1, the first shipped prior): 7 numbers (sin az, cos az, sin el, cos el,
+#       (d - 1.8) / 0.2, room flag, present flag) added to the timestep embedding. Measured: that
+#       prior ignored azimuth (samples at az 0 and 45 matched pixel for pixel), so shapes with
+#       4-fold symmetry (cube, pyramid) came out as solids of revolution. A cube's look is a
+#       90-degree-periodic function of az: from one cos/sin pair the UNet must build cos(4 az),
+#       a degree-4 polynomial, through one MLP and a FiLM, and in 1,900 steps it did not.
+#   "fourier-rays" (shapeworld-2): Fourier features of the angles at several frequencies
+#       (sin k az, cos k az for k in azimuth_frequencies; sin/cos of el and 2 el), the distance,
+#       room and present flags, added to the timestep embedding as before; and, per pixel, the
+#       camera's rays as 6 Plucker channels (direction d, moment o x d, world frame) concatenated to
+#       x_t at the UNet's input (as camera-conditioned multi-view diffusion models do). The moment's
+#       length is the ray's distance from the origin, so "does this pixel's ray pass the object"
+#       becomes a local function of the input that convolutions learn readily.
+CAMERA_ENCODINGS = ("angles", "fourier-rays")
+OBJECT_FOVY, ROOM_FOVY = 40.0, 60.0  # the fields of view the prior is trained at (docs/shapeworld.md)
+RAY_CHANNELS = 6
 
-    Objects: az/el/d of the orbit camera (degrees, metres; d in [1.6, 2] maps to [-1, 1]).
-    Rooms: az = yaw, el = pitch, the distance slot is 0 (rooms have no distance).
-    The last slot is 1 for a real camera; a dropped camera (classifier-free training) is all zeros.
+
+def num_camera_features(encoding: str, azimuth_frequencies: Sequence[int] = (1, 2, 3, 4)) -> int:
+    if encoding == "angles":
+        return CAMERA_FEATURES
+    if encoding == "fourier-rays":
+        return 2 * len(azimuth_frequencies) + 4 + 3
+    raise ValueError(f"unknown camera encoding {encoding!r}; choose one of {CAMERA_ENCODINGS}")
+
+
+def camera_features_from_angles(elevation: Tensor, azimuth: Tensor, distance: Tensor, is_room: Tensor,
+                                encoding: str = "angles", azimuth_frequencies: Sequence[int] = (1, 2, 3, 4)) -> Tensor:
+    """Camera features [B, F] from the orbit / inside-out angles (degrees) and distance (metres).
+
+    "angles" (F = 7): (sin az, cos az, sin el, cos el, (d - 1.8) / 0.2, room flag, present flag).
+    "fourier-rays" (F = 2 K + 7): (sin k az, cos k az for the K frequencies k (k = 1 first),
+        sin el, cos el, sin 2 el, cos 2 el, (d - 1.8) / 0.2, room flag, present flag).
+    Objects: az/el/d of the orbit camera (d in [1.6, 2] maps to [-1, 1]). Rooms: az = yaw,
+    el = pitch, the distance slot is 0. The present flag is 1 for a real camera; a dropped camera
+    (classifier-free training) is all zeros.
     """
     az, el = torch.deg2rad(azimuth.float()), torch.deg2rad(elevation.float())
     room = is_room.float()
     d = torch.where(room > 0.5, torch.zeros_like(az), (torch.nan_to_num(distance.float(), nan=1.8) - 1.8) / 0.2)
-    return torch.stack([torch.sin(az), torch.cos(az), torch.sin(el), torch.cos(el), d, room, torch.ones_like(az)], -1)
+    one = torch.ones_like(az)
+    if encoding == "angles":
+        return torch.stack([torch.sin(az), torch.cos(az), torch.sin(el), torch.cos(el), d, room, one], -1)
+    num_camera_features(encoding)  # validates the name
+    if len(azimuth_frequencies) == 0 or int(azimuth_frequencies[0]) != 1:
+        raise ValueError("azimuth_frequencies must start with 1 (the angle is read back from that pair)")
+    fourier = [f(k * az) for k in azimuth_frequencies for f in (torch.sin, torch.cos)]
+    return torch.stack([*fourier, torch.sin(el), torch.cos(el), torch.sin(2 * el), torch.cos(2 * el), d, room, one], -1)
 
 
-def camera_features(cameras: Cameras) -> Tensor:
-    """Camera features [B, 7] of a `Cameras` batch (see `camera_features_from_angles`).
+def camera_features(cameras: Cameras, encoding: str = "angles", azimuth_frequencies: Sequence[int] = (1, 2, 3, 4)) -> Tensor:
+    """Camera features [B, F] of a `Cameras` batch (see `camera_features_from_angles`).
 
     Needs the orbit / inside-out parameters (`elevation`, `azimuth`, and `distance` for objects):
     build cameras with `orbit_cameras`, `inside_out_cameras` or the samplers.
@@ -210,7 +248,55 @@ def camera_features(cameras: Cameras) -> Tensor:
     is_room = torch.full((B,), 1.0 if cameras.kind == "inside_out" else 0.0)
     if cameras.kind == "custom":  # rooms are recognisable by their missing distance
         is_room = torch.isnan(dist.float()).float()
-    return camera_features_from_angles(cameras.elevation.cpu(), cameras.azimuth.cpu(), dist.cpu(), is_room).to(cameras.device)
+    return camera_features_from_angles(cameras.elevation.cpu(), cameras.azimuth.cpu(), dist.cpu(), is_room,
+                                       encoding, azimuth_frequencies).to(cameras.device)
+
+
+def plucker_rays(cameras: Cameras, resolution: int) -> Tensor:
+    """Per-pixel Plucker coordinates [B, 6, R, R] of a camera batch at an R x R grid of pixel centres:
+    the unit ray direction d (world frame) and the moment m = o x d, o the camera centre.
+
+    With K scaled from (width, height) to R x R, pixel (u, v) (centres at +0.5) looks along
+    d ~ R_wc K^-1 [u, v, 1]^T, R_wc = R_cw^T the camera-to-world rotation (OpenCV axes).
+    """
+    R = int(resolution)
+    V = cameras.viewmats.float()  # [B, 4, 4] world-to-camera
+    K = cameras.Ks.float().clone()  # [B, 3, 3]
+    K[:, 0] *= R / cameras.width
+    K[:, 1] *= R / cameras.height
+    c = torch.arange(R, dtype=torch.float32, device=V.device) + 0.5
+    vv, uu = torch.meshgrid(c, c, indexing="ij")  # [R, R] rows (v), columns (u)
+    pix = torch.stack([uu, vv, torch.ones_like(uu)], -1).reshape(1, -1, 3)  # [1, R*R, 3]
+    cam_dirs = pix @ torch.linalg.inv(K).transpose(1, 2)  # [B, R*R, 3] camera frame
+    R_cw = V[:, :3, :3]  # [B, 3, 3]
+    dirs = torch.nn.functional.normalize(cam_dirs @ R_cw, dim=-1)  # [B, R*R, 3] = (R_cw^T cam_dir)^T
+    origin = -(R_cw.transpose(1, 2) @ V[:, :3, 3:4]).squeeze(-1)  # [B, 3] camera centre in world
+    moment = torch.linalg.cross(origin[:, None].expand_as(dirs), dirs, dim=-1)  # [B, R*R, 3]
+    rays = torch.cat([dirs, moment], -1)  # [B, R*R, 6]
+    return rays.transpose(1, 2).reshape(-1, RAY_CHANNELS, R, R)
+
+
+def rays_from_features(feats: Tensor, resolution: int) -> Tensor:
+    """Plucker ray maps [B, 6, R, R] of the ShapeWorld cameras described by "fourier-rays" features
+    [B, F]: az from (sin az, cos az) (slots 0, 1), el from (sin el, cos el) (the first two slots after
+    the Fourier block), d from the distance slot; objects are orbit cameras at fovy 40 looking at the
+    origin, rooms inside-out cameras at (0, 0, 1.2), fovy 60 (the training cameras, docs/shapeworld.md).
+    A dropped camera (present flag 0) gets an all-zero ray map."""
+    from ..cameras import inside_out_cameras, orbit_cameras
+
+    f = feats.detach().float().cpu()
+    n_four = f.shape[1] - 7
+    az = torch.rad2deg(torch.atan2(f[:, 0], f[:, 1]))
+    el = torch.rad2deg(torch.atan2(f[:, n_four], f[:, n_four + 1])).clamp(-89.9, 89.9)
+    d = (1.8 + 0.2 * f[:, n_four + 4]).clamp_min(0.1)
+    room, present = f[:, n_four + 5] > 0.5, f[:, n_four + 6] > 0.5
+    obj = plucker_rays(orbit_cameras(el, az, d, fovy=OBJECT_FOVY, width=resolution, height=resolution), resolution)
+    rays = obj
+    if bool(room.any()):
+        rm = plucker_rays(inside_out_cameras(az, el, fovy=ROOM_FOVY, width=resolution, height=resolution), resolution)
+        rays = torch.where(room[:, None, None, None], rm, obj)
+    rays = rays * present[:, None, None, None].float()
+    return rays.to(feats.device)
 
 
 # ---------------------------------------------------------------------------- the prior
@@ -218,11 +304,25 @@ def camera_features(cameras: Cameras) -> Tensor:
 class PriorConfig:
     resolution: int = 32  # image side in model space (R)
     text_dim: int = 64  # size of the pooled prompt embedding (= TextEncoderConfig.out_dim)
-    camera_dim: int = CAMERA_FEATURES  # size of the camera features
+    camera_encoding: str = "fourier-rays"  # "fourier-rays" (Fourier features + Plucker ray channels) or "angles" (shapeworld-1)
+    azimuth_frequencies: tuple[int, ...] = (1, 2, 3, 4)  # multiples k of the azimuth in sin/cos(k az) ("fourier-rays")
+    camera_dim: int = -1  # size of the camera feature vector; -1: derived from the encoding
     cross_attention_dim: int = 8  # unused by the attention-free UNet, but part of its signature
     default_guidance_scale: float = 1.0  # classifier-free guidance used when none is given (1 = conditional model only)
-    spec_version: str = "shapeworld-1"  # SHAPEWORLD.md version of the training data
+    spec_version: str = "shapeworld-1"  # version of the world the training data follows (docs/shapeworld.md)
     training: dict = field(default_factory=dict)  # free-form record of how the weights were trained
+
+    def __post_init__(self) -> None:
+        self.azimuth_frequencies = tuple(int(k) for k in self.azimuth_frequencies)
+        n = num_camera_features(self.camera_encoding, self.azimuth_frequencies)
+        if self.camera_dim not in (-1, n):
+            raise ValueError(f"camera_dim {self.camera_dim} does not match the {self.camera_encoding!r} encoding ({n} features)")
+        self.camera_dim = n
+
+    @property
+    def ray_channels(self) -> int:
+        """Extra UNet input channels carrying the per-pixel camera rays (0 for "angles")."""
+        return RAY_CHANNELS if self.camera_encoding == "fourier-rays" else 0
 
 
 def unet_config(
@@ -232,12 +332,13 @@ def unet_config(
     cond_dim: int = 64 + CAMERA_FEATURES,
     cross_attention_dim: int = 8,
     norm_num_groups: int = 16,
+    extra_in_channels: int = 0,
 ) -> dict:
     """The attention-free UNet2DConditionModel config used by the prior (see the module docstring)."""
     n = len(block_out_channels)
     return dict(
         sample_size=resolution,
-        in_channels=3,
+        in_channels=3 + extra_in_channels,
         out_channels=3,
         down_block_types=("DownBlock2D",) * n,
         up_block_types=("UpBlock2D",) * n,
@@ -308,7 +409,7 @@ class ShapeWorldPrior(nn.Module):
         config = config or PriorConfig()
         unet = UNet2DConditionModel(**unet_config(
             config.resolution, block_out_channels, layers_per_block, config.text_dim + config.camera_dim,
-            config.cross_attention_dim, norm_num_groups))
+            config.cross_attention_dim, norm_num_groups, config.ray_channels))
         text = ShapeWorldTextEncoder(TextEncoderConfig(hidden_dim=text_hidden_dim, out_dim=config.text_dim))
         tok = ShapeWorldTokenizer(build_tokenizer(), max_length=text.config.max_length)
         return cls(unet, text, tok, DDPMScheduler(**scheduler_config()), config)
@@ -332,7 +433,9 @@ class ShapeWorldPrior(nn.Module):
             raise FileNotFoundError(
                 f"no ShapeWorld prior at {folder} ({PRIOR_CONFIG_NAME} missing); train one with "
                 "`python -m steinsplat.shapeworld.train prior` or pass the folder of a trained prior")
-        config = PriorConfig(**json.loads((folder / PRIOR_CONFIG_NAME).read_text()))
+        stored = json.loads((folder / PRIOR_CONFIG_NAME).read_text())
+        stored.setdefault("camera_encoding", "angles")  # folders written before the encodings were named
+        config = PriorConfig(**stored)
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         tok = ShapeWorldTokenizer.from_pretrained(folder / "tokenizer")
@@ -383,21 +486,30 @@ class ShapeWorldPrior(nn.Module):
         canon = [canonical_text(parse_prompt(p)) for p in prompts]
         return PromptConditioning(self.encode_text(canon), self.encode_text(neg), canon)
 
-    def camera_features(self, cameras: Union[Cameras, Tensor]) -> Tensor:  # [B, 7]
+    def camera_features(self, cameras: Union[Cameras, Tensor]) -> Tensor:  # [B, F]
         if isinstance(cameras, Tensor):
             if cameras.shape[-1] != self.config.camera_dim:
                 raise ValueError(f"camera features must be [B, {self.config.camera_dim}], got {tuple(cameras.shape)}")
             return cameras.to(self.device)
-        return camera_features(cameras).to(self.device)
+        return camera_features(cameras, self.config.camera_encoding, self.config.azimuth_frequencies).to(self.device)
+
+    def unet_input(self, x_t: Tensor, cam_feats: Tensor) -> Tensor:
+        """The UNet's input sample: x_t [B, 3, R, R], with the camera's Plucker ray map [B, 6, R, R]
+        appended as channels for the "fourier-rays" encoding -> [B, 3 + 6, R, R]."""
+        if self.config.ray_channels == 0:
+            return x_t
+        rays = rays_from_features(cam_feats, x_t.shape[-1]).to(device=x_t.device, dtype=x_t.dtype)
+        return torch.cat([x_t, rays], dim=1)
 
     # ------------------------------------------------------------------ network
     def model_output(self, x_t: Tensor, t: Tensor, text_emb: Tensor, cam_feats: Tensor) -> Tensor:
-        """The raw UNet prediction (v) for x_t [B, 3, R, R], t [B], text_emb [B, D], cam_feats [B, 7]."""
+        """The raw UNet prediction (v) for x_t [B, 3, R, R], t [B], text_emb [B, D], cam_feats [B, F]."""
         B = x_t.shape[0]
-        c = torch.cat([text_emb, cam_feats], dim=-1).to(x_t.dtype)  # [B, D + 7]
+        c = torch.cat([text_emb, cam_feats], dim=-1).to(x_t.dtype)  # [B, D + F]
         dummy = x_t.new_zeros(B, 1, self.config.cross_attention_dim)  # unused: no attention blocks
         t = t.to(x_t.device).expand(B) if t.dim() == 0 else t.to(x_t.device)
-        return self.unet(x_t, t, encoder_hidden_states=dummy, class_labels=c).sample  # [B, 3, R, R]
+        sample = self.unet_input(x_t, cam_feats)  # [B, 3 (+ 6), R, R]
+        return self.unet(sample, t, encoder_hidden_states=dummy, class_labels=c).sample  # [B, 3, R, R]
 
     @staticmethod
     def v_to_eps(v: Tensor, x_t: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
@@ -442,7 +554,7 @@ class ShapeWorldPrior(nn.Module):
                       p_drop_camera: float = 0.12) -> Tensor:
         """The v-prediction loss E ||v_theta(x_t, t, y, c) - v_t||^2 with condition dropout.
 
-        x0 [B, 3, R, R] in [-1, 1]; text_ids/text_mask [B, L]; cam_feats [B, 7]. With probability
+        x0 [B, 3, R, R] in [-1, 1]; text_ids/text_mask [B, L]; cam_feats [B, F]. With probability
         p_drop_text the prompt is replaced by the empty prompt (the text encoder's null vector), and
         independently with probability p_drop_camera the camera features are zeroed.
         """
@@ -481,7 +593,7 @@ class ShapeWorldPrior(nn.Module):
         """
         from diffusers import DDIMScheduler
 
-        cam_feats = self.camera_features(cameras)  # [B, 7]
+        cam_feats = self.camera_features(cameras)  # [B, F]
         B = cam_feats.shape[0]
         prompts = [prompts] * B if isinstance(prompts, str) else list(prompts)
         if len(prompts) != B:

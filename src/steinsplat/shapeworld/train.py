@@ -61,6 +61,8 @@ class PriorTrainConfig(CommonConfig):
     text_dim: int = 64  # pooled prompt embedding size
     p_drop_text: float = 0.12  # classifier-free dropout of the prompt
     p_drop_camera: float = 0.12  # classifier-free dropout of the camera features (independent)
+    camera_encoding: str = "fourier-rays"  # "fourier-rays" (multi-frequency angles + Plucker ray channels) or "angles" (the first prior's)
+    azimuth_frequencies: tuple[int, ...] = (1, 2, 3, 4)  # k of sin/cos(k az) in the camera features
     guidance_scale: float = 1.0  # default classifier-free guidance stored with the weights (the evaluate sweep chose 1.0: higher scales hurt this short-trained prior)
     steps: int = 6000  # upper bound; on this CPU the wall-clock budget ends the run first (~1,900 steps in 48 min)
     max_minutes: float = 50.0  # wall-clock budget (the shipped run used 48)
@@ -198,7 +200,8 @@ def _chunked(n: int, size: int = 2048):
 
 
 # ---------------------------------------------------------------------------- prior
-def prior_tensors(ds, resolution: int, tokenizer) -> dict[str, Tensor]:
+def prior_tensors(ds, resolution: int, tokenizer, encoding: str = "angles",
+                  azimuth_frequencies: tuple[int, ...] = (1, 2, 3, 4)) -> dict[str, Tensor]:
     """Everything the prior trains on, pre-computed once: images (uint8, model resolution),
     token ids/masks and camera features per sample."""
     from .data import KINDS
@@ -219,7 +222,8 @@ def prior_tensors(ds, resolution: int, tokenizer) -> dict[str, Tensor]:
     row = torch.tensor([where[t] for t in texts])
     kind = torch.from_numpy(a["kind"].astype(np.int64))
     cams = camera_features_from_angles(torch.from_numpy(a["elevation"]), torch.from_numpy(a["azimuth"]),
-                                       torch.from_numpy(a["distance"]), (kind == KINDS.index("room")).float())
+                                       torch.from_numpy(a["distance"]), (kind == KINDS.index("room")).float(),
+                                       encoding, azimuth_frequencies)
     return {"images": imgs, "ids": ids_u[row], "mask": mask_u[row], "cams": cams}
 
 
@@ -229,9 +233,10 @@ def train_prior(cfg: PriorTrainConfig):
     ds = ensure_dataset(cfg.data, cfg.num_objects, cfg.num_rooms, cfg.seed, include_held_out=False, fields=("rgb",))
     torch.manual_seed(cfg.seed)
     prior = ShapeWorldPrior.from_config(
-        PriorConfig(resolution=cfg.resolution, text_dim=cfg.text_dim, default_guidance_scale=cfg.guidance_scale),
+        PriorConfig(resolution=cfg.resolution, text_dim=cfg.text_dim, default_guidance_scale=cfg.guidance_scale,
+                    camera_encoding=cfg.camera_encoding, azimuth_frequencies=cfg.azimuth_frequencies),
         block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block)
-    data = prior_tensors(ds, cfg.resolution, prior.tokenizer)
+    data = prior_tensors(ds, cfg.resolution, prior.tokenizer, prior.config.camera_encoding, prior.config.azimuth_frequencies)
     del ds
 
     def export(model, out: Path, info: dict) -> None:

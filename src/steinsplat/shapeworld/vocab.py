@@ -1,6 +1,6 @@
 """ShapeWorld's vocabulary: colours, shapes, held-out pairs and the prompt grammar.
 
-Everything here is copied from SHAPEWORLD.md (the contract); change both or neither.
+Everything here is copied from docs/shapeworld.md (the contract); change both or neither.
 
 Grammar (case and surrounding white space ignored, optional trailing full stop):
     object: [a|an] {colour} {shape}                                  e.g. "a red cube"
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-SPEC_VERSION = "shapeworld-1"  # bump when SHAPEWORLD.md changes what a sample looks like
+SPEC_VERSION = "shapeworld-1"  # bump when docs/shapeworld.md changes what a sample looks like
 
 # ---------------------------------------------------------------------------- colours
 # Albedo in [0, 1]; shading uses these values directly (no gamma).
