@@ -6,11 +6,15 @@ A prior that ignores azimuth turns a cube into a drum (its solid of revolution) 
 - **top-view IoU**: mask IoU from straight above (elevation 90, d 1.8, fovy 40): a square against a disc;
 - **low-view IoU**: mask IoU at elevation 0, az 0, 45, ..., 315: a cube seen edge-on (az 45) is
   sqrt(2) times as wide as face-on, a drum the same from everywhere;
-- **3D IoU** of occupied volumes on a voxel grid (OBJECT_BOX sampled every `voxel` metres):
-  generated = the Gaussians' opacity-weighted density D(x) = sum_i o_i exp(-d^T Sigma_i^-1 d / 2)
-  at least LEVEL (the density mesh's iso-level), with enclosed empty pockets filled (a shell of
-  splats encloses a solid); true = inside the ground-truth mesh (open3d occupancy);
-- **chamfer distance** (mm) between the generated surface (marching cubes of D = LEVEL) and the
+- **3D IoU** of occupied volumes on a voxel grid (the box [-0.6, 0.6]^3 sampled every `voxel` metres):
+  generated = the object's visual hull, the samples that project inside the rendered mask
+  (alpha > 0.5, interpolated) in every one of the carving views (el -45, 0, 45 every 30 degrees of az, and straight
+  above and below); true = inside the ground-truth mesh (open3d occupancy). Carving sees what a
+  viewer sees (a halo of faint splats that renders opaque counts; splats hidden inside do not), and
+  every ShapeWorld object but the torus is convex, whose hole the top and bottom views carve;
+  (the summed density of the splats was tried first: generated objects are many faint splats,
+  median opacity 0.08, whose density stays under any one iso-level inside the object);
+- **chamfer distance** (mm) between the generated surface (marching cubes of the hull) and the
   true mesh, point to surface both ways: 0.5 (mean over A's area samples of dist(a, B) + the same from B);
 - **shape confusion**: the classifier's shape votes over views where the look-alike shapes differ
   (elevation 0 and 60 at the diagonal azimuths 45, 135, 225, 315: cube edge-on vs cylinder,
@@ -19,6 +23,7 @@ A prior that ignores azimuth turns a cube into a drum (its solid of revolution) 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -32,7 +37,12 @@ from .vocab import SHAPE_NAMES, ObjectPrompt, Prompt, as_prompt
 from .world import world_mesh
 
 VOXEL = 0.015  # metres between grid samples (the 1.2 m object box: 81^3 samples)
-LEVEL = 0.5  # density iso-level of "occupied" (the density mesh's default)
+LEVEL = 0.5  # density iso-level at which the reference cloud of `gaussians_from_solid` ends
+CARVE_SIZE = 128  # carving views' image side (pixels of 10 mm at the object)
+CARVE_DISTANCE = 30.0  # metres: nearly orthographic views (perspective carving leaves a box's faces bulging by cm)
+CARVE_FOVY = 2.0 * math.degrees(math.atan(0.65 / CARVE_DISTANCE))  # the image spans 1.3 m at the object
+CARVE_ELEVATIONS = (-45.0, 0.0, 45.0)
+CARVE_AZIMUTHS = tuple(30.0 * k for k in range(12))
 BOX_LO, BOX_EDGE = -0.6, 1.2  # the object volume (metres), as the mesh export's
 SURFACE_SAMPLES = 20000  # area samples per surface for the chamfer distance
 TOP_ELEVATION = 90.0
@@ -62,6 +72,15 @@ def confusion_cameras(width: int = 64, height: int = 64) -> Cameras:
     return orbit_cameras(el, az, 1.8, width=width, height=height)
 
 
+def carving_cameras(size: int = CARVE_SIZE) -> Cameras:
+    """The visual hull's views: el -45, 0, 45 at az 0, 30, ..., 330, plus el +-90 (38 cameras), far away
+    with a narrow field of view (nearly orthographic: a perspective view's silhouette cone widens
+    behind the object, and the intersection of such cones leaves a box's faces bulging)."""
+    el = [e for e in CARVE_ELEVATIONS for _ in CARVE_AZIMUTHS] + [90.0, -90.0]
+    az = [a for _ in CARVE_ELEVATIONS for a in CARVE_AZIMUTHS] + [0.0, 0.0]
+    return orbit_cameras(el, az, CARVE_DISTANCE, fovy=CARVE_FOVY, width=size, height=size)
+
+
 # ---------------------------------------------------------------------------- volumes
 def grid_points(voxel: float = VOXEL) -> tuple[np.ndarray, int]:
     """Sample points [n^3, 3] (x-major, then y, then z) of the object box, and n."""
@@ -83,22 +102,35 @@ def true_occupancy(shape: str, voxel: float = VOXEL) -> np.ndarray:
     return occ.reshape(n, n, n)
 
 
-def density_on_grid(gaussians: Gaussians, voxel: float = VOXEL) -> np.ndarray:
-    """float32 [n, n, n]: the Gaussians' opacity-weighted density at the grid samples."""
-    from ..export.density_mesh import _Field, density_grid
+@torch.no_grad()
+def carved_occupancy(gaussians: Gaussians, backend: str = "torch", voxel: float = VOXEL, chunk: int = 8) -> np.ndarray:
+    """bool [n, n, n]: the grid samples where the rendered alpha (bilinear at their projection) exceeds 0.5
+    in every carving view."""
+    from ..render import render
 
-    n = int(round(BOX_EDGE / voxel)) + 1
+    pts, n = grid_points(voxel)
+    p = torch.from_numpy(pts).double()  # [P, 3]
+    occ = torch.ones(len(p), dtype=torch.bool)
+    cams = carving_cameras()
     if gaussians.num == 0:
-        return np.zeros((n, n, n), np.float32)
-    field = _Field(gaussians, 0.5 * voxel, 3.0)
-    return density_grid(field, np.full(3, BOX_LO), np.full(3, n), voxel)
-
-
-def occupied(density: np.ndarray, level: float = LEVEL) -> np.ndarray:
-    """bool grid: density >= level, with the empty pockets the solid encloses filled."""
-    from scipy.ndimage import binary_fill_holes
-
-    return binary_fill_holes(density >= level)
+        return np.zeros((n, n, n), bool)
+    for lo in range(0, len(cams), chunk):
+        sub = cams[torch.arange(lo, min(lo + chunk, len(cams)))]
+        alpha = render(gaussians, sub, background=(1.0, 1.0, 1.0), backend=backend).alpha  # type: ignore[arg-type]
+        alpha = alpha.detach().float().cpu().permute(0, 3, 1, 2)  # [b, 1, H, W]
+        for v in range(len(sub)):
+            V, K = sub.viewmats[v].double().cpu(), sub.Ks[v].double().cpu()
+            xc = p @ V[:3, :3].T + V[:3, 3]  # [P, 3] camera frame
+            uv = xc @ K.T  # [P, 3]
+            z = uv[:, 2].clamp_min(1e-9)
+            # alpha interpolated bilinearly at the projection (pixel centres at +0.5): a sub-pixel boundary
+            gx = (uv[:, 0] / z) / sub.width * 2 - 1
+            gy = (uv[:, 1] / z) / sub.height * 2 - 1
+            grid = torch.stack([gx, gy], -1).float().view(1, 1, -1, 2)
+            a = torch.nn.functional.grid_sample(alpha[v: v + 1], grid, mode="bilinear", padding_mode="zeros",
+                                                align_corners=False).view(-1)  # [P]
+            occ &= (a > 0.5) & (xc[:, 2] > 1e-6)
+    return occ.reshape(n, n, n).numpy()
 
 
 def iou_3d(occ_pred: np.ndarray, occ_true: np.ndarray) -> float:
@@ -109,15 +141,14 @@ def iou_3d(occ_pred: np.ndarray, occ_true: np.ndarray) -> float:
     return float((occ_pred & occ_true).sum() / union) if union else 1.0
 
 
-def surface_from_density(density: np.ndarray, voxel: float = VOXEL, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices [V, 3] (metres) and triangles [T, 3] of the iso-surface D = level of the filled solid
-    (marching cubes; both empty if D never reaches the level)."""
+def surface_of(occ: np.ndarray, voxel: float = VOXEL) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices [V, 3] (metres) and triangles [T, 3] of an occupancy grid's boundary (marching cubes at
+    0.5 of the 0/1 grid, padded so the surface closes; both empty for an empty grid)."""
     from skimage.measure import marching_cubes
 
-    grid = np.pad(np.where(occupied(density, level), np.maximum(density, level), density), 1)
-    if grid.max() < level:
+    if not occ.any():
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
-    verts, faces, _, _ = marching_cubes(grid, level=level, spacing=(voxel,) * 3)
+    verts, faces, _, _ = marching_cubes(np.pad(occ.astype(np.float32), 1), level=0.5, spacing=(voxel,) * 3)
     return verts + (BOX_LO - voxel), faces
 
 
@@ -190,7 +221,7 @@ def shape_scores(gaussians: Gaussians, prompt: str | Prompt, backend: str = "tor
         out = render(g, cams, background=(1.0, 1.0, 1.0), backend=backend)  # type: ignore[arg-type]
         return mask_iou(out.alpha.detach().float().cpu(), render_gt(p, cams).alpha)
 
-    density = density_on_grid(g, voxel)
+    occ = carved_occupancy(g, backend, voxel)
     votes: dict = {}
     if classifier is not None:
         cams = confusion_cameras()
@@ -200,8 +231,8 @@ def shape_scores(gaussians: Gaussians, prompt: str | Prompt, backend: str = "tor
     return ShapeScores(
         top_iou=view_iou(top_cameras()),
         low_iou=view_iou(low_cameras()),
-        iou_3d=iou_3d(occupied(density), true_occupancy(p.shape, voxel)),
-        chamfer_mm=chamfer_mm(surface_from_density(density, voxel), true_mesh(p.shape)),
+        iou_3d=iou_3d(occ, true_occupancy(p.shape, voxel)),
+        chamfer_mm=chamfer_mm(surface_of(occ, voxel), true_mesh(p.shape)),
         shape_votes=votes,
     )
 
