@@ -80,6 +80,7 @@ class Trainer:
         sampler_cls = OrbitSampler if mode == "object" else InsideOutSampler
         self.sampler = sampler_cls(width=cfg.resolution, height=cfg.resolution)
         self.generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # gsplat's split draws its samples from torch's global RNG (torch.randn)
         lrs = dict(means=cfg.lr_means, scales=cfg.lr_scales, quats=cfg.lr_quats, opacities=cfg.lr_opacities,
                    sh0=cfg.lr_sh0, shN=cfg.lr_shN)
         self.optimizers = per_param_optimizers(gaussians, lrs)
