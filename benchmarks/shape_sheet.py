@@ -5,7 +5,8 @@
 
 Columns: the evaluation ring (el 20, az 0, 45, ..., 315), a low view (el 0, az 45: a cube's edge,
 a pyramid's ridge) and the top view (el 90: a square against a disc); rows: for each file, its
-render (torch backend, white background), then the ground truth. Images are 64x64, scaled x2.
+render (torch backend, white background); each prompt's ground truth follows the renders of its
+files (before / after comparisons of one prompt share one ground-truth row). 64x64 images, scaled x2.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ def sheet_cameras() -> Cameras:
     return Cameras.cat([ring, extra])
 
 
-def rows_for(ply: Path, prompt: str) -> list[np.ndarray]:
-    cams = sheet_cameras()
+def strip(images: torch.Tensor) -> np.ndarray:
+    return torch.cat(list(images), dim=1).numpy()  # [V, 64, 64, 3] -> [64, V*64, 3]
+
+
+def render_row(ply: Path) -> np.ndarray:
     with torch.no_grad():
-        pred = render(read_ply(ply), cams, background=(1.0, 1.0, 1.0), backend="torch").rgb.clamp(0, 1)  # [V, 64, 64, 3]
-    gt = render_gt(prompt, cams).rgb  # [V, 64, 64, 3]
-    return [torch.cat(list(x), dim=1).numpy() for x in (pred, gt)]  # each [64, V*64, 3]
+        return strip(render(read_ply(ply), sheet_cameras(), background=(1.0, 1.0, 1.0), backend="torch").rgb.clamp(0, 1))
 
 
 def main() -> None:
@@ -44,9 +46,11 @@ def main() -> None:
     ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("PLY", "PROMPT"), help="more rows")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    pairs = [(args.ply, args.prompt), *[(Path(p), q) for p, q in args.pair]]
     rows: list[np.ndarray] = []
-    for ply, prompt in [(args.ply, args.prompt), *[(Path(p), q) for p, q in args.pair]]:
-        rows += rows_for(ply, prompt)
+    for prompt in dict.fromkeys(q for _, q in pairs):
+        rows += [render_row(ply) for ply, q in pairs if q == prompt]
+        rows.append(strip(render_gt(prompt, sheet_cameras()).rgb))
     img = np.concatenate(rows, 0)
     img = np.kron((img * 255).round().astype(np.uint8), np.ones((2, 2, 1), np.uint8))
     from io import BytesIO

@@ -105,3 +105,19 @@ def test_evaluate_reports_shape_measures_for_objects_only():
     room = Gaussians.random_box_shell(200, (-2.0, -2.0, 0.0), (2.0, 2.0, 2.5), generator=torch.Generator().manual_seed(0))
     r = evaluate(room, "a room with blue walls and a gray floor", r_precision=False)
     assert r.top_iou is None and r.iou_3d is None and r.chamfer_mm is None
+
+
+def test_shipped_classifier_tells_look_alikes_apart_on_the_confusion_views():
+    """Ground truth of the look-alike pairs, seen from the confusion views, is classified right:
+    the votes measure the generated object, not the classifier."""
+    from steinsplat.shapeworld.metrics import shipped_classifier
+    from steinsplat.shapeworld.shape_metrics import confusion_cameras
+    from steinsplat.shapeworld.vocab import SHAPE_NAMES
+
+    clf = shipped_classifier()
+    if clf is None:
+        pytest.skip("no shipped classifier in assets/shapeworld")
+    cams = confusion_cameras()
+    for shape in ("cube", "cylinder", "pyramid", "cone"):
+        ids = clf.classify(render_gt(f"a blue {shape}", cams).rgb).shape_ids
+        assert (ids == SHAPE_NAMES.index(shape)).all(), shape

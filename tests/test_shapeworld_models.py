@@ -365,6 +365,25 @@ def test_shipped_prior_one_denoising_step():
     assert eps.shape == x.shape and torch.isfinite(eps).all()
 
 
+@pytest.mark.skipif(not (ASSETS / "prior" / "prior_config.json").exists(), reason="no shipped prior in assets/shapeworld")
+def test_shipped_prior_follows_the_azimuth():
+    """The same noise, prompt and elevation at az 0 and az 45 give different cubes, and each sample's
+    silhouette matches its own azimuth's ground truth better (the first prior gave the same image twice)."""
+    from steinsplat.shapeworld.evaluate import assign_views, sample_mask, view_cameras
+
+    prior = ShapeWorldPrior.from_pretrained()
+    cams = view_cameras([0.0, 45.0], prior.resolution)
+    noise_seed = 3
+    a = prior.sample("a red cube", cams[torch.tensor([0])], steps=20, generator=torch.Generator().manual_seed(noise_seed))
+    b = prior.sample("a red cube", cams[torch.tensor([1])], steps=20, generator=torch.Generator().manual_seed(noise_seed))
+    assert (a - b).abs().mean() > 0.02
+    from steinsplat.shapeworld.groundtruth import render_gt
+
+    gt = render_gt("a red cube", view_cameras([0.0, 45.0])).alpha > 0.5  # [2, 64, 64, 1]
+    got = assign_views(sample_mask(torch.cat([a, b])), gt[None].expand(2, *gt.shape))
+    assert got.tolist() == [0, 1]
+
+
 @pytest.mark.skipif(not (ASSETS / "estimator" / "config.json").exists(), reason="no shipped estimator in assets/shapeworld")
 def test_shipped_estimator_one_call():
     est = ShapeWorldEstimator.from_pretrained(ASSETS / "estimator")
