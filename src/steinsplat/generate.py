@@ -164,7 +164,11 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
         raise GenerationError(f"--mesh '{cfg.mesh}': use .ply, .obj or .glb")
     if cfg.video is not None and cfg.video.suffix.lower() not in (".mp4", ".gif"):
         raise GenerationError(f"--video '{cfg.video}': use .mp4 or .gif")
-    for p in [out] + [q for q in (cfg.mesh, cfg.video) if q is not None]:
+    for p, flag in [(out, "--out"), (cfg.mesh, "--mesh"), (cfg.video, "--video")]:
+        if p is None:
+            continue
+        if p.is_dir():  # found now, not after the whole optimisation
+            raise GenerationError(f"{flag} '{p}' is an existing folder; give a file name (e.g. {p / ('result' + p.suffix)})")
         folder = p.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
