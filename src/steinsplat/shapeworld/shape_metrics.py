@@ -34,6 +34,7 @@ import torch
 from ..cameras import Cameras, orbit_cameras
 from ..gaussians import Gaussians
 from .vocab import SHAPE_NAMES, ObjectPrompt, Prompt, as_prompt
+from .groundtruth import _scene  # the cached ray-casting scene of a shape
 from .world import world_mesh
 
 VOXEL = 0.015  # metres between grid samples (the 1.2 m object box: 81^3 samples)
@@ -96,9 +97,7 @@ def true_occupancy(shape: str, voxel: float = VOXEL) -> np.ndarray:
     import open3d as o3d
 
     pts, n = grid_points(voxel)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(world_mesh(shape).to_open3d())
-    occ = scene.compute_occupancy(o3d.core.Tensor(pts), nsamples=3).numpy() > 0.5
+    occ = _scene(shape).compute_occupancy(o3d.core.Tensor(pts), nsamples=3).numpy() > 0.5
     return occ.reshape(n, n, n)
 
 
@@ -244,22 +243,16 @@ def gaussians_from_solid(shape: str, spacing: float = 0.015, opacity: float = 0.
     `inset` inside the surface. Far inside, their density is D0 = o (2 pi)^(3/2) (sigma / spacing)^3
     (~3 here); across a flat boundary of the points it falls as D0 Phi(-x / sigma), so it crosses
     LEVEL at x = sigma Phi^-1(1 - LEVEL / D0) outside the last points: that is the inset, and the
-    cloud's iso-surface (and silhouette) lies on the true surface. It should score near 1 / near 0 mm
-    against its own shape."""
-    import math
-
+    cloud's iso-surface lies on the true surface (its renders come out about a pixel fat: alpha adds
+    up along the ray). It should score near 1 / a few mm against its own shape."""
     import open3d as o3d
-
-    from ..gaussians import Gaussians as G
 
     sigma = 0.6 * spacing
     d0 = opacity * (2 * math.pi) ** 1.5 * (sigma / spacing) ** 3
     inset = sigma * float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - LEVEL / d0)))
     ax = np.arange(-0.5, 0.5 + 1e-9, spacing, dtype=np.float32)
     cand = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(world_mesh(shape).to_open3d())
-    sdf = scene.compute_signed_distance(o3d.core.Tensor(cand), nsamples=3).numpy()  # < 0 inside
+    sdf = _scene(shape).compute_signed_distance(o3d.core.Tensor(cand), nsamples=3).numpy()  # < 0 inside
     means = torch.from_numpy(cand[sdf < -inset])
     rgb = torch.tensor(colour or (0.5, 0.5, 0.5)).expand(len(means), 3)
-    return G.from_points(means, rgb, scale=sigma, opacity=opacity)
+    return Gaussians.from_points(means, rgb, scale=sigma, opacity=opacity)
