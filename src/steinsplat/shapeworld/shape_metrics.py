@@ -214,7 +214,7 @@ def shape_scores(gaussians: Gaussians, prompt: str | Prompt, backend: str = "tor
     p = as_prompt(prompt)
     if not isinstance(p, ObjectPrompt):
         raise ValueError("shape metrics are defined for objects; rooms have their depth error")
-    g = gaussians.to("cpu") if hasattr(gaussians, "to") else gaussians
+    g = gaussians  # rendered where they live (Gaussians is a Module: .to() would move the caller's in place)
 
     def view_iou(cams: Cameras) -> float:
         out = render(g, cams, background=(1.0, 1.0, 1.0), backend=backend)  # type: ignore[arg-type]
