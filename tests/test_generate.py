@@ -60,33 +60,70 @@ def test_stable_diffusion_path_end_to_end(tmp_path, tiny_models):
     assert rec["metrics"] is None  # no ground truth outside ShapeWorld
 
 
-def test_interrupt_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_models, monkeypatch, capsys):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_stops_between_steps_and_resume_gives_the_same_bytes(tmp_path, tiny_models, monkeypatch, capsys, sig):
+    """Ctrl-C / SIGTERM during step 4 lets that step finish, saves it, exits 130; --resume then ends
+    with the uninterrupted run's bytes."""
+    import os
+    import signal
+
+    from steinsplat import train
+
+    sd, _ = tiny_models
+
+    def argv(out):
+        return ["a red cube", "--prior", "sd", "--model", str(sd), "--guidance", "sds", "--out", str(out),
+                "--steps", "6", "--resolution", "16", "--views", "1", "--init-gaussians", "60", "--quiet",
+                "--checkpoint-every", "0", "--preview-every", "2"]
+
+    ref = tmp_path / "ref" / "x.ply"
+    assert main(argv(ref)) == 0
+    out = tmp_path / "run" / "x.ply"
+    original = train.Trainer.step
+
+    def signalled(self):
+        if self.state.step == 4:
+            os.kill(os.getpid(), getattr(signal, sig))  # lands inside the step, as a real Ctrl-C would
+        return original(self)
+
+    monkeypatch.setattr(train.Trainer, "step", signalled)
+    assert main(argv(out)) == 130
+    err = capsys.readouterr().err
+    assert "--resume" in err and sig in err
+    ckpts = sorted((out.parent / "checkpoints").glob("step_*.safetensors"))
+    assert [c.name for c in ckpts] == ["step_000005.safetensors"]  # step 4 was finished, not cut
+    assert not out.exists()
+    monkeypatch.setattr(train.Trainer, "step", original)
+    assert main(argv(out) + ["--resume", str(out.parent)]) == 0
+    rec = json.loads((out.parent / "run.json").read_text())
+    assert rec["steps"] == 6 and len(read_ply(out)) == 60
+    assert out.read_bytes() == ref.read_bytes()
+    assert sorted(p.name for p in (out.parent / "previews").glob("*.png")) == [
+        "step_000002.png", "step_000004.png", "step_000006.png"]
+
+
+def test_second_interrupt_stops_at_once(tmp_path, tiny_models, monkeypatch, capsys):
+    """A second Ctrl-C does not wait for the step; the run exits 130 without a new checkpoint."""
+    import os
+    import signal
+
     from steinsplat import train
 
     sd, _ = tiny_models
     out = tmp_path / "run" / "x.ply"
-    argv = ["a red cube", "--prior", "sd", "--model", str(sd), "--guidance", "sds", "--out", str(out),
-            "--steps", "6", "--resolution", "16", "--views", "1", "--init-gaussians", "60", "--quiet",
-            "--checkpoint-every", "0", "--preview-every", "2"]
     original = train.Trainer.step
 
-    def interrupted(self):
-        if self.state.step == 4:
-            raise KeyboardInterrupt
+    def twice(self):
+        if self.state.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
         return original(self)
 
-    monkeypatch.setattr(train.Trainer, "step", interrupted)
-    assert main(argv) == 130
-    assert "--resume" in capsys.readouterr().err
-    ckpts = sorted((out.parent / "checkpoints").glob("step_*.safetensors"))
-    assert [c.name for c in ckpts] == ["step_000004.safetensors"]
-    assert not out.exists()
-    monkeypatch.setattr(train.Trainer, "step", original)
-    assert main(argv + ["--resume", str(out.parent)]) == 0
-    rec = json.loads((out.parent / "run.json").read_text())
-    assert rec["steps"] == 6 and len(read_ply(out)) == 60
-    assert sorted(p.name for p in (out.parent / "previews").glob("*.png")) == [
-        "step_000002.png", "step_000004.png", "step_000006.png"]
+    monkeypatch.setattr(train.Trainer, "step", twice)
+    assert main(["a red cube", "--prior", "sd", "--model", str(sd), "--guidance", "sds", "--out", str(out),
+                 "--steps", "6", "--resolution", "16", "--views", "1", "--init-gaussians", "60", "--quiet",
+                 "--checkpoint-every", "0", "--preview-every", "0"]) == 130
+    assert not list((out.parent / "checkpoints").glob("step_*.safetensors")) and not out.exists()
 
 
 @pytest.mark.parametrize("name", ["object", "scene", "sd-object", "sd-scene"])

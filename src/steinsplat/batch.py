@@ -10,7 +10,9 @@ Each job writes into `out_dir/<name>/` where <name> is a file-system-safe slug o
 (with `-seed<N>` when options set a seed, and a numeric suffix when two lines give the same
 name). A job is finished when its folder holds `run.json` with `"status": "ok"`: re-running the
 batch skips it. A failing job is recorded (`status: failed`, the error message) and the batch
-goes on. At the end: a summary table and `summary.json` (written atomically).
+goes on. Ctrl-C or SIGTERM stops the batch after the current step of the current job, whose
+checkpoint the next run resumes (`status: interrupted` in its run.json until then). At the end:
+a summary table and `summary.json` (written atomically).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def slugify(text: str, max_len: int = 60) -> str:
 def parse_prompt_file(path: str | Path) -> list[Job]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first prompt
     except FileNotFoundError:
         raise BatchError(f"prompt file '{path}' does not exist") from None
     except UnicodeDecodeError:
@@ -128,7 +130,14 @@ def run_job(job: Job, folder: Path, generate: Generator) -> JobResult:
         folder.mkdir(parents=True, exist_ok=True)
         outputs = generate(job, folder)
         res = JobResult(job.name, job.prompt, "ok", time.perf_counter() - t0, outputs=outputs or {})
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM stops the batch; a rerun resumes this job's checkpoint
+        checkpoint = getattr(exc, "checkpoint", None)
+        record = {"prompt": job.prompt, "options": job.options, "status": "interrupted",
+                  "checkpoint": str(checkpoint) if checkpoint else None, "seconds": time.perf_counter() - t0}
+        try:
+            atomic_write_bytes(folder / RUN_FILE, json.dumps(record, indent=2).encode())
+        except OSError:
+            pass
         raise
     except Exception as exc:  # one bad prompt must not stop the batch
         msg = f"{type(exc).__name__}: {exc}"

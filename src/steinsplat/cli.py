@@ -308,8 +308,8 @@ def cmd_generate(argv: Sequence[str]) -> int:
     except GenerationError as exc:
         raise UserError(str(exc)) from None
     except Interrupted as exc:
-        console.print(f"[yellow]interrupted[/yellow]: checkpoint saved to {exc.checkpoint}; "
-                      f"continue with --resume {exc.checkpoint}")
+        console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}): checkpoint saved to {escape(str(exc.checkpoint))}; "
+                      f"continue with the same command and --resume {escape(str(exc.checkpoint))}", soft_wrap=True)
         return 130
     m = rec.get("metrics") or {}
     extra = f", mask IoU {m['mask_iou']:.3f}" if m.get("mask_iou") is not None else ""
@@ -341,6 +341,8 @@ class BatchGenerate:
         from .generate import GenerateConfig, GenerationError, generate
 
         argv = [job.prompt, *self.base_options, *job.options, "--out", str(folder / f"{job.name}.ply"), "--quiet"]
+        if any((folder / "checkpoints").glob("step_*.safetensors")):  # an interrupted or killed earlier run of this job
+            argv += ["--resume", str(folder / "checkpoints")]
         try:
             cfg = config.parse(GenerateConfig, argv, prog="steinsplat")
         except SystemExit:
@@ -396,6 +398,9 @@ def cmd_batch(argv: Sequence[str]) -> int:
         colour = {"ok": "green", "failed": "red", "skipped": "dim"}[res.status]
         console.print(f"[{k}/{n}] [{colour}]{res.status}[/{colour}] {res.name}" + (f": {res.error}" if res.error else ""))
 
+    from .interrupts import restore, terminate_as_interrupt
+
+    previous = terminate_as_interrupt()  # SIGTERM between prompts stops the batch like Ctrl-C
     try:
         if use_ray:
             results = run_batch_ray(jobs, out_dir, gen, address=ray_address, on_result=report)
@@ -403,6 +408,13 @@ def cmd_batch(argv: Sequence[str]) -> int:
             results = run_batch(jobs, out_dir, gen, on_result=report)
     except BatchError as exc:
         raise UserError(str(exc)) from None
+    except KeyboardInterrupt as exc:
+        where = f" (checkpoint {exc.checkpoint})" if getattr(exc, "checkpoint", None) else ""
+        console.print(f"[yellow]interrupted[/yellow]{escape(where)}: run the same command again to go on "
+                      "(finished prompts are skipped, the interrupted one resumes from its checkpoint)", soft_wrap=True)
+        return 130
+    finally:
+        restore(previous)
     RichConsole().print(summary_table(results))
     console.print(f"summary: {out_dir / 'summary.json'}")
     return 1 if any(r.status == "failed" for r in results) else 0

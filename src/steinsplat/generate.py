@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -68,12 +69,24 @@ class GenerateConfig:
 
 
 # ---------------------------------------------------------------------------- building blocks
+def short(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters for an error message (a 10,000-character prompt is not echoed whole)."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} characters)"
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise GenerationError(f"--device {short(name)}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise GenerationError(f"--device {name}: steinsplat runs on cpu or cuda (auto picks cuda when present)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GenerationError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise GenerationError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -188,53 +201,141 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
             raise GenerationError(str(exc).replace("--port", "--viewer").replace("--host", "--viewer-host")) from None
         if cfg.viewer_every <= 0:
             raise GenerationError("--viewer-every must be positive")
-    if cfg.steps <= 0 or cfg.views <= 0 or cfg.resolution < 8 or (cfg.init_gaussians is not None and cfg.init_gaussians <= 0):
-        raise GenerationError("--steps, --views and --init-gaussians must be positive and --resolution at least 8")
-    if not cfg.perp_neg >= 0:
-        raise GenerationError(f"--perp-neg must be >= 0 (0 turns Perp-Neg off), got {cfg.perp_neg}")
     return out
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
+
+
+def validate_numbers(cfg: GenerateConfig) -> None:
+    """Numbers that cannot make a run, refused before anything is loaded (one line each)."""
+    if cfg.steps <= 0 or cfg.views <= 0 or cfg.resolution < 8 or (cfg.init_gaussians is not None and cfg.init_gaussians <= 0):
+        raise GenerationError("--steps, --views and --init-gaussians must be positive and --resolution at least 8")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise GenerationError(f"--seed must be an integer from 0 to {MAX_SEED} (2^63 - 1)")
+    if not cfg.perp_neg >= 0 or not math.isfinite(cfg.perp_neg):
+        raise GenerationError(f"--perp-neg must be a finite number >= 0 (0 turns Perp-Neg off), got {cfg.perp_neg}")
+    if cfg.guidance_scale is not None and not (math.isfinite(cfg.guidance_scale) and cfg.guidance_scale >= 0):
+        raise GenerationError(f"--guidance-scale must be a finite number >= 0, got {cfg.guidance_scale}")
+    for flag, value in (("--checkpoint-every", cfg.checkpoint_every), ("--preview-every", cfg.preview_every)):
+        if value < 0:
+            raise GenerationError(f"{flag} must be >= 0 (0: never), got {value}")
+    need, have = memory_needed_bytes(cfg), memory_available_bytes(cfg.device)
+    if have is not None and need > have:
+        raise GenerationError(
+            f"--resolution {cfg.resolution} with --views {cfg.views} and {cfg.init_gaussians or 'the default'} initial "
+            f"Gaussians needs at least {need / 2**30:,.1f} GiB, more than this machine's {have / 2**30:,.1f} GiB; "
+            "lower --resolution (64 is the default; the prior resizes to its own size), --views or --init-gaussians")
+
+
+# Lower bounds of what a step holds in memory, measured from the loop's own tensors (float32):
+# per rendered pixel the RGB, alpha, depth and normal images, their gradients and the compositor's
+# per-pixel buffers; per Gaussian its 59 parameters with gradients and Adam's two moments, and the
+# per-view projection (centre, conic, depth, box, colour). The sparse (pixel, Gaussian) pairs come
+# on top and depend on the scene, so the true need is higher: this only refuses what cannot fit.
+BYTES_PER_PIXEL = 4 * 24
+BYTES_PER_GAUSSIAN = 4 * 59 * 4
+BYTES_PER_GAUSSIAN_VIEW = 4 * 24
+
+
+def memory_needed_bytes(cfg: GenerateConfig) -> int:
+    n = cfg.init_gaussians or (1000 if cfg.mode == "object" else 8000)
+    if cfg.mode == "object":
+        n = max(n, cfg.optim.densify.cap)  # densification may grow the cloud up to its cap
+    return (cfg.views * cfg.resolution ** 2 * BYTES_PER_PIXEL + n * BYTES_PER_GAUSSIAN
+            + n * cfg.views * BYTES_PER_GAUSSIAN_VIEW)
+
+
+def memory_available_bytes(device: str) -> Optional[int]:
+    """The memory of the device a run would use (CUDA: the first device's total; else RAM); None if unknown."""
+    try:
+        if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+            if torch.cuda.is_available():
+                return int(torch.cuda.get_device_properties(torch.device(device if device != "auto" else "cuda")).total_memory)
+            return None
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+
+
 # ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(trainer: Trainer, folder: Path, keep: int = 2) -> Path:
-    from safetensors.torch import save_file
+CHECKPOINT_GLOB = "step_*.safetensors"
 
-    from .export.atomic import atomic_write_bytes
+# The options that shape the run a checkpoint holds: resuming with any other value would silently
+# drop state (SSD's statistics under --guidance sds) or mix two runs, so a mismatch is refused.
+# --steps may change (extending a run), as may outputs, previews and the viewer.
+RUN_OPTIONS = ("prompt", "negative", "prior", "model", "guidance", "ssd_noise", "baseline", "estimator",
+               "estimator_model", "mode", "views", "resolution", "guidance_scale", "perp_neg")
 
-    folder.mkdir(parents=True, exist_ok=True)
+
+def run_options(cfg: GenerateConfig, prior_name: str) -> dict[str, Any]:
+    opts = {k: getattr(cfg, k) for k in RUN_OPTIONS}
+    opts["prior"] = prior_name
+    return json.loads(json.dumps(opts, default=str))
+
+
+def save_checkpoint(trainer: Trainer, folder: Path, keep: int = 2, options: Optional[dict[str, Any]] = None) -> Path:
+    """Write the trainer's state as `folder/step_NNNNNN.safetensors` (one file, atomic); keep the newest `keep`."""
+    from .checkpoint import prune, write_checkpoint
+
     tensors, meta = trainer.state_tensors()
-    name = f"step_{trainer.state.step:06d}"
-    tmp = folder / f".{name}.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(folder / f"{name}.safetensors")
-    atomic_write_bytes(folder / f"{name}.json", json.dumps(meta).encode())
-    for old in sorted(folder.glob("step_*.safetensors"))[:-keep]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".json").unlink(missing_ok=True)
-    return folder / f"{name}.safetensors"
-
-
-def find_checkpoint(path: Path) -> Path:
-    if path.is_dir():
-        cands = sorted(path.glob("step_*.safetensors")) or sorted((path / "checkpoints").glob("step_*.safetensors"))
-        if not cands:
-            raise GenerationError(f"--resume '{path}': no checkpoint (step_*.safetensors) in that folder")
-        return cands[-1]
-    if not path.is_file():
-        raise GenerationError(f"--resume '{path}': no such checkpoint file or run folder")
+    meta["options"] = options or {}
+    path = write_checkpoint(folder / f"step_{trainer.state.step:06d}.safetensors", tensors, meta)
+    prune(folder.glob(CHECKPOINT_GLOB), keep)
     return path
 
 
+def find_checkpoint(path: Path, say=None) -> Path:
+    """The checkpoint `--resume PATH` means: the file, or the newest intact one in a run folder
+    (or its checkpoints/); a newer one that does not read (a kill mid-write of an old version) is
+    skipped with a note. Reads the header only, so a wrong file is refused before any model loads."""
+    from .checkpoint import CheckpointError, newest_intact, read_meta
+
+    if path.is_dir():
+        cands = list(path.glob(CHECKPOINT_GLOB)) or list((path / "checkpoints").glob(CHECKPOINT_GLOB))
+        if not cands:
+            raise GenerationError(f"--resume '{path}': no checkpoint ({CHECKPOINT_GLOB}) in that folder")
+        best, skipped = newest_intact(cands)
+        if best is None:
+            raise GenerationError(f"--resume '{path}': no checkpoint there is readable ({skipped[0][1]})")
+        for p, why in skipped:
+            if say is not None:
+                say(f"warning: skipping {p.name}: {why}")
+        return best
+    if not path.is_file():
+        raise GenerationError(f"--resume '{path}': no such checkpoint file or run folder")
+    try:
+        read_meta(path)
+    except CheckpointError as exc:
+        raise GenerationError(f"--resume: {exc}") from None
+    return path
+
+
+def check_resume_options(path: Path, options: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint made with other run options (see RUN_OPTIONS)."""
+    from .checkpoint import read_meta
+
+    saved = read_meta(path).get("options") or {}
+    diffs = [f"--{k.replace('_', '-')} {short(str(saved[k]), 40)!s} (now {short(str(v), 40)})"
+             for k, v in options.items() if k in saved and saved[k] != v]
+    if diffs:
+        raise GenerationError(f"--resume '{path}': the checkpoint was made with {'; '.join(diffs)}; resume with the "
+                              "same options, or drop --resume to start afresh")
+
+
 def load_checkpoint(trainer: Trainer, path: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from .checkpoint import CheckpointError, read_checkpoint
 
     try:
-        tensors = load_file(str(path))
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise GenerationError(f"--resume '{path}': not a readable steinsplat checkpoint ({exc})") from None
-    trainer.load_state_tensors(tensors, meta)
+        tensors, meta = read_checkpoint(path)
+        trainer.load_state_tensors(tensors, meta)
+    except CheckpointError as exc:
+        raise GenerationError(f"--resume: {exc}") from None
+    except (KeyError, RuntimeError, ValueError) as exc:  # tensors of another model or size
+        raise GenerationError(f"--resume '{path}': the checkpoint does not fit this run ({type(exc).__name__}: "
+                              f"{short(str(exc), 120)})") from None
 
 
 # ---------------------------------------------------------------------------- the run
@@ -250,10 +351,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-class Interrupted(Exception):
-    def __init__(self, checkpoint: Path) -> None:
+class Interrupted(KeyboardInterrupt):
+    """The run stopped on Ctrl-C / SIGTERM between two steps, its state saved in `checkpoint`.
+    A KeyboardInterrupt, so that a batch stops too (no `except Exception` swallows it)."""
+
+    def __init__(self, checkpoint: Path, signal_name: str = "SIGINT") -> None:
         super().__init__(str(checkpoint))
         self.checkpoint = checkpoint
+        self.signal_name = signal_name
 
 
 def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -267,13 +372,21 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     from .render import render
     from .render.torch_backend import set_compile
 
+    from .interrupts import StopOnSignal
+
     t_start = time.perf_counter()
-    out = validate_outputs(cfg)
-    ckpt = find_checkpoint(cfg.resume) if cfg.resume is not None else None  # fail before loading any model
-    run_dir = out.parent
+    say = (lambda m: console.print(m, markup=False)) if console is not None else (lambda _m: None)
+    validate_numbers(cfg)
     device = pick_device(cfg.device)
     prior_name = pick_prior_name(cfg, device)
     check_prompt(prior_name, cfg.prompt)
+    out = validate_outputs(cfg)
+    options = run_options(cfg, prior_name)
+    ckpt = None
+    if cfg.resume is not None:  # fail before loading any model
+        ckpt = find_checkpoint(cfg.resume, say=say)
+        check_resume_options(ckpt, options)
+    run_dir = out.parent
     set_compile(cfg.compile)
     models = {} if models is None else models
     key = f"prior:{prior_name}:{cfg.model}:{cfg.guidance_scale}:{device}"
@@ -288,7 +401,6 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     if ckpt is not None:
         load_checkpoint(trainer, ckpt)
     live = server = None  # the live viewer (--viewer); importing viser and starting it count as loading
-    say = (lambda m: console.print(m, markup=False)) if console is not None else (lambda _m: None)
     if cfg.viewer is not None:
         from .viewer import LiveConfig, ViewerConfig, ViewerError, start_live_viewer
 
@@ -306,7 +418,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     def on_step(log: Optional[StepLog], tr: Trainer) -> None:
         s = tr.state.step
         if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < optim.steps:
-            save_checkpoint(tr, ckpt_dir)
+            save_checkpoint(tr, ckpt_dir, options=options)
         if cfg.preview_every and s % cfg.preview_every == 0:
             from .cameras import object_eval_cameras, scene_eval_cameras
 
@@ -336,10 +448,18 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
             progress.start()
             task = progress.add_task(cfg.prompt[:30], total=optim.steps, completed=trainer.state.step,
                                      loss=float("nan"), var=float("nan"), n=len(g), skipped=0)
-        try:
-            trainer.run(on_step)
-        except KeyboardInterrupt:
-            raise Interrupted(save_checkpoint(trainer, ckpt_dir)) from None
+        first_step, first_skipped = trainer.state.step, trainer.state.skipped
+        with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: finish the step, then stop (a second one: at once)
+            trainer.run(on_step, should_stop=lambda: stop.requested is not None)
+        # The whole optimisation is saved before the exports, so nothing is lost if one of them fails
+        # or is interrupted: --resume of this checkpoint goes straight to the exports.
+        final = save_checkpoint(trainer, ckpt_dir, options=options)
+        if stop.requested is not None:
+            raise Interrupted(final, stop.requested)
+        ran = trainer.state.step - first_step
+        if ran > 0 and trainer.state.skipped - first_skipped >= ran:
+            raise GenerationError(f"every one of the {ran} steps was skipped: the guidance gave non-finite gradients "
+                                  "(check --guidance-scale and the learning rates); nothing was written")
     finally:
         if progress is not None:
             progress.stop()

@@ -124,8 +124,12 @@ class Trainer:
         self.state.history.append(log)
         return log
 
-    def run(self, on_step: Optional[Callable[[Optional[StepLog], "Trainer"], None]] = None) -> LoopState:
+    def run(self, on_step: Optional[Callable[[Optional[StepLog], "Trainer"], None]] = None,
+            should_stop: Optional[Callable[[], bool]] = None) -> LoopState:
+        """Step until the budget; `should_stop()` is asked between steps (a stop never splits one)."""
         while self.state.step < self.cfg.steps:
+            if should_stop is not None and should_stop():
+                break
             log = self.step()
             if on_step is not None:
                 on_step(log, self)

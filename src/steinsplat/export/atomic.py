@@ -34,13 +34,15 @@ def _prepare_folder(path: Path) -> Path:
     return parent
 
 
-def _create_temp(path: Path, parent: Path) -> tuple[int, Path]:
+def _create_temp(path: Path, parent: Path, keep_suffix: bool = False) -> tuple[int, Path]:
     """Create a new, empty temporary file next to `path`; returns (fd, temp path).
+    keep_suffix: name it `.{stem}.{random}.tmp{suffix}` (for writers that pick the format by extension).
 
     `os.open(..., 0o666)` lets the umask choose the permissions, as for a normal file.
     """
     for _ in range(100):
-        tmp = parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tok = secrets.token_hex(6)
+        tmp = parent / (f".{path.stem}.{tok}.tmp{path.suffix}" if keep_suffix else f".{path.name}.{tok}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
@@ -84,6 +86,34 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise ExportError(f"cannot replace '{path}' with the new file: {e.strerror or e}") from e
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary path next to `path` for libraries that write by file name (safetensors, open3d,
+    imageio); moved over `path` when the body returns, removed if it raises.
+
+    The temporary name keeps `path`'s extension (`.{stem}.{random}.tmp{suffix}`), because those
+    libraries pick the format from it. The body must create the file; a missing or empty file is an
+    ExportError and `path` is left untouched.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"cannot write '{path}': it is a folder. Give a file name, e.g. '{path / 'out.ply'}'.")
+    parent = _prepare_folder(path)
+    fd, tmp = _create_temp(path, parent, keep_suffix=True)
+    os.close(fd)
+    try:
+        yield tmp
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise ExportError(f"writing '{path}' produced no data (the writer reported no error); nothing was replaced")
         try:
             os.replace(tmp, path)
         except OSError as e:

@@ -22,7 +22,6 @@ TSDF steps:
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -182,36 +181,25 @@ def write_mesh(path: str | Path, mesh) -> int:
     """Write an open3d TriangleMesh to .ply / .obj / .glb atomically; returns the triangle count."""
     import open3d as o3d
 
-    from .atomic import atomic_write_bytes
+    from .atomic import atomic_path, atomic_write_bytes
 
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in MESH_EXTENSIONS:
         raise ExportError(f"cannot write a mesh to '{path}': unsupported extension '{ext}'; use one of "
                           f"{', '.join(MESH_EXTENSIONS)}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create the folder of '{path}': {exc.strerror}") from exc
     if ext == ".glb":  # open3d 0.20 writes .glb files that it (assimp) cannot read back: our own writer
         if not mesh.has_vertex_normals():
             mesh.compute_vertex_normals()
         atomic_write_bytes(path, glb_bytes(np.asarray(mesh.vertices), np.asarray(mesh.triangles),
                                            np.asarray(mesh.vertex_colors), np.asarray(mesh.vertex_normals)))
         return len(mesh.triangles)
-    # open3d writes by file name: write to a temporary name with the same extension, then rename
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)
-    os.close(fd)
-    try:
-        ok = o3d.io.write_triangle_mesh(tmp, mesh, write_vertex_colors=True, write_ascii=False)
-        if not ok or os.path.getsize(tmp) == 0:
+    with atomic_path(path) as tmp:  # open3d writes by file name (and picks the format from the extension)
+        ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_ascii=False)
+        if not ok:
             raise ExportError(f"open3d could not write '{path}'")
         if ext == ".obj":  # open3d writes the material beside the .obj under the temporary name
-            _fix_obj_material(Path(tmp), path)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            _fix_obj_material(tmp, path)
     return len(mesh.triangles)
 
 

@@ -7,8 +7,6 @@ background and written to a temporary file that replaces the target only when co
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +16,7 @@ import torch
 
 from ..cameras import Cameras, inside_out_cameras, orbit_cameras
 from ..gaussians import Gaussians
+from .atomic import atomic_path
 from .errors import ExportError
 
 VIDEO_EXTENSIONS = (".mp4", ".gif")
@@ -67,22 +66,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 20) -> int:
                           f"{', '.join(VIDEO_EXTENSIONS)}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ExportError(f"video frames must be a non-empty uint8 array [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create the folder of '{path}': {exc.strerror}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # imageio writes by file name
         if ext == ".gif":
-            imageio.mimwrite(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+            imageio.mimwrite(str(tmp), list(frames), format="GIF", duration=1000.0 / fps, loop=0)
         else:
-            imageio.mimwrite(tmp, list(frames), format="FFMPEG", fps=fps, codec="libx264", quality=8,
+            imageio.mimwrite(str(tmp), list(frames), format="FFMPEG", fps=fps, codec="libx264", quality=8,
                              macro_block_size=16, pixelformat="yuv420p")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return len(frames)
 
 

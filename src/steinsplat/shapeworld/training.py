@@ -6,8 +6,8 @@ What every run of `python -m steinsplat.shapeworld.train <model>` gets from here
 - `EpochSampler`: seeded, resumable mini-batches (a fresh permutation per epoch drawn from
   `seed + epoch`; the state is two integers);
 - `EMA`: an exponential moving average of the weights (with the usual warm-up of the decay);
-- `save_checkpoint` / `load_checkpoint`: model + optimiser + EMA + step + RNG state, written
-  atomically as one safetensors file plus a small JSON (never pickle);
+- `save_checkpoint` / `load_checkpoint`: model + optimiser + EMA + step + RNG state, in the
+  project's one checkpoint format (`steinsplat.checkpoint`: one safetensors file, atomic, never pickle);
 - `TrainLoop`: the step loop with a rich progress bar (step, loss, it/s, ETA), plain log lines
   for non-interactive logs, periodic checkpoints, a wall-clock budget (`max_minutes`) that stops
   cleanly and saves, and Ctrl-C / SIGTERM that save and exit.
@@ -15,10 +15,7 @@ What every run of `python -m steinsplat.shapeworld.train <model>` gets from here
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +23,10 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
-CHECKPOINT_STATE = "checkpoint.json"
+CHECKPOINT_STATE = "checkpoint.json"  # the older layout's separate JSON (read by steinsplat.checkpoint)
 
 
 # ---------------------------------------------------------------------------- data
@@ -157,16 +153,6 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(
     folder: str | Path,
     step: int,
@@ -177,22 +163,22 @@ def save_checkpoint(
     generator: torch.Generator,
     extra: Optional[dict] = None,
 ) -> Path:
-    """Write `checkpoint.safetensors` + `checkpoint.json` into `folder` atomically.
+    """Write `folder/checkpoint.safetensors` in steinsplat's one checkpoint format (`steinsplat.checkpoint`:
+    one file, written atomically, its JSON in the safetensors metadata).
 
     Tensors: `model.<module>.<param>`, `ema.<key>`, `optim.<param idx>.<name>`, `rng.torch`
     (the training generator's state) and `rng.global` (torch's global CPU generator). The JSON
-    holds the step, the sampler position, the optimiser's param groups and `extra`. The JSON is
-    replaced last and names the step, so a crash between the two writes leaves a detectable mismatch.
+    holds the step, the sampler position, the optimiser's param groups and `extra`.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    from ..checkpoint import write_checkpoint
+
     tensors: dict[str, Tensor] = {}
     for name, m in modules.items():
         for k, v in m.state_dict().items():
-            tensors[f"model.{name}.{k}"] = v.detach().clone().contiguous()
+            tensors[f"model.{name}.{k}"] = v.detach().clone()
     if ema is not None:
         for k, v in ema.shadow.items():
-            tensors[f"ema.{k}"] = v.detach().clone().contiguous()
+            tensors[f"ema.{k}"] = v.detach().clone()
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = generator.get_state()
@@ -205,14 +191,13 @@ def save_checkpoint(
         "extra": extra or {},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _atomic(folder / CHECKPOINT_WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
-    _atomic(folder / CHECKPOINT_STATE, lambda p: p.write_text(json.dumps(state, indent=1) + "\n"))
-    return folder / CHECKPOINT_WEIGHTS
+    path = write_checkpoint(Path(folder) / CHECKPOINT_WEIGHTS, tensors, state)
+    (Path(folder) / CHECKPOINT_STATE).unlink(missing_ok=True)  # the older layout's JSON, now stale
+    return path
 
 
 def has_checkpoint(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return (folder / CHECKPOINT_WEIGHTS).exists() and (folder / CHECKPOINT_STATE).exists()
+    return (Path(folder) / CHECKPOINT_WEIGHTS).exists()
 
 
 def load_checkpoint(
@@ -224,19 +209,16 @@ def load_checkpoint(
     generator: torch.Generator,
 ) -> dict:
     """Restore everything `save_checkpoint` wrote; returns the JSON state (with "step")."""
+    from ..checkpoint import CheckpointError, read_checkpoint
+
     folder = Path(folder)
     if not has_checkpoint(folder):
-        raise FileNotFoundError(f"no checkpoint in {folder} (expected {CHECKPOINT_WEIGHTS} and {CHECKPOINT_STATE}); "
+        raise FileNotFoundError(f"no checkpoint in {folder} (expected {CHECKPOINT_WEIGHTS}); "
                                 "drop --resume to start from scratch")
-    state = json.loads((folder / CHECKPOINT_STATE).read_text())
-    tensors = load_file(str(folder / CHECKPOINT_WEIGHTS))
-    from safetensors import safe_open
-
-    with safe_open(str(folder / CHECKPOINT_WEIGHTS), framework="pt") as f:
-        step_in_weights = int((f.metadata() or {}).get("step", -1))
-    if step_in_weights != state["step"]:
-        raise RuntimeError(f"checkpoint in {folder} is inconsistent (weights at step {step_in_weights}, "
-                           f"state at step {state['step']}): the last save was interrupted; delete both files to restart")
+    try:
+        tensors, state = read_checkpoint(folder / CHECKPOINT_WEIGHTS)
+    except CheckpointError as exc:
+        raise RuntimeError(f"{exc}; delete it to restart from scratch") from None
     for name, m in modules.items():
         prefix = f"model.{name}."
         m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -259,10 +241,6 @@ class LoopResult:
     stopped_by: str  # "steps", "time" or "interrupt"
     last_loss: float = math.nan
     losses: list[float] = field(default_factory=list)  # the loss of every step of this invocation
-
-
-class _Interrupt(Exception):
-    pass
 
 
 class TrainLoop:
@@ -294,12 +272,9 @@ class TrainLoop:
         losses: list[float] = []
         ema_loss = math.nan
 
-        def on_term(signum, frame):  # SIGTERM and SIGINT (Ctrl-C): save and exit
-            raise _Interrupt()
+        from ..interrupts import StopOnSignal
 
-        # SIGINT is installed explicitly too: a job started with `&` from a script inherits SIGINT
-        # ignored, and then Python never raises KeyboardInterrupt.
-        old = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
+        stop = StopOnSignal().__enter__()  # Ctrl-C / SIGTERM: finish the step, save, exit (twice: at once)
         columns = (
             TextColumn(f"[bold]{self.name}[/]"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"),
@@ -309,6 +284,8 @@ class TrainLoop:
             with Progress(*columns, disable=not self.progress) as bar:
                 task = bar.add_task("train", total=self.total_steps, completed=step, loss="-", rate="-")
                 while step < self.total_steps:
+                    if stop.requested is not None:
+                        raise KeyboardInterrupt
                     if time.perf_counter() - t0 > budget:
                         stopped_by = "time"
                         break
@@ -325,12 +302,11 @@ class TrainLoop:
                                  f"{rate:.2f} it/s elapsed {elapsed / 60:.1f} min ETA {left / 60:.1f} min")
                     if step % self.checkpoint_every == 0 and step < self.total_steps:
                         save_fn(step)
-        except (KeyboardInterrupt, _Interrupt):
+        except KeyboardInterrupt:
             stopped_by = "interrupt"
             self.log(f"[{self.name}] interrupted at step {step}: saving")
         finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+            stop.__exit__()
         save_fn(step)
         seconds = time.perf_counter() - t0
         self.log(f"[{self.name}] stopped by {stopped_by} at step {step} after {seconds / 60:.1f} min")

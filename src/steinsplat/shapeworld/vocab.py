@@ -214,6 +214,11 @@ def _help_text() -> str:
     )
 
 
+def _quoted(text: str, limit: int = 80) -> str:
+    """The prompt as an error message shows it: quoted, and cut if very long."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def parse_prompt(text: str) -> Prompt:
     """Parse a ShapeWorld prompt (see the module docstring for the grammar).
 
@@ -227,9 +232,10 @@ def parse_prompt(text: str) -> Prompt:
     words = s.split()
     unknown = [w for w in words if w not in KNOWN_WORDS]
     if unknown:
-        listed = ", ".join(repr(w) for w in dict.fromkeys(unknown))
-        plural = "s" if len(set(unknown)) > 1 else ""
-        raise PromptError(f"unknown word{plural} {listed} in prompt {text!r}. {_help_text()}")
+        distinct = list(dict.fromkeys(unknown))
+        listed = ", ".join(repr(w[:30]) for w in distinct[:8]) + (f" and {len(distinct) - 8} more" if len(distinct) > 8 else "")
+        plural = "s" if len(distinct) > 1 else ""
+        raise PromptError(f"unknown word{plural} {listed} in prompt {_quoted(text)}. {_help_text()}")
     if words and words[0] in _ARTICLES:
         words = words[1:]
     if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
@@ -244,7 +250,7 @@ def parse_prompt(text: str) -> Prompt:
         and words[7] == "floor"
     ):
         return RoomPrompt(words[2], words[6])
-    raise PromptError(f"prompt {text!r} does not follow the ShapeWorld grammar. {_help_text()}")
+    raise PromptError(f"prompt {_quoted(text)} does not follow the ShapeWorld grammar. {_help_text()}")
 
 
 def as_prompt(prompt: str | Prompt) -> Prompt:
