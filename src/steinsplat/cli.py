@@ -345,8 +345,8 @@ class BatchGenerate:
             argv += ["--resume", str(folder / "checkpoints")]
         try:
             cfg = config.parse(GenerateConfig, argv, prog="steinsplat")
-        except SystemExit:
-            raise GenerationError(f"bad options on this line: {' '.join(job.options)}") from None
+        except (SystemExit, config.ConfigError) as exc:
+            raise GenerationError(f"bad options on this line: {' '.join(job.options)} ({exc})") from None
         rec = generate(cfg, console=None, models=BatchGenerate._models)
         return {"outputs": rec["outputs"], "metrics": rec["metrics"], "seconds": rec["timings"]["total_s"]}
 
@@ -390,8 +390,8 @@ def cmd_batch(argv: Sequence[str]) -> int:
         raise UserError(str(exc)) from None
     try:  # the shared options must parse before anything runs
         config.parse(GenerateConfig, ["check", *base], prog="steinsplat batch")
-    except SystemExit:
-        raise UserError("the generation options above are not valid (see steinsplat generate --help)") from None
+    except (SystemExit, config.ConfigError) as exc:
+        raise UserError(f"the generation options are not valid: {exc}") from None
     gen = BatchGenerate(base)
 
     def report(res, k: int, n: int) -> None:
@@ -475,8 +475,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[name].run(argv[1:])
     except (UserError, ConfigError, ExportError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        # soft_wrap: the message is one line whatever the terminal width (no newline inside a path or a word pair)
-        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # messages hold paths and "steinsplat[viewer]"
+        # soft_wrap: the message is one line whatever the terminal width (no newline inside a path or a word pair).
+        # A message with details (the ways to get a model ...) shows them first: the last line is the error.
+        first, *details = str(exc).strip().splitlines() or [type(exc).__name__]
+        for line in details:
+            console.print(escape(line), soft_wrap=True, highlight=False)
+        console.print(f"[red]error:[/red] {escape(first)}", soft_wrap=True)  # messages hold paths and "steinsplat[viewer]"
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")

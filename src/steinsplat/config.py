@@ -8,7 +8,13 @@ an error that lists the known ones, so a typo in a preset never goes unnoticed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import re
+import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -45,17 +51,17 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ConfigError(
             f"{where or cls.__name__}: unknown key(s) {sorted(unknown)}; known keys: {sorted(fields)}"
         )
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         current = _field_default(fields[name])
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{name}: expected a mapping of its fields "
+                                  f"({', '.join(f.name for f in dataclasses.fields(current))}), got {_shown(value)}")
             kwargs[name] = from_dict(type(current), value, f"{where}{name}.")
-        elif isinstance(current, tuple) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        elif isinstance(current, Path) and isinstance(value, str):
-            kwargs[name] = Path(value)
-        else:
-            kwargs[name] = value
+            continue
+        kwargs[name] = check_value(f"{where}{name}", value, hints.get(name, Any))
     for name, f in fields.items():  # required fields the preset leaves open stay required on the command line
         if name not in kwargs and _field_default(f) is dataclasses.MISSING:
             import tyro
@@ -65,6 +71,79 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def check_value(where: str, value: Any, hint: Any) -> Any:
+    """`value` (from YAML) as the field typed `hint` takes it, or a ConfigError saying what was expected.
+
+    YAML gives str, int, float, bool, None, lists and mappings; Paths come as strings, tuples as lists.
+    A float is not an int (`steps: 2.5` is refused, not rounded) and a bool is not a number."""
+    ok, converted = _conforms(value, hint)
+    if not ok:
+        raise ConfigError(f"{where}: expected {_describe(hint)}, got {_shown(value)}")
+    return converted
+
+
+def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _conforms(value, args[0])
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            ok, v = _conforms(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if origin is typing.Literal:
+        return value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)), value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(value, (int, float)) else value
+    if hint is str:
+        return isinstance(value, str), value
+    if hint is Path:
+        return isinstance(value, (str, Path)), Path(value) if isinstance(value, (str, Path)) else value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        elems = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if args and len(elems) != len(value):
+            return False, value
+        out = []
+        for v, a in zip(value, elems or [Any] * len(value)):
+            ok, c = _conforms(v, a)
+            if not ok:
+                return False, value
+            out.append(c)
+        return True, tuple(out)
+    return True, value  # a type this checker does not know: the dataclass decides
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _describe(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return "a list" + (f" of {_describe(args[0])}" if args else "")
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)",
+             type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return (text if len(text) <= 60 else text[:50] + "...") + f" ({type(value).__name__})"
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -80,7 +159,12 @@ def load_preset(cls: type[T], name: str) -> T:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file or see configs/ for examples") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     return from_dict(cls, data, "")
 
 
@@ -111,4 +195,28 @@ def parse(cls: type[T], argv: Sequence[str], prog: str, description: str | None 
 
     name, rest = split_config_flag(argv)
     default = load_preset(cls, name) if name else None
-    return tyro.cli(cls, args=rest, default=default, prog=prog, description=description)
+    box = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(box):
+            return tyro.cli(cls, args=rest, default=default, prog=prog, description=description)
+    except SystemExit as exc:
+        sys.stderr.write(box.getvalue())  # tyro's own explanation (with the option's help), then one line
+        if exc.code in (0, None):
+            raise
+        raise ConfigError(f"{tyro_summary(box.getvalue())} (see {prog} --help)") from None
+
+
+def tyro_summary(text: str) -> str:
+    """The first paragraph of tyro's error box as one line (the box's borders and rules removed)."""
+    lines = []
+    for raw in text.splitlines():
+        line = raw.strip().strip("│╭╮╰╯").strip()
+        if not line or set(line) <= set("─╭╮╰╯ "):
+            if lines:
+                break
+            continue
+        if line.startswith("─"):  # the title row: "─ Value error ───"
+            continue
+        lines.append(line)
+    summary = re.sub(r"\s+", " ", " ".join(lines)).strip()
+    return summary or "the command-line options are not valid"

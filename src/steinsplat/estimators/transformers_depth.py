@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras
 from ..priors.base import freeze
-from ..priors.hub import resolve, unavailable_as
+from ..priors.hub import offline_mode, resolve, unavailable_as
 from .base import DepthKind, EstimatorUnavailableError, GeometryPrediction, disparity_to_depth, normals_from_depth
 
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
@@ -73,7 +73,7 @@ class TransformersDepthEstimator(nn.Module):
 
         what = "depth estimator"
         src = resolve(config.model, config.allow_download, what, EstimatorUnavailableError)
-        with unavailable_as(config.model, what, EstimatorUnavailableError):
+        with unavailable_as(config.model, what, EstimatorUnavailableError, offline=src.local_files_only):
             mcfg = AutoConfig.from_pretrained(src.location, local_files_only=src.local_files_only)
             model = AutoModelForDepthEstimation.from_pretrained(src.location, local_files_only=src.local_files_only)
         dev = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -88,7 +88,8 @@ class TransformersDepthEstimator(nn.Module):
             raise ValueError(f"model type {mtype!r} is not known to return depth or disparity: pass depth_kind='depth' "
                              "or depth_kind='disparity' (relative inverse depth, e.g. MiDaS-like models)")
         self.depth_kind: DepthKind = kind
-        size, mean, std = self._processor_settings(src.location, src.local_files_only, mean, std)
+        with offline_mode(src.local_files_only):
+            size, mean, std = self._processor_settings(src.location, src.local_files_only, mean, std)
         patch = self._patch_size(mcfg)
         size = config.input_size or size or self._config_size(mcfg) or 384
         self.input_size = max(patch, int(round(size / patch)) * patch)  # a multiple of the patch size

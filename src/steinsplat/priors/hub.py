@@ -2,8 +2,9 @@
 
 Policy (priors and estimators alike):
 - an existing local folder is loaded from disk, never from the network;
-- a hub id is loaded from the local Hugging Face cache only (`local_files_only=True`) unless
-  the caller passes `allow_download=True`; `HF_HUB_OFFLINE=1` forbids downloading even then;
+- a hub id is loaded from the local Hugging Face cache only (`local_files_only=True`, with the
+  Hub's offline mode on so that no request at all is made) unless the caller passes
+  `allow_download=True`; `HF_HUB_OFFLINE=1` forbids downloading even then;
 - anything that goes wrong while locating the files becomes one `ModelUnavailableError`
   subclass whose message says the three ways to get the model.
 """
@@ -60,16 +61,49 @@ def resolve(name_or_path: str | Path, allow_download: bool, what: str, error: Ty
 
 
 @contextlib.contextmanager
-def unavailable_as(name: str, what: str, error: Type[ModelUnavailableError]) -> Iterator[None]:
-    """Turn "cannot find / cannot download" failures inside the block into one `error`."""
+def offline_mode(enabled: bool = True) -> Iterator[None]:
+    """Inside the block nothing from Hugging Face touches the network (when `enabled`).
+
+    `local_files_only=True` alone is not enough: transformers and diffusers still ask the Hub's API
+    (for example whether a cached file is current) before falling back to the cache. huggingface_hub
+    refuses every request while its offline flag is set, and transformers and diffusers consult it;
+    the flag is read once at import, so it is set on the module as well as in the environment (for
+    libraries imported later), and both are restored afterwards."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved_env, saved_flag = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved_flag
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+
+
+@contextlib.contextmanager
+def unavailable_as(name: str, what: str, error: Type[ModelUnavailableError], offline: bool = False) -> Iterator[None]:
+    """Turn "cannot find / cannot download" failures inside the block into one `error`;
+    offline=True: and forbid the network meanwhile (`offline_mode`)."""
     try:
         from huggingface_hub.errors import HFValidationError  # invalid repo ids
     except Exception:  # pragma: no cover - very old huggingface_hub
         HFValidationError = ValueError  # type: ignore[misc,assignment]
     try:
-        yield
+        with offline_mode(offline):
+            yield
     except ModelUnavailableError:
         raise
     except (OSError, HFValidationError) as e:  # OSError covers EnvironmentError, missing files, no network
-        raise error(f"could not load the {what} '{name}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
-                    + how_to_get(name, what)) from e
+        cause = str(e).splitlines()[0] if str(e) else ""
+        if offline and not isinstance(e, HFValidationError) and not Path(name).expanduser().is_dir():
+            # the library's words ("couldn't connect to huggingface.co") would mislead: nothing was tried
+            raise error(f"the {what} '{name}' is not in the local Hugging Face cache, and downloads are off "
+                        f"(run again with --allow-download to fetch it)\n" + how_to_get(name, what)) from e
+        raise error(f"could not load the {what} '{name}': {type(e).__name__}: {cause}\n" + how_to_get(name, what)) from e

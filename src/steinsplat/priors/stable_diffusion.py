@@ -74,7 +74,7 @@ class StableDiffusionPrior(nn.Module):
 
         src = resolve(config.model, config.allow_download, "Stable Diffusion model", PriorUnavailableError)
         kw = dict(local_files_only=src.local_files_only)
-        with unavailable_as(config.model, "Stable Diffusion model", PriorUnavailableError):
+        with unavailable_as(config.model, "Stable Diffusion model", PriorUnavailableError, offline=src.local_files_only):
             self.tokenizer = CLIPTokenizer.from_pretrained(src.location, subfolder="tokenizer", **kw)
             text_encoder = CLIPTextModel.from_pretrained(src.location, subfolder="text_encoder", **kw)
             vae = AutoencoderKL.from_pretrained(src.location, subfolder="vae", **kw)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..export.atomic import atomic_write_bytes
+from ..export.errors import ExportError
 from ..gaussians import Gaussians
 from .server import ViewerConfig, add_splats, require_viser, set_initial_camera, start_server, stop_server
 from .splats import framing_camera, splat_arrays
@@ -30,9 +31,11 @@ class Recording:
 
 
 def record_scene(g: Gaussians) -> Recording:
+    arrays = splat_arrays(g)
+    if len(arrays) == 0:  # as .ply and .splat refuse to write an empty file
+        raise ExportError("nothing to record: no Gaussians with finite values (nothing was written)")
     server = start_server(ViewerConfig(host="127.0.0.1", port=0))
     try:
-        arrays = splat_arrays(g)
         set_initial_camera(server, framing_camera(arrays))
         add_splats(server, arrays)
         # Each serializer snapshots the scene as it is now; one serialises to bytes, one to HTML.

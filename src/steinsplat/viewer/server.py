@@ -56,11 +56,22 @@ def is_loopback(host: str) -> bool:
 def check_config(cfg: ViewerConfig) -> None:
     if not 0 <= cfg.port <= 65535:
         raise ViewerError(f"--port {cfg.port}: a TCP port is 0..65535 (0 picks a free one)")
+    hint = "use 127.0.0.1 (default) or 0.0.0.0 for all interfaces"
     try:
-        socket.getaddrinfo(cfg.host, None)
-    except OSError:
-        raise ViewerError(f"--host {cfg.host!r}: not an address or name of this machine; "
-                          "use 127.0.0.1 (default) or 0.0.0.0 for all interfaces") from None
+        infos = socket.getaddrinfo(cfg.host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ViewerError(f"--host {cfg.host!r}: not an address or name of this machine; {hint}") from None
+    # viser binds in a thread of its own and a failure there is never reported: try the address here
+    # (on any free port: a taken --port is fine, viser moves to the next one)
+    family, _, _, _, sockaddr = infos[0]
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.bind((sockaddr[0], 0) + tuple(sockaddr[2:]))
+    except OSError as exc:
+        raise ViewerError(f"--host {cfg.host}: cannot listen on that address ({exc.strerror or exc}): it is not an "
+                          f"address of this machine; {hint}") from None
+    finally:
+        probe.close()
 
 
 @contextlib.contextmanager
@@ -94,6 +105,8 @@ def stop_server(server: Any) -> None:
 def url(server: Any) -> str:
     host = server.get_host()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:  # an IPv6 address goes in brackets in a URL
+        shown = f"[{shown}]"
     return f"http://{shown}:{server.get_port()}/"
 
 
@@ -161,12 +174,15 @@ def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
     require_viser()  # the install hint before reading a large file
     check_config(cfg)
     g = load_gaussians(path)
+    arrays = splat_arrays(g)
+    if len(arrays) == 0:
+        raise ViewerError(f"'{path}' holds no Gaussian with finite values: nothing to show")
     previous = _stop_on_signals()  # before the server answers: a signal from then on stops it cleanly
     server = None
     try:
         server = start_server(cfg, warn)
         scene = SplatScene(server, path.name)
-        scene.show(splat_arrays(g), frame_camera=True)
+        scene.show(arrays, frame_camera=True)
         say(f"viewing {path} ({scene.count.value} splats) at {url(server)}  (Ctrl-C to stop)")
         while True:
             time.sleep(0.5)
