@@ -360,8 +360,12 @@ def cmd_batch(argv: Sequence[str]) -> int:
 
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(BATCH_USAGE)
-        return 0 if argv else 2
+        if argv:
+            print(BATCH_USAGE)
+            return 0
+        console.print(BATCH_USAGE, markup=False, highlight=False)
+        console.print("[red]error:[/red] give the prompt file: steinsplat batch PROMPTS.txt", soft_wrap=True)
+        return 2
     prompts, rest = Path(argv[0]), argv[1:]
     out_dir, ray_address, use_ray, base = Path("results"), None, False, []
     i = 0
@@ -466,7 +470,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = argv[0]
     if name not in COMMANDS:
         if name.startswith("-"):
-            console.print(f"[red]error:[/red] unknown option {name!r} before a command or prompt.\n{usage()}")
+            console.print(usage(), markup=False, highlight=False)
+            console.print(f"[red]error:[/red] unknown option {escape(repr(name))} before a command or prompt; the prompt "
+                          "comes first: steinsplat \"a red cube\" --out cube.ply", soft_wrap=True)
             return 2
         name, argv = "generate", ["generate"] + argv  # a bare prompt
     from .config import ConfigError

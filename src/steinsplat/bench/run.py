@@ -156,6 +156,14 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         raise config.ConfigError("the comparison needs sds among --methods (every ratio is against it)")
     if cfg.warmup < -1 or cfg.draws < 2:
         raise config.ConfigError("--warmup must be >= 0 (or -1: the snapshot's step) and --draws at least 2")
+    if cfg.steps <= 0 or cfg.eval_every <= 0 or cfg.views <= 0 or cfg.cost_steps <= 0 or cfg.resolution < 8:
+        raise config.ConfigError("--steps, --eval-every, --views and --cost-steps must be positive and --resolution at least 8")
+    if not cfg.seeds or not cfg.points or not all(0 < p < 1 for p in cfg.points):
+        raise config.ConfigError("--seeds needs at least one seed and --points fractions strictly between 0 and 1")
+    if not cfg.cameras or any(c not in ("same", "fresh") for c in cfg.cameras):
+        raise config.ConfigError("--cameras: choose from same, fresh")
+    if not 0 < cfg.iou_threshold <= 1:
+        raise config.ConfigError("--iou-threshold must be in (0, 1]")
     prompts = prompt_list(cfg.prompts)
     t_start = time.perf_counter()
     prior = ShapeWorldPriorAdapter.from_pretrained(None)
