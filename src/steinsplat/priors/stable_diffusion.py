@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +42,26 @@ REMOVED_MODELS: dict[str, str] = {
 }
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The prior's weight dtype: "auto" is float16 on CUDA (what SD checkpoints are run in) and
+    float32 elsewhere; float16 / bfloat16 on CPU are allowed (slow, but what tests use to check the
+    mixed-precision path a GPU takes)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r} for the Stable Diffusion prior: use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 @dataclass
 class StableDiffusionPriorConfig:
     model: str = DEFAULT_MODEL  # hub id or local folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/
     allow_download: bool = False  # fetch from the hub if not cached (never when HF_HUB_OFFLINE=1)
     device: Optional[str] = None  # None: "cuda" if available, else "cpu"
-    half_precision: Optional[bool] = None  # None: fp16 UNet/text encoder on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # UNet + text encoder weights; auto: float16 on CUDA, float32 on CPU (the latents, the guidance maths and the Gaussians stay float32)
     guidance_scale: float = 100.0  # classifier-free guidance for SDS-style guidance (DreamFusion's value)
     negative_prompt: str = ""  # default negative prompt ("" = unconditional)
     view_dependent: bool = True  # append ", front/side/back/overhead view" per camera
@@ -72,10 +86,7 @@ class StableDiffusionPrior(nn.Module):
             setattr(config, k, v)
         self.config = config
         dev = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        half = config.half_precision if config.half_precision is not None else dev.type == "cuda"
-        if half and dev.type != "cuda":
-            raise ValueError("half_precision=True needs a CUDA device; on CPU use float32 (half_precision=None)")
-        self.dtype = torch.float16 if half else torch.float32
+        self.dtype = resolve_dtype(config.dtype, dev)
         self._device = dev
 
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -87,13 +98,15 @@ class StableDiffusionPrior(nn.Module):
                             replacement=REMOVED_MODELS.get(config.model)):
             self.tokenizer = CLIPTokenizer.from_pretrained(src.location, subfolder="tokenizer", **kw)
             text_encoder = CLIPTextModel.from_pretrained(src.location, subfolder="text_encoder", **kw)
-            vae = AutoencoderKL.from_pretrained(src.location, subfolder="vae", **kw)
-            unet = UNet2DConditionModel.from_pretrained(src.location, subfolder="unet", **kw)
+            vae_dtype = torch.float32 if config.vae_fp32 else self.dtype
+            # diffusers models are cast at load time (torch_dtype), so modules a model keeps in
+            # float32 stay there; the text encoder is cast below
+            vae = AutoencoderKL.from_pretrained(src.location, subfolder="vae", torch_dtype=vae_dtype, **kw)
+            unet = UNet2DConditionModel.from_pretrained(src.location, subfolder="unet", torch_dtype=self.dtype, **kw)
             scheduler = DDPMScheduler.from_pretrained(src.location, subfolder="scheduler", **kw)
-        vae_dtype = torch.float32 if config.vae_fp32 else self.dtype
         self.text_encoder = freeze(text_encoder).to(dev, self.dtype)
-        self.vae = freeze(vae).to(dev, vae_dtype)
-        self.unet = freeze(unet).to(dev, self.dtype)
+        self.vae = freeze(vae).to(dev)
+        self.unet = freeze(unet).to(dev)
         if config.attention_slicing:
             self.unet.set_attention_slice("auto")
         self.prediction_type: str = scheduler.config.prediction_type
