@@ -114,7 +114,7 @@ def optimise_with_gsplat_meta(strategy: str, steps: int = 50, cap: int = 160, n0
         d.pre_backward(step, out.info)
         loss = (out.rgb - tgt).abs().mean()
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         for o in opt.values():
             o.step()
             o.zero_grad(set_to_none=True)
