@@ -16,3 +16,14 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def gsplat_cpu(monkeypatch):
+    """gsplat's own `rasterization()` on the CPU: its CUDA ops replaced by gsplat's PyTorch reference
+    implementations (what is shimmed and why: tests/gsplat_cpu.py). With it, `render(...,
+    backend="gsplat")` and `backend="auto"` run gsplat's Python path, meta and gradients here."""
+    import gsplat_cpu as shim
+
+    shim.install(monkeypatch)
+    return shim

@@ -32,7 +32,7 @@ def test_bad_inputs_end_in_one_message(tmp_path, capsys):
         (["a red cube", "--out", str(tmp_path / "dir.ply")], "existing folder"),
         (["a red cube", "--out", str(tmp_path / "c.ply"), "--video", str(tmp_path / "dir.gif")], "--video"),
         (["a corgi", "--prior", "sd", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "c.ply")],
-         "huggingface-cli download"),
+         "hf download"),
         (["a red cube", "--resume", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "c.ply"), "--guidance",
           "sds", "--prior", "sd", "--model", str(tmp_path / "missing")], "no such checkpoint"),
     ]

@@ -118,7 +118,7 @@ def test_stable_diffusion_prior_converts_v_prediction_to_eps(tiny_sd, tmp_path):
 
 
 def test_missing_model_gives_one_clear_error(tmp_path, monkeypatch):
-    with pytest.raises(PriorUnavailableError, match="huggingface-cli download"):
+    with pytest.raises(PriorUnavailableError, match="hf download"):
         StableDiffusionPrior.from_pretrained(tmp_path / "no-such-model", device="cpu")
     # a hub id that is not in the (empty) cache, offline: no network call, the same error
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -127,9 +127,9 @@ def test_missing_model_gives_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(PriorUnavailableError) as e:
         StableDiffusionPrior.from_pretrained("someone/not-cached-model", device="cpu", allow_download=True)
     msg = str(e.value)
-    assert "huggingface-cli download someone/not-cached-model" in msg and "HF_HUB_OFFLINE" in msg
+    assert "hf download someone/not-cached-model" in msg and "HF_HUB_OFFLINE" in msg
     assert "local folder" in msg
-    with pytest.raises(EstimatorUnavailableError, match="huggingface-cli download"):
+    with pytest.raises(EstimatorUnavailableError, match="hf download"):
         TransformersDepthEstimator.from_pretrained("someone/not-cached-depth", device="cpu")
 
 

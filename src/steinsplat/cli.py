@@ -431,6 +431,16 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return bench_main(argv)
 
 
+# ---------------------------------------------------------------------------- doctor
+def cmd_doctor(argv: Sequence[str]) -> int:
+    from . import config
+    from .doctor import DoctorConfig, run_doctor
+
+    args = config.parse(DoctorConfig, argv, prog="steinsplat doctor", description=DoctorConfig.__doc__)
+    code, _ = run_doctor(args, say=lambda m: console.print(m, markup=False, soft_wrap=True))
+    return code
+
+
 # ---------------------------------------------------------------------------- dispatch
 @dataclass
 class Command:
@@ -446,6 +456,7 @@ COMMANDS: dict[str, Command] = {
     "view": Command(cmd_view, "show a splat file in the browser (viser); export --html for an offline copy"),
     "fit-demo": Command(cmd_fit_demo, "fit Gaussians to views of a demo object (engine self-test), export it"),
     "bench": Command(cmd_bench, "measure SDS / VSD / SSD: variance, convergence, cost; report (JSON, Markdown, plots)"),
+    "doctor": Command(cmd_doctor, "check this machine for the GPU path (versions, CUDA, gsplat, parity, weights; --gpu: timings)"),
     "shapeworld": Command(cmd_shapeworld, "the embedded world: `shapeworld render|sample PROMPT` (ground truth / prior)"),
 }
 

