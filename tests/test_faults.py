@@ -36,14 +36,12 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("faults")
     f = {"d": d}
     write_ply(d / "ok.ply", Gaussians.random_ball(30, generator=torch.Generator().manual_seed(0)))
-    g = Gaussians.random_ball(5)
     nan = d / "nan.ply"  # a well-formed PLY whose every value is NaN
     text = (d / "ok.ply").read_bytes()
     header, _, body = text.partition(b"end_header\n")
     rows = np.frombuffer(body, dtype="<f4").copy()
     rows[:] = np.nan
     nan.write_bytes(header + b"end_header\n" + rows.tobytes())
-    del g
     (d / "empty.ply").write_bytes(b"")
     (d / "garbage.ply").write_bytes(b"not a ply at all\n" * 10)
     (d / "huge-count.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 999999999999\n"
@@ -382,14 +380,10 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(ssd_ckpt, 
 
 def test_every_step_skipped_is_an_error_not_a_result(files, capsys, monkeypatch, one_intra_op_thread):
     """A run whose every step had non-finite gradients fails loudly instead of writing its init."""
-    from steinsplat.guidance import sds
-
-    original = sds.SDS.step if hasattr(sds, "SDS") else None
     from steinsplat import train
 
-    orig_step = train.Trainer.step
+    def nan_step(self):  # what Trainer.step does when the guidance's gradient is not finite
 
-    def nan_step(self):
         self.state.skipped += 1
         self.state.step += 1
         return None
@@ -400,7 +394,6 @@ def test_every_step_skipped_is_an_error_not_a_result(files, capsys, monkeypatch,
                          "--init-gaussians", "40", "--quiet", "--preview-every", "0"], capsys)
     assert_one_clear_line(code, err, "skipped")
     assert not out.exists()
-    del original, orig_step
 
 
 # ---------------------------------------------------------------------------- faults (real processes)
@@ -474,7 +467,6 @@ def test_kill_9_then_resume_from_the_last_periodic_checkpoint(tmp_path, referenc
         time.sleep(0.05)
     p.kill()
     p.communicate(timeout=60)
-    assert not list(out.parent.glob("checkpoints/.*tmp*")) or True  # a temp file may be left; it is never read
     r = _cli(RUN + ["--out", str(out), "--resume", str(out.parent)])
     _, err = r.communicate(timeout=600)
     assert r.returncode == 0, err[-2000:]

@@ -391,7 +391,9 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     run_dir = out.parent
     set_compile(cfg.compile)
     models = {} if models is None else models
-    key = f"prior:{prior_name}:{cfg.model}:{cfg.guidance_scale}:{device}"
+    # every option build_prior reads is in the key: a batch line with its own --dtype must not reuse another prior
+    key = (f"prior:{prior_name}:{cfg.model}:{cfg.guidance_scale}:{device}:{cfg.dtype}:{cfg.attention_slicing}:"
+           f"{cfg.perp_neg}:{cfg.allow_download}")
     if key not in models:
         models[key] = build_prior(cfg, prior_name, device)
     prior = models[key]
