@@ -191,7 +191,9 @@ def read_spz(path: PathLike, max_points: int = 50_000_000) -> Gaussians:
         raise SpzError(f"{where}: cannot open: {e.strerror or e}") from e
     _check_file(data, max_points, where)
     try:
-        d = _gsply().read_spz(path)
+        with warnings.catch_warnings():  # numba's note that an old TBB is skipped for another threading layer
+            warnings.filterwarnings("ignore", message=".*TBB threading layer.*")
+            d = _gsply().read_spz(path)
     except (ValueError, EOFError, zlib.error, OSError) as e:
         msg = str(e).replace(f": {path}", "")
         raise SpzError(f"{where}: gsply cannot read it ({msg}); the file is truncated or corrupt, export it again") from None
