@@ -174,6 +174,23 @@ def test_spark_view_is_not_symmetric_by_accident(page, server, cube) -> None:
     assert iou >= 0.95 and iou_flipped < 0.9, (iou, iou_flipped)
 
 
+def test_spark_refuses_spz_version_4(page, server, cube) -> None:
+    """Why we write version 3: the same splats as a version-4 .spz (zstd, splat-transform 3.7+'s default) are
+    refused by Spark 2.2. If a Spark update reads them, this test says so."""
+    pytest.importorskip("zstandard", reason="gsply writes .spz version 4 with zstandard (pip install zstandard)")
+    import gsply
+
+    g = _load(cube["spz"])
+    s = {k: v.detach().numpy() for k, v in g.splats.items()}
+    data = gsply.GSData.from_arrays(s["means"], s["scales"], s["quats"], s["opacities"], s["sh0"][:, 0], None,
+                                    format="ply")
+    gsply.write_spz(cube["spz"].parent / "v4.spz", data, version=4)
+    assert (cube["spz"].parent / "v4.spz").read_bytes()[:5] == b"NGSP\x04"
+    cam = orbit_cameras([20.0], [30.0], [1.8], fovy=40.0, width=SIZE, height=SIZE)
+    with pytest.raises(AssertionError, match="Invalid gzip header"):
+        spark_render(page, server, "v4.spz", cam)
+
+
 # ---------------------------------------------------------------------------- splat-transform
 def splat_transform(*args: str) -> subprocess.CompletedProcess:
     tool = NODE_MODULES / ".bin" / "splat-transform"
