@@ -166,7 +166,7 @@ def read_ply(path: PathLike, max_vertices: int = 50_000_000) -> Gaussians:
         checked = check_ply(f, os.fstat(f.fileno()).st_size, max_vertices, where)
         f.seek(0)
         try:
-            data = PlyData.read(f, mmap=False)
+            data = PlyData.read(f, mmap="c")  # the vertex element is memory-mapped (copy-on-write), not parsed row by row
         except (PlyParseError, ValueError) as e:
             raise PlyError(f"{where}: plyfile cannot read it ({e}); the file is corrupt, export it again") from None
     rows = _vertex_rows(data["vertex"].data, checked.rest_names)
