@@ -4,17 +4,14 @@ same bytes for the same splats, malformed files, atomic writes, and the command 
 from __future__ import annotations
 
 import gzip
-import json
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from steinsplat.cli import main
 from steinsplat.export import ExportError, SpzError, export_gaussians, load_gaussians, read_spz, write_ply, write_spz
-from steinsplat.export import spz as spz_mod
 from steinsplat.gaussians import Gaussians, quat_to_rotmat
 
 # The format's steps (module docstring of export/spz.py): half a step is the largest rounding error.
