@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo fit-demo test bench clean
 
-setup: $(VENV)/.installed
+WEB_STAMP := .web/node_modules/.installed
+
+setup: $(VENV)/.installed $(WEB_STAMP)
 
 $(VENV)/.installed: pyproject.toml scripts/system-deps.sh
 	bash scripts/system-deps.sh
@@ -13,6 +15,11 @@ $(VENV)/.installed: pyproject.toml scripts/system-deps.sh
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev,ray,viewer]"
 	touch $@
+
+# Spark, three.js and splat-transform for tests/test_web_formats.py (pinned in .web/package-lock.json)
+$(WEB_STAMP): .web/package.json .web/package-lock.json scripts/web-deps.sh
+	bash scripts/web-deps.sh
+	if [ -d .web/node_modules ]; then touch $@; fi
 
 demo: setup
 	$(BIN)/steinsplat "a red cube" --out runs/demo/a-red-cube.ply --mesh runs/demo/a-red-cube.glb --video runs/demo/a-red-cube.gif

@@ -688,3 +688,42 @@ def test_path_is_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ExportError) as exc_info:
         write_ply(tmp_path / "dir.ply", random_gaussians(2, 0))
     assert_error(exc_info, tmp_path / "dir.ply", "folder")
+
+
+# ---------------------------------------------------------------------------- PLY through plyfile, behind the guards
+
+
+def test_ply_huge_trailing_element_refused_before_plyfile(tmp_path: Path) -> None:
+    """A face element after valid vertices claiming 10^12 rows: refused by the size check, not allocated by plyfile."""
+    g = random_gaussians(2, 0)
+    write_ply(tmp_path / "ok.ply", g)
+    data = (tmp_path / "ok.ply").read_bytes()
+    header_len = len(ply_mod.ply_header(2, 0))
+    header = data[:header_len].replace(b"end_header\n", b"element face 1000000000000\nproperty list uchar int vi\nend_header\n")
+    path = tmp_path / "faces.ply"
+    path.write_bytes(header + data[header_len:])
+    with pytest.raises(PlyError) as exc_info:
+        read_ply(path)
+    assert_error(exc_info, path, "element 'face'", "1000000000000 rows", f"only {2 * 17 * 4} bytes follow")
+
+
+def test_ply_header_plyfile_rejects_is_one_clear_error(tmp_path: Path) -> None:
+    """A header the guard lets through but plyfile refuses (format version 2.0) -> one PlyError line naming the file."""
+    path = tmp_path / "v2.ply"
+    write_ply(path, random_gaussians(2, 0))
+    path.write_bytes(path.read_bytes().replace(b"binary_little_endian 1.0", b"binary_little_endian 2.0", 1))
+    with pytest.raises(PlyError) as exc_info:
+        read_ply(path)
+    assert_error(exc_info, path, "plyfile cannot read it", "version")
+    assert "\n" not in str(exc_info.value)
+
+
+def test_ply_written_by_plyfile_reads_back_through_plyfile(tmp_path: Path) -> None:
+    """Our file parsed by plyfile directly: same names, float32 values equal to the Gaussians'."""
+    g = random_gaussians(6, 1, seed=4)
+    path = tmp_path / "g.ply"
+    write_ply(path, g)
+    v = PlyData.read(str(path))["vertex"]
+    assert [p.name for p in v.properties] == reference_names(1)
+    assert np.array_equal(v["opacity"], g.splats["opacities"].detach().numpy())
+    assert np.array_equal(v["f_rest_4"], g.splats["shN"][:, 1, 1].detach().numpy())  # channel-major: green, band 1

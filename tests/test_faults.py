@@ -48,6 +48,10 @@ def files(tmp_path_factory):
                                        b"property float x\nend_header\n" + b"\0" * 12)
     (d / "truncated.ply").write_bytes(text[: len(text) // 2])
     (d / "bad.splat").write_bytes(b"\0" * 33)
+    (d / "garbage.spz").write_bytes(b"\x1f\x8b not really gzip" * 4)
+    assert main(["export", str(d / "ok.ply"), "--to", str(d / "ok.spz")]) == 0
+    spz = (d / "ok.spz").read_bytes()
+    (d / "truncated.spz").write_bytes(spz[: len(spz) // 2])
     (d / "folder.ply").mkdir()
     (d / "folder.glb").mkdir()
     (d / "folder.gif").mkdir()
@@ -206,6 +210,9 @@ FILE_CASES = [
     ("export-nan-to-splat", ["export", "{d}/nan.ply", "--to", "{d}/o/n.splat"], None),
     ("export-nan-to-viser", ["export", "{d}/nan.ply", "--to", "{d}/o/n.viser"], "finite"),
     ("export-nan-to-html", ["export", "{d}/nan.ply", "--html", "{d}/o/nan-html"], "finite"),
+    ("export-garbage-spz", ["export", "{d}/garbage.spz", "--to", "{d}/o/x.ply"], "garbage.spz"),
+    ("info-truncated-spz", ["info", "{d}/truncated.spz"], "truncated.spz"),
+    ("view-garbage-spz", ["view", "{d}/garbage.spz", "--port", "0"], "garbage.spz"),
     ("export-unknown-ext", ["export", "{d}/ok.ply", "--to", "{d}/o/x.obj"], ".splat"),
     ("export-to-folder", ["export", "{d}/ok.ply", "--to", "{d}/folder.ply"], "folder"),
     ("export-nowhere", ["export", "{d}/ok.ply"], "--to"),

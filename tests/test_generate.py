@@ -26,7 +26,7 @@ def test_bad_inputs_end_in_one_message(tmp_path, capsys):
     (tmp_path / "dir.gif").mkdir()
     cases = [
         (["a corgi in a spacesuit", "--prior", "shapeworld", "--out", str(tmp_path / "c.ply")], "--prior sd"),
-        (["a red cube", "--out", str(tmp_path / "c.obj")], ".ply or .splat"),
+        (["a red cube", "--out", str(tmp_path / "c.obj")], ".ply, .splat or .spz"),
         (["a red cube", "--out", "/proc/no/such/c.ply"], "cannot write"),
         (["a red cube", "--mesh", str(tmp_path / "m.stl"), "--out", str(tmp_path / "c.ply")], ".glb"),
         (["a red cube", "--out", str(tmp_path / "dir.ply")], "existing folder"),

@@ -245,6 +245,28 @@ def test_view_command_draws_the_splats_and_stops_on_ctrl_c_or_sigterm(tmp_path, 
     assert proc.returncode == 0 and "viewer stopped" in err and "Traceback" not in err, err
 
 
+def test_view_command_shows_an_spz(tmp_path, browser):
+    """`steinsplat view x.spz`: the .spz is read back (gsply) and drawn like the PLY."""
+    from steinsplat.export import write_spz
+
+    spz = tmp_path / "red.spz"
+    write_spz(spz, coloured_blob(seed=2))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "steinsplat.cli", "view", str(spz), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_for_http(url, proc)
+        page = browser.new_page()
+        assert_object_drawn(screenshot_until(page, url), tmp_path, "view-spz")
+        assert "800" in input_values(page)  # count readout
+        page.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "red.spz" in err and "(800 splats)" in err and "Traceback" not in err, err
+
+
 def test_offline_bundle_on_a_static_server(tmp_path, browser):
     ply = tmp_path / "red.ply"
     write_ply(ply, coloured_blob(seed=1))

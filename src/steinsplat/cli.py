@@ -1,8 +1,8 @@
 """The `steinsplat` command: one explicit mapping from subcommand names to entry points.
 
-    steinsplat export IN.ply --to OUT.splat|OUT.ply|OUT.viser [--sh-degree 3] [--html DIR]
-    steinsplat info FILE.ply|FILE.splat
-    steinsplat view FILE.ply [--port 8080] [--host 127.0.0.1]
+    steinsplat export IN.ply --to OUT.splat|OUT.spz|OUT.ply|OUT.viser [--sh-degree 3] [--html DIR]
+    steinsplat info FILE.ply|FILE.splat|FILE.spz
+    steinsplat view FILE.ply|FILE.splat|FILE.spz [--port 8080] [--host 127.0.0.1]
     steinsplat fit-demo [--out runs/demo] [--steps 600]
 
 A first argument that is not a subcommand is a prompt: `steinsplat "a red cube" --out cube.ply`
@@ -33,9 +33,9 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------- export / info
 @dataclass
 class ExportArgs:
-    """Convert splats between formats (by extension: .ply, .splat, .viser), or write an offline web view."""
+    """Convert splats between formats (by extension: .ply, .splat, .spz, .viser), or write an offline web view."""
 
-    input: Positional[Path]  # a 3DGS .ply or .splat file
+    input: Positional[Path]  # a 3DGS .ply, .splat or .spz file
     to: Optional[Path] = None  # output file; the extension picks the format (.viser: a viser scene recording)
     html: Optional[Path] = None  # also/instead write a folder that shows the splats in a browser, no Python needed
     sh_degree: Optional[int] = None  # PLY only: write this SH degree (0 or 3 for most viewers); default: as stored
@@ -47,7 +47,7 @@ def cmd_export(argv: Sequence[str]) -> int:
 
     args = config.parse(ExportArgs, argv, prog="steinsplat export", description=ExportArgs.__doc__)
     if args.to is None and args.html is None:
-        raise UserError("say where to write: --to OUT.ply|OUT.splat|OUT.viser and/or --html FOLDER")
+        raise UserError("say where to write: --to OUT.ply|OUT.splat|OUT.spz|OUT.viser and/or --html FOLDER")
     viser_out = args.to is not None and args.to.suffix.lower() == ".viser"
     kw = {"sh_degree": args.sh_degree} if args.sh_degree is not None else {}
     if kw and (args.to is None or args.to.suffix.lower() != ".ply"):
@@ -85,7 +85,7 @@ def cmd_export(argv: Sequence[str]) -> int:
 class ViewArgs:
     """Show splats in the browser (viser): open the printed address; Ctrl-C stops the server."""
 
-    file: Positional[Path]  # a 3DGS .ply or .splat file
+    file: Positional[Path]  # a 3DGS .ply, .splat or .spz file
     port: int = 8080  # TCP port; if taken, the next free one is used (the address is printed)
     host: str = "127.0.0.1"  # interface to listen on; 0.0.0.0 exposes the viewer to the network (with a warning)
 
@@ -96,7 +96,7 @@ def cmd_view(argv: Sequence[str]) -> int:
 
     args = config.parse(ViewArgs, argv, prog="steinsplat view", description=ViewArgs.__doc__)
     if not args.file.is_file():
-        raise UserError(f"'{args.file}': no such file (give a .ply or .splat)")
+        raise UserError(f"'{args.file}': no such file (give a .ply, .splat or .spz)")
     try:
         view_file(args.file, ViewerConfig(host=args.host, port=args.port), say=lambda m: console.print(m, markup=False),
                   warn=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}"))
@@ -109,7 +109,7 @@ def cmd_view(argv: Sequence[str]) -> int:
 class InfoArgs:
     """Show what a splat file holds: count, bounds, SH degree, opacity and scale statistics."""
 
-    file: Positional[Path]  # a 3DGS .ply or .splat file
+    file: Positional[Path]  # a 3DGS .ply, .splat or .spz file
 
 
 def cmd_info(argv: Sequence[str]) -> int:
@@ -319,12 +319,14 @@ def cmd_generate(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------- batch
-BATCH_USAGE = """usage: steinsplat batch PROMPTS.txt [--out-dir results] [--ray [ADDRESS]] [generation options ...]
+BATCH_USAGE = """usage: steinsplat batch PROMPTS.txt [--out-dir results] [--format ply|splat|spz] [--ray [ADDRESS]]
+                        [generation options ...]
 
 One prompt per line; blank lines and # comments are skipped; `a red cube | --seed 3` adds options
 for that line. Generation options given here apply to every line (a line's own options win).
 Finished prompts are skipped on a re-run; a failing prompt does not stop the others; a summary
-table and OUT_DIR/summary.json close the run. --ray spreads the prompts over a Ray cluster
+table and OUT_DIR/summary.json close the run. --format picks the splat file of every prompt
+(OUT_DIR/<name>/<name>.ply by default; .spz is about 5x smaller). --ray spreads the prompts over a Ray cluster
 (ADDRESS: "auto", "ray://host:10001"; none: a local instance)."""
 
 
@@ -333,14 +335,15 @@ class BatchGenerate:
 
     _models: dict = {}
 
-    def __init__(self, base_options: Sequence[str]) -> None:
+    def __init__(self, base_options: Sequence[str], suffix: str = ".ply") -> None:
         self.base_options = list(base_options)
+        self.suffix = suffix  # the splat format of every output: .ply, .splat or .spz
 
     def __call__(self, job, folder: Path) -> dict:
         from . import config
         from .generate import GenerateConfig, GenerationError, generate
 
-        argv = [job.prompt, *self.base_options, *job.options, "--out", str(folder / f"{job.name}.ply"), "--quiet"]
+        argv = [job.prompt, *self.base_options, *job.options, "--out", str(folder / f"{job.name}{self.suffix}"), "--quiet"]
         if any((folder / "checkpoints").glob("step_*.safetensors")):  # an interrupted or killed earlier run of this job
             argv += ["--resume", str(folder / "checkpoints")]
         try:
@@ -367,7 +370,7 @@ def cmd_batch(argv: Sequence[str]) -> int:
         console.print("[red]error:[/red] give the prompt file: steinsplat batch PROMPTS.txt", soft_wrap=True)
         return 2
     prompts, rest = Path(argv[0]), argv[1:]
-    out_dir, ray_address, use_ray, base = Path("results"), None, False, []
+    out_dir, ray_address, use_ray, base, fmt = Path("results"), None, False, [], "ply"
     i = 0
     while i < len(rest):
         a = rest[i]
@@ -375,6 +378,10 @@ def cmd_batch(argv: Sequence[str]) -> int:
             out_dir, i = Path(rest[i + 1]), i + 2
         elif a.startswith("--out-dir="):
             out_dir, i = Path(a.split("=", 1)[1]), i + 1
+        elif a == "--format" and i + 1 < len(rest):
+            fmt, i = rest[i + 1].lower().lstrip("."), i + 2
+        elif a.startswith("--format="):
+            fmt, i = a.split("=", 1)[1].lower().lstrip("."), i + 1
         elif a == "--ray":
             use_ray = True
             if i + 1 < len(rest) and not rest[i + 1].startswith("-"):
@@ -396,7 +403,9 @@ def cmd_batch(argv: Sequence[str]) -> int:
         config.parse(GenerateConfig, ["check", *base], prog="steinsplat batch")
     except (SystemExit, config.ConfigError) as exc:
         raise UserError(f"the generation options are not valid: {exc}") from None
-    gen = BatchGenerate(base)
+    if fmt not in ("ply", "splat", "spz"):
+        raise UserError(f"--format {fmt}: use ply, splat or spz (the splat file written for every prompt)")
+    gen = BatchGenerate(base, suffix=f".{fmt}")
 
     def report(res, k: int, n: int) -> None:
         colour = {"ok": "green", "failed": "red", "skipped": "dim"}[res.status]
@@ -451,7 +460,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "generate": Command(cmd_generate, "text to 3D (the default: `steinsplat PROMPT --out FILE`)"),
     "batch": Command(cmd_batch, "a prompt list, models loaded once, resumable; --ray for a cluster"),
-    "export": Command(cmd_export, "convert splats: .ply <-> .splat, SH degree; .viser / --html DIR web views"),
+    "export": Command(cmd_export, "convert splats: .ply <-> .splat <-> .spz, SH degree; .viser / --html DIR web views"),
     "info": Command(cmd_info, "count, bounds, SH degree and opacity statistics of a splat file"),
     "view": Command(cmd_view, "show a splat file in the browser (viser); export --html for an offline copy"),
     "fit-demo": Command(cmd_fit_demo, "fit Gaussians to views of a demo object (engine self-test), export it"),

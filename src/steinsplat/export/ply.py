@@ -6,26 +6,29 @@ Layout: `binary_little_endian 1.0`, one `vertex` element with float32 properties
 
 holding raw parameters: logit opacity, log scales, quaternion w x y z as stored,
 zero normals, and `f_rest` channel-major (all K-1 red coefficients, then green,
-then blue). The reader parses the header itself (hostile files must fail with a
-clear `PlyError`, not a huge allocation) and accepts other tools' property
-orders, extra properties, other scalar types and trailing elements.
+then blue). Both directions go through plyfile. Before plyfile reads a file,
+`ply_guard.check_ply` checks its header and sizes (a hostile file must fail
+with one clear `PlyError`, not a huge allocation); the reader accepts other
+tools' property orders, extra properties, other scalar types, either byte order
+and elements before or after the vertices.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Optional
 
 import numpy as np
 import torch
+from numpy.lib.recfunctions import structured_to_unstructured
+from plyfile import PlyData, PlyElement, PlyParseError, PlyProperty
 
 from ..gaussians import MAX_SH_DEGREE, Gaussians, num_sh_bases
 from .atomic import PathLike, atomic_open
 from .errors import ExportError, PlyError
+from .ply_guard import REQUIRED, check_ply
 
 # ---------------------------------------------------------------------------- writing
 
@@ -40,12 +43,13 @@ def ply_property_names(sh_degree: int) -> list[str]:
     )
 
 
+def _vertex_element(num: int, sh_degree: int) -> PlyElement:
+    return PlyElement("vertex", [PlyProperty(name, "f4") for name in ply_property_names(sh_degree)], num)
+
+
 def ply_header(num: int, sh_degree: int) -> bytes:
-    """The exact header bytes INRIA's implementation writes (via plyfile) for `num` vertices."""
-    lines = ["ply", "format binary_little_endian 1.0", f"element vertex {num}"]
-    lines += [f"property float {name}" for name in ply_property_names(sh_degree)]
-    lines.append("end_header")
-    return ("\n".join(lines) + "\n").encode("ascii")
+    """The header bytes plyfile (and so INRIA's implementation) writes for `num` vertices of `sh_degree`."""
+    return (PlyData([_vertex_element(num, sh_degree)], byte_order="<").header + "\n").encode("ascii")
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -93,9 +97,9 @@ def _drop_nonfinite(rows: np.ndarray, what: str) -> np.ndarray:
     return rows
 
 
-def _write_array(f: BinaryIO, array: np.ndarray) -> None:
-    """Write the raw bytes of a C-contiguous array (no copy)."""
-    f.write(memoryview(array).cast("B"))
+def _write_array(f: BinaryIO, vertices: np.ndarray) -> None:
+    """Write the vertex records [M] (one little-endian float32 field per property) as a PLY, through plyfile."""
+    PlyData([PlyElement.describe(vertices, "vertex")], byte_order="<").write(f)
 
 
 def write_ply(path: PathLike, gaussians: Gaussians, sh_degree: Optional[int] = None) -> int:
@@ -115,219 +119,22 @@ def write_ply(path: PathLike, gaussians: Gaussians, sh_degree: Optional[int] = N
     names = ply_property_names(degree)
     vertices = rows.astype("<f4", copy=False).view(np.dtype([(n, "<f4") for n in names])).reshape(-1)  # [M]
     with atomic_open(path, "wb") as f:
-        f.write(ply_header(len(vertices), degree))
         _write_array(f, vertices)
     return len(vertices)
 
 
 # ---------------------------------------------------------------------------- reading
 
-_MAX_HEADER_BYTES = 1 << 20
 
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1",
-    "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2",
-    "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4",
-    "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4",
-    "double": "f8", "float64": "f8",
-}  # fmt: skip
-
-_BYTE_ORDERS = {"binary_little_endian": "<", "binary_big_endian": ">"}
-
-_REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"] + [f"scale_{i}" for i in range(3)] + [
-    f"rot_{i}" for i in range(4)
-]
-
-_F_REST = re.compile(r"f_rest_(\d+)$")
-
-
-@dataclass
-class _Element:
-    name: str
-    count: int
-    props: list[tuple[str, str]] = field(default_factory=list)  # (name, numpy type code)
-    has_list: bool = False
-
-    def dtype(self, order: str) -> np.dtype:
-        return np.dtype([(n, order + t) for n, t in self.props])
-
-
-@dataclass
-class _Header:
-    order: str  # "<" or ">"
-    elements: list[_Element]
-    data_start: int  # byte offset of the first element's data
-
-
-def _header_lines(f: BinaryIO, where: str) -> tuple[list[str], int]:
-    """Read the header lines (up to and including `end_header`) and the data offset."""
-    head = f.read(_MAX_HEADER_BYTES)
-    if not head:
-        raise PlyError(f"{where}: the file is empty (0 bytes); export it again")
-    first = head.split(b"\n", 1)[0].rstrip(b"\r")
-    if first != b"ply":
-        raise PlyError(f"{where}: not a PLY file (it does not start with the line 'ply')")
-    lines: list[str] = []
-    pos = 0
-    while True:
-        nl = head.find(b"\n", pos)
-        if nl < 0:
-            limit = " within the first 1 MiB" if len(head) >= _MAX_HEADER_BYTES else ""
-            raise PlyError(f"{where}: the PLY header has no 'end_header' line{limit}; the file is truncated or corrupt")
-        try:
-            line = head[pos:nl].decode("ascii").strip()
-        except UnicodeDecodeError:
-            raise PlyError(
-                f"{where}: the PLY header contains non-ASCII bytes before 'end_header'; the file is corrupt"
-            ) from None
-        pos = nl + 1
-        lines.append(line)
-        if line == "end_header":
-            return lines, pos
-
-
-def _parse_format(words: list[str], where: str) -> str:
-    if len(words) != 3:
-        raise PlyError(f"{where}: malformed format line '{' '.join(words)}'")
-    fmt = words[1]
-    if fmt == "ascii":
-        raise PlyError(
-            f"{where}: ASCII PLY is not supported; 3DGS tools write binary_little_endian. "
-            "Convert the file to binary (e.g. plyfile: PlyData.read(p).text = False, then write)"
-        )
-    if fmt not in _BYTE_ORDERS:
-        raise PlyError(f"{where}: unknown PLY format '{fmt}' (expected binary_little_endian or binary_big_endian)")
-    return _BYTE_ORDERS[fmt]
-
-
-def _parse_element(words: list[str], where: str) -> _Element:
-    if len(words) != 3 or not re.fullmatch(r"\d+", words[2]):
-        raise PlyError(f"{where}: malformed element line '{' '.join(words)}' (expected 'element <name> <count>')")
-    return _Element(words[1], int(words[2]))
-
-
-def _parse_property(words: list[str], elem: Optional[_Element], where: str) -> None:
-    if elem is None:
-        raise PlyError(f"{where}: 'property' line before any 'element' line")
-    if len(words) >= 2 and words[1] == "list":
-        if elem.name == "vertex":
-            raise PlyError(
-                f"{where}: the vertex element has a list property ('{' '.join(words)}'); "
-                "3DGS PLYs have scalar vertex properties only"
-            )
-        elem.has_list = True
-        return
-    if len(words) != 3:
-        raise PlyError(f"{where}: malformed property line '{' '.join(words)}' (expected 'property <type> <name>')")
-    ptype, name = words[1], words[2]
-    if ptype not in _PLY_TYPES:
-        raise PlyError(
-            f"{where}: unknown type '{ptype}' of property '{name}' in element '{elem.name}' "
-            f"(known: {', '.join(sorted(_PLY_TYPES))})"
-        )
-    if any(name == n for n, _ in elem.props):
-        raise PlyError(f"{where}: property '{name}' appears twice in element '{elem.name}'")
-    elem.props.append((name, _PLY_TYPES[ptype]))
-
-
-def _parse_header(f: BinaryIO, where: str) -> _Header:
-    lines, data_start = _header_lines(f, where)
-    order: Optional[str] = None
-    elements: list[_Element] = []
-    for line in lines[1:-1]:
-        words = line.split()
-        if not words or words[0] in ("comment", "obj_info"):
-            continue
-        if words[0] == "format":
-            order = _parse_format(words, where)
-        elif words[0] == "element":
-            elements.append(_parse_element(words, where))
-        elif words[0] == "property":
-            _parse_property(words, elements[-1] if elements else None, where)
-        else:
-            raise PlyError(f"{where}: unexpected PLY header line '{line}'")
-    if order is None:
-        raise PlyError(f"{where}: the PLY header has no 'format' line")
-    return _Header(order, elements, data_start)
-
-
-def _vertex_offset(header: _Header, where: str) -> tuple[_Element, int]:
-    """The vertex element and the byte offset of its data (after fixed-size leading elements)."""
-    offset = header.data_start
-    for elem in header.elements:
-        if elem.name == "vertex":
-            return elem, offset
-        if elem.has_list:
-            raise PlyError(
-                f"{where}: element '{elem.name}' with list properties comes before 'vertex'; "
-                "such files are not supported (3DGS PLYs start with the vertex element)"
-            )
-        offset += elem.count * elem.dtype(header.order).itemsize
-    raise PlyError(f"{where}: the PLY has no 'vertex' element; it does not hold Gaussians")
-
-
-def _sh_rest_names(vertex: _Element, where: str) -> list[str]:
-    """The f_rest_* names in index order, validated to be 3*((d+1)^2-1) for d in 0..3."""
-    idx = sorted(int(m.group(1)) for n, _ in vertex.props if (m := _F_REST.match(n)))
-    valid = [3 * (num_sh_bases(d) - 1) for d in range(MAX_SH_DEGREE + 1)]
-    if len(idx) not in valid:
-        raise PlyError(
-            f"{where}: {len(idx)} f_rest_* properties; expected one of {valid} (SH degree 0..{MAX_SH_DEGREE})"
-        )
-    if idx != list(range(len(idx))):
-        raise PlyError(f"{where}: the f_rest_* properties are not numbered 0..{len(idx) - 1}")
-    return [f"f_rest_{i}" for i in idx]
-
-
-def _check_required(vertex: _Element, where: str) -> None:
-    present = {n for n, _ in vertex.props}
-    missing = [n for n in _REQUIRED if n not in present]
-    if missing:
-        raise PlyError(
-            f"{where}: not a 3DGS PLY, the vertex element lacks the properties {', '.join(missing)} "
-            "(a plain point cloud cannot be loaded as Gaussians)"
-        )
-
-
-def _check_count(vertex: _Element, offset: int, itemsize: int, file_size: int, max_vertices: int, where: str) -> None:
-    """Refuse counts above `max_vertices` or beyond what the file holds, before allocating anything."""
-    if vertex.count > max_vertices:
-        raise PlyError(
-            f"{where}: the header claims {vertex.count} vertices, more than max_vertices={max_vertices}; "
-            "raise max_vertices if the file is genuine"
-        )
-    needed = vertex.count * itemsize
-    available = max(file_size - offset, 0)
-    if needed > available:
-        raise PlyError(
-            f"{where}: truncated or corrupt, the header claims {vertex.count} vertices "
-            f"({needed} bytes of vertex data) but only {available} bytes follow"
-        )
-
-
-def _rows_from_vertices(buf: bytes, vertex: _Element, order: str, rest_names: list[str]) -> np.ndarray:
-    """Vertex bytes -> float32 matrix [N, 14 + len(rest)] in the order of `_REQUIRED` + f_rest."""
-    names = _REQUIRED + rest_names
-    n = vertex.count
-    types = {t for _, t in vertex.props}
+def _vertex_rows(vertex: np.ndarray, rest_names: list[str]) -> np.ndarray:
+    """plyfile's vertex records [N] -> float32 matrix [N, 14 + len(rest)] in `REQUIRED` + f_rest order."""
+    names = REQUIRED + rest_names
     with np.errstate(over="ignore", invalid="ignore"):  # doubles beyond float32 become inf, dropped later
-        if len(types) == 1:  # the usual case: one scalar type, read as a matrix and gather columns
-            position = {name: j for j, (name, _) in enumerate(vertex.props)}
-            matrix = np.frombuffer(buf, dtype=order + types.pop(), count=n * len(vertex.props))
-            matrix = matrix.reshape(n, len(vertex.props))  # [N, P]
-            return matrix[:, [position[name] for name in names]].astype(np.float32, copy=False)
-        data = np.frombuffer(buf, dtype=vertex.dtype(order), count=n)  # [N] structured
-        out = np.empty((n, len(names)), np.float32)
-        for j, name in enumerate(names):
-            out[:, j] = data[name]
-        return out
+        return structured_to_unstructured(vertex[names], dtype=np.float32, copy=True)
 
 
 def _gaussians_from_rows(rows: np.ndarray, n_rest: int) -> Gaussians:
-    """Rows [N, 14 + 3(K-1)] (order of `_REQUIRED` then channel-major f_rest) -> Gaussians."""
+    """Rows [N, 14 + 3(K-1)] (order of `REQUIRED` then channel-major f_rest) -> Gaussians."""
     n = rows.shape[0]
     t = torch.from_numpy(np.ascontiguousarray(rows))
     shN = t[:, 14:].reshape(n, 3, n_rest // 3).transpose(1, 2)  # [N, K-1, 3]
@@ -345,8 +152,9 @@ def _gaussians_from_rows(rows: np.ndarray, n_rest: int) -> Gaussians:
 def read_ply(path: PathLike, max_vertices: int = 50_000_000) -> Gaussians:
     """Load a 3DGS PLY (binary, either endianness, any property order) as CPU float32 Gaussians.
 
-    Raises `PlyError` naming the file for anything malformed; rows with NaN/inf
-    are dropped with a warning.
+    The header and sizes are checked first (`ply_guard.check_ply`), then plyfile reads the
+    file. Raises `PlyError` naming the file for anything malformed; rows with NaN/inf are
+    dropped with a warning.
     """
     path = Path(path)
     where = f"'{path}'"
@@ -355,16 +163,12 @@ def read_ply(path: PathLike, max_vertices: int = 50_000_000) -> Gaussians:
     except OSError as e:
         raise PlyError(f"{where}: cannot open: {e.strerror or e}") from e
     with f:
-        header = _parse_header(f, where)
-        vertex, offset = _vertex_offset(header, where)
-        _check_required(vertex, where)
-        rest_names = _sh_rest_names(vertex, where)
-        dtype = vertex.dtype(header.order)
-        _check_count(vertex, offset, dtype.itemsize, os.fstat(f.fileno()).st_size, max_vertices, where)
-        f.seek(offset)
-        buf = f.read(vertex.count * dtype.itemsize)
-    if len(buf) != vertex.count * dtype.itemsize:
-        raise PlyError(f"{where}: truncated, could not read the {vertex.count} vertices the header claims")
-    rows = _rows_from_vertices(buf, vertex, header.order, rest_names)
+        checked = check_ply(f, os.fstat(f.fileno()).st_size, max_vertices, where)
+        f.seek(0)
+        try:
+            data = PlyData.read(f, mmap="c")  # the vertex element is memory-mapped (copy-on-write), not parsed row by row
+        except (PlyParseError, ValueError) as e:
+            raise PlyError(f"{where}: plyfile cannot read it ({e}); the file is corrupt, export it again") from None
+    rows = _vertex_rows(data["vertex"].data, checked.rest_names)
     rows = _drop_nonfinite(rows, f"read_ply({where})")
-    return _gaussians_from_rows(rows, len(rest_names))
+    return _gaussians_from_rows(rows, len(checked.rest_names))
