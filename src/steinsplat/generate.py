@@ -120,7 +120,7 @@ SD_PRIOR_OPTIONS = ("attention_slicing", "vae_slicing", "vae_checkpointing", "ch
 
 def prior_cache_key(cfg: GenerateConfig, prior_name: str, device: torch.device) -> str:
     opts = ":".join(f"{k}={getattr(cfg, k)}" for k in SD_PRIOR_OPTIONS) if prior_name == "sd" else ""
-    return f"prior:{prior_name}:{cfg.model}:{cfg.guidance_scale}:{device}:{opts}"
+    return f"prior:{prior_name}:{cfg.model}:{cfg.guidance_scale}:{device}:{cfg.allow_download}:{opts}"
 
 
 def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
