@@ -63,6 +63,20 @@ def _remove_quietly(tmp: Path) -> None:
         pass
 
 
+def _start(path: Path, keep_suffix: bool) -> tuple[int, Path]:
+    """Refuse a folder in the way, create the parent folders, create the temporary file."""
+    if path.is_dir():
+        raise ExportError(f"cannot write '{path}': it is a folder. Give a file name, e.g. '{path / 'out.ply'}'.")
+    return _create_temp(path, _prepare_folder(path), keep_suffix=keep_suffix)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ExportError(f"cannot replace '{path}' with the new file: {e.strerror or e}") from e
+
+
 @contextmanager
 def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open `path` for writing, atomically.
@@ -76,20 +90,14 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     if mode not in _MODES:
         raise ValueError(f"atomic_open: mode must be one of {sorted(_MODES)}, got {mode!r}")
     path = Path(path)
-    if path.is_dir():
-        raise ExportError(f"cannot write '{path}': it is a folder. Give a file name, e.g. '{path / 'out.ply'}'.")
-    parent = _prepare_folder(path)
-    fd, tmp = _create_temp(path, parent)
+    fd, tmp = _start(path, keep_suffix=False)
     try:
         kwargs = {} if "b" in _MODES[mode] else {"encoding": "utf-8", "newline": ""}
         with os.fdopen(fd, _MODES[mode], **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            raise ExportError(f"cannot replace '{path}' with the new file: {e.strerror or e}") from e
+        _replace(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -105,19 +113,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     ExportError and `path` is left untouched.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ExportError(f"cannot write '{path}': it is a folder. Give a file name, e.g. '{path / 'out.ply'}'.")
-    parent = _prepare_folder(path)
-    fd, tmp = _create_temp(path, parent, keep_suffix=True)
+    fd, tmp = _start(path, keep_suffix=True)
     os.close(fd)
     try:
         yield tmp
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise ExportError(f"writing '{path}' produced no data (the writer reported no error); nothing was replaced")
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            raise ExportError(f"cannot replace '{path}' with the new file: {e.strerror or e}") from e
+        _replace(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
         raise
