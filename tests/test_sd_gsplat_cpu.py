@@ -89,7 +89,7 @@ def test_sd_command_through_gsplat(tmp_path, tiny_models, spy, guidance, mode, d
     g = (read_ply if out.suffix == ".ply" else read_splat)(out)
     assert len(g) == rec["gaussians"] == 64 and torch.isfinite(g.means).all() and g.means.dtype == torch.float32
     ckpts = sorted(p.name for p in (out.parent / "checkpoints").glob("step_*.safetensors"))
-    assert ckpts == ["step_000002.safetensors", "step_000004.safetensors"]
+    assert ckpts == ["step_000004.safetensors", "step_000005.safetensors"]  # the newest periodic one + the final one
     if mode == "object":
         frames = iio.imread(tmp_path / "run" / "turn.gif", index=None)
         assert frames.shape[:3] == (4, 32, 32)
@@ -101,11 +101,11 @@ def test_sd_command_through_gsplat(tmp_path, tiny_models, spy, guidance, mode, d
 
 
 def test_sd_resume_through_gsplat_ends_on_the_same_bytes(tmp_path, tiny_models, spy):
-    """5 steps in one go vs 2 steps + --resume from the step-2 checkpoint: the same PLY bytes."""
+    """5 steps in one go vs 4 steps + --resume from the step-4 checkpoint: the same PLY bytes."""
     sd, dpt = tiny_models
     full, part = tmp_path / "full" / "x.ply", tmp_path / "part" / "x.ply"
     assert main(argv_for(sd, dpt, "ssd", "object", "bfloat16", full)) == 0
-    ckpt = full.parent / "checkpoints" / "step_000002.safetensors"
+    ckpt = full.parent / "checkpoints" / "step_000004.safetensors"
     assert main(argv_for(sd, dpt, "ssd", "object", "bfloat16", part, "--resume", str(ckpt))) == 0
     assert json.loads((part.parent / "run.json").read_text())["steps"] == 5
     assert part.read_bytes() == full.read_bytes()
