@@ -842,3 +842,17 @@ def test_baseline_mapping_is_explicit_and_pixel_baselines_run_through_the_render
         assert p.grad is None
     last = ssd.baselines[0].last
     assert float(last.stein_term.pow(2).mean()) > 0  # the Stein term of a per-pixel field is not negligible
+
+
+@pytest.mark.parametrize("kind, cls", [("depth", DepthBaseline), ("depth-pixel", DepthPixelBaseline),
+                                       ("normal-pixel", NormalPixelBaseline)])
+def test_generate_builds_the_named_baseline(kind, cls):
+    from steinsplat import config
+    from steinsplat.generate import GenerateConfig, build_guidance
+
+    cfg = config.parse(GenerateConfig, ["a red cube", "--baseline", kind, "--seed", "3", "--quiet"], prog="test")
+    prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
+    g = build_guidance(cfg, prior, "shapeworld", torch.device("cpu"))
+    assert isinstance(g, SSD) and len(g.baselines) == 1 and type(g.baselines[0]) is cls
+    if kind.endswith("-pixel"):  # the probes follow the run's seed: same seed, same bytes
+        assert torch.equal(g.baselines[0].generator.get_state(), torch.Generator().manual_seed(3).get_state())
