@@ -568,3 +568,291 @@ def test_guard_judges_the_pooled_gradient(pool, expect_fit):
     assert torch.equal(ssd._guarded(grad_fit, grad_sds, t, update_state=False), grad_sds)
     with pytest.raises(ValueError, match="guard_pool"):
         SSD(prior, [], SSDConfig(guard_pool=0))
+
+
+# ---------------------------------------------------------------------------- per-pixel Stein fields (stein_pixel.py)
+from steinsplat.guidance import (  # noqa: E402
+    BASELINES, DepthPixelBaseline, FunctionFieldBaseline, NormalPixelBaseline, SDSConfig, stein_field_control_variate,
+)
+from steinsplat.guidance.stein_pixel import (  # noqa: E402
+    jacobian_diagonal_exact, jacobian_diagonal_hutchinson,
+)
+
+
+def _fields(C: int):
+    """Fields with a large Jacobian diagonal (so that the Stein term is O(1) per element)."""
+    g = torch.Generator().manual_seed(4)
+    conv = torch.nn.Conv2d(C, C, 3, padding=1)
+    conv1 = torch.nn.Conv2d(C, 1, 3, padding=1)
+    with torch.no_grad():
+        for c in (conv, conv1):
+            for p in c.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.4)
+    return {
+        "square": lambda x: x**2,  # diagonal 2 x: exact for Hutchinson too
+        "conv_tanh": lambda x: torch.tanh(conv(x)) + 0.5 * x**2,  # C channels, neighbours mixed
+        "broadcast": lambda x: torch.tanh(conv1(x)) ** 2 + (x**2).mean(1, keepdim=True),  # one channel for all
+    }
+
+
+def _field_cv_z(field, x, alpha, sigma, n=12000, chunk=3000, seed=0, sign=-1.0, scale="sigma", divergence="exact"):
+    """Per-element z-scores |mean| / SE of eps ⊙ g + sign * s * D over n draws (s = sigma, sigma^2 or 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    probe_gen = torch.Generator().manual_seed(seed + 1)
+    s1, s2 = torch.zeros_like(x), torch.zeros_like(x)
+    for _ in range(n // chunk):
+        eps = torch.randn((chunk, *x.shape), generator=gen)
+        x_t = alpha * x + sigma * eps
+        out = stein_field_control_variate(field, x_t, eps, sigma, divergence=divergence, probes=1, generator=probe_gen)
+        D = out.stein_term / sigma  # the diagonal
+        s = {"sigma": sigma, "sigma2": sigma**2, "one": 1.0}[scale]
+        cv = out.eps_term + sign * s * D
+        if sign == -1.0 and scale == "sigma":
+            assert torch.allclose(cv, out.cv, atol=1e-6)
+        s1 += cv.sum(0)
+        s2 += (cv * cv).sum(0)
+    mean = s1 / n
+    return mean.abs() / ((s2 / n - mean**2).clamp_min(1e-12) / n).sqrt()
+
+
+@pytest.mark.parametrize("name", ["square", "conv_tanh", "broadcast"])
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_field_control_variate_is_zero_mean_and_wrong_sign_or_scale_is_caught(name, divergence):
+    C = 2
+    torch.manual_seed(0)
+    x = 0.8 + 0.4 * torch.randn(C, 3, 3)  # non-zero mean: the diagonal's mean is far from 0
+    alpha, sigma = 0.8, 0.6
+    field = _fields(C)[name]
+    z = _field_cv_z(field, x, alpha, sigma, divergence=divergence)
+    assert float(z.mean()) < 1.5 and float(z.max()) < 4.5, f"{name}: E[CV] != 0 (mean z {float(z.mean()):.2f})"
+    # negative controls: the flipped sign of the Stein term, and the wrong scales sigma^2 and 1, must fail
+    for sign, scale in ((1.0, "sigma"), (-1.0, "sigma2"), (-1.0, "one")):
+        zw = _field_cv_z(field, x, alpha, sigma, sign=sign, scale=scale, divergence=divergence)
+        assert float(zw.mean()) > 6.0, f"{name}: sign {sign} scale {scale} passed (mean z {float(zw.mean()):.2f})"
+
+
+def test_jacobian_diagonal_matches_autograd_and_hutchinson_is_unbiased():
+    C = 2
+    x = torch.randn(2, C, 3, 4, generator=torch.Generator().manual_seed(1))
+    for name, field in _fields(C).items():
+        full = torch.autograd.functional.jacobian(lambda z: field(z), x)  # [B, Cg, h, w, B, C, h, w]
+        B, Cg, h, w = full.shape[:4]
+        ref = torch.zeros_like(x)
+        for b in range(B):
+            for c in range(C):
+                for i in range(h):
+                    for j in range(w):
+                        ref[b, c, i, j] = full[b, c if Cg > 1 else 0, i, j, b, c, i, j]
+        xx = x.clone().requires_grad_(True)
+        g = field(xx)
+        assert torch.allclose(jacobian_diagonal_exact(g, xx), ref, atol=1e-6), name
+        one = jacobian_diagonal_hutchinson(g, xx, 1, torch.Generator().manual_seed(0))
+        many = jacobian_diagonal_hutchinson(g, xx, 4000, torch.Generator().manual_seed(0))
+        if name == "square":  # a diagonal Jacobian: one probe is exact (v_e^2 = 1)
+            assert torch.allclose(one, ref, atol=1e-6)
+        else:  # off-diagonal terms: one probe is noisy, the mean over probes converges to the diagonal
+            assert float((one - ref).abs().max()) > 1e-2
+            assert float((many - ref).abs().max()) < 0.1 * float(ref.abs().max()) + 0.02, name
+
+
+def _pixel_scene(resolution: int = 8):
+    g = torch.Generator().manual_seed(0)
+    gs = Gaussians.random_ball(48, radius=0.5, opacity=0.8, generator=g)
+    cams = orbit_cameras([20.0, 30.0], [0.0, 120.0], 1.8, fovy=40.0, width=resolution, height=resolution)
+    r = render(gs, cams, background=(1.0, 1.0, 1.0), backend="torch")
+    return gs, cams, r
+
+
+@pytest.mark.parametrize("cls", [DepthPixelBaseline, NormalPixelBaseline])
+def test_pixel_baselines_stein_term_matches_finite_differences_and_averages_to_the_papers_phi(cls):
+    from steinsplat.guidance.ssd import BaselineContext
+
+    _, cams, r = _pixel_scene(8)
+    prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
+    est = TinyConvEstimator(hidden=8).double()
+    t = torch.tensor([300, 600])
+    ctx = BaselineContext(t=t, alpha=prior.schedule.alpha_t(t), sigma=prior.schedule.sigma_t(t), cameras=cams,
+                          render=r, prior=prior)
+    bl = cls(est, divergence="exact")
+    field = bl.build_field(ctx)
+    x_t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    xx = x_t.clone().requires_grad_(True)
+    g = field(xx)
+    assert g.shape == (2, 1, 8, 8) and float(g.detach().abs().sum()) > 0
+    D = jacobian_diagonal_exact(g, xx)
+    h = 1e-5
+    for (b, c, i, j) in [(0, 0, 3, 3), (1, 2, 4, 2), (0, 1, 5, 4), (1, 0, 2, 5)]:
+        xp, xm = x_t.clone(), x_t.clone()
+        xp[b, c, i, j] += h
+        xm[b, c, i, j] -= h
+        fd = (field(xp)[b, 0, i, j] - field(xm)[b, 0, i, j]) / (2 * h)
+        assert abs(float(fd) - float(D[b, c, i, j])) < 1e-6 + 1e-4 * abs(float(fd)), (b, c, i, j)
+    assert float(D.abs().max()) > 1e-3  # the Stein term is really there
+    # the per-pixel field averages to the paper's scalar phi (over the covered pixels)
+    paper = {DepthPixelBaseline: DepthBaseline, NormalPixelBaseline: NormalBaseline}[cls](est).build(ctx)(x_t)
+    if cls is DepthPixelBaseline:
+        from steinsplat.guidance.ssd import _alpha_mask
+
+        m = _alpha_mask(r, (8, 8)).double()
+    else:
+        R = cams.viewmats[:, :3, :3].double()
+        m = (torch.einsum("bij,bhwj->bihw", R, r.normal.double()).norm(dim=1, keepdim=True) > 0.5).double()
+    per_pixel_mean = g.detach().flatten(1).sum(1) / m.flatten(1).sum(1)
+    assert torch.allclose(per_pixel_mean, paper, atol=1e-5), (per_pixel_mean, paper)
+
+
+class QuadraticDenoiserPrior(AnalyticGaussianPrior):
+    """eps_hat(x_t) = u^2 / (2 sigma_t^2) with u = x_t - alpha_t m: quadratic in eps at the data mean x = m.
+    There eps_hat - eps = eps^2 / 2 - eps; the field g = u / sigma_t has CV = eps^2 - 1 (Stein term 1),
+    so mu = (1, 1/2) leaves a constant: zero variance (SDS: 1.5 per element, the constant term alone 0.5)."""
+
+    def denoise(self, x_t, t, embeds, cameras=None, guidance_scale=1.0, unet=None, class_labels=None, raw=False):
+        from steinsplat.priors.base import as_timesteps
+
+        t = as_timesteps(t, x_t.shape[0], x_t.device)
+        a, s = self.schedule.alpha_t(t), self.schedule.sigma_t(t)
+        return (x_t - a * self.mean) ** 2 / (2 * s * s)
+
+
+def _quadratic_toy(t_range=(0.3, 0.3)):
+    g = torch.Generator().manual_seed(0)
+    m = 0.5 * torch.randn(3, 4, 4, generator=g)
+    prior = QuadraticDenoiserPrior(m, std=0.5, timesteps=TimestepRange(t_range[0], t_range[1], anneal="none"))
+    return prior, m.unsqueeze(0).clone()
+
+
+def _u_over_sigma(prior):
+    return lambda x_t, t: (x_t - prior.schedule.alpha_t(t) * prior.mean) / prior.schedule.sigma_t(t)
+
+
+def test_per_pixel_field_removes_the_variance_the_constant_term_cannot():
+    prior, x = _quadratic_toy()
+    pix = dict(guard_pool=1)
+    v_sds = _variance_after_warmup(SDS(prior), prior, x, steps=120, warm=40)
+    v_const = _variance_after_warmup(SSD(prior, [], SSDConfig(**pix)), prior, x, steps=120, warm=40)
+    fb = FunctionFieldBaseline(_u_over_sigma(prior))
+    v_field = _variance_after_warmup(SSD(prior, [fb], SSDConfig(**pix)), prior, x, steps=120, warm=40)
+    # the scalar form of the same statistic (phi = mean of g) is O(1/pixels) in its Stein term: no gain
+    v_scalar = _variance_after_warmup(
+        SSD(prior, [FunctionBaseline(lambda x_t, t: _u_over_sigma(prior)(x_t, t).flatten(1).mean(1))], SSDConfig(**pix)),
+        prior, x, steps=120, warm=40)
+    print(f"\nquadratic toy: SDS {v_sds:.3e}, constant {v_const / v_sds:.3f}x, scalar phi {v_scalar / v_sds:.3f}x, "
+          f"per-pixel field {v_field / v_sds:.4f}x")
+    assert 0.25 < v_const / v_sds < 0.45  # 0.5 / 1.5 in theory
+    assert v_scalar > 0.8 * v_const
+    assert v_field < 0.02 * v_sds
+
+
+def test_field_baseline_keeps_sds_mean_through_ssd():
+    prior, x = _quadratic_toy((0.05, 0.95))
+    B = 8
+    xs = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(9))).expand(B, -1, -1, -1)
+    cams = orbit_cameras([20.0] * B, [0.0] * B, 1.8, width=4, height=4)
+    emb = prior.encode_prompt("toy")
+    g = torch.Generator().manual_seed(2)
+    sds = SDS(prior)
+    ssd = SSD(prior, [FunctionFieldBaseline(lambda x_t, t: torch.tanh(x_t) ** 2)])  # Hutchinson is exact here
+    G_sds, G_ssd = [], []
+    for _ in range(200):
+        t = torch.randint(50, 950, (B,), generator=g)
+        eps = torch.randn(xs.shape, generator=g)
+        G_sds.append(sds.step(xs, emb, cams, t=t, eps=eps).grad)
+        G_ssd.append(ssd.step(xs, emb, cams, t=t, eps=eps).grad)
+    a, b = torch.cat(G_ssd), torch.cat(G_sds)
+    z = _paired_z(a, b)
+    assert float(z.mean()) < 1.5 and float(z.max()) < 5.0, float(z.mean())
+    assert not torch.equal(a, b)
+
+
+def test_antithetic_sds_has_sds_mean_and_no_odd_order_noise():
+    prior, x = _quadratic_toy((0.05, 0.95))
+    B = 8
+    xs = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(9))).expand(B, -1, -1, -1)
+    cams = orbit_cameras([20.0] * B, [0.0] * B, 1.8, width=4, height=4)
+    emb = prior.encode_prompt("toy")
+    sds, anti = SDS(prior), SDS(prior, SDSConfig(antithetic=True))
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(50, 950, (B,), generator=g)
+    eps = torch.randn(xs.shape, generator=g)
+    # odd orders removed: the estimate is an even function of eps (exactly)
+    assert torch.equal(anti.step(xs, emb, cams, t=t, eps=eps).grad, anti.step(xs, emb, cams, t=t, eps=-eps).grad)
+    assert not torch.equal(sds.step(xs, emb, cams, t=t, eps=eps).grad, sds.step(xs, emb, cams, t=t, eps=-eps).grad)
+    # same mean as SDS (paired Monte Carlo)
+    G_sds, G_anti = [], []
+    for _ in range(200):
+        t = torch.randint(50, 950, (B,), generator=g)
+        eps = torch.randn(xs.shape, generator=g)
+        G_sds.append(sds.step(xs, emb, cams, t=t, eps=eps).grad)
+        G_anti.append(anti.step(xs, emb, cams, t=t, eps=eps).grad)
+    z = _paired_z(torch.cat(G_anti), torch.cat(G_sds))
+    assert float(z.mean()) < 1.5 and float(z.max()) < 5.0, float(z.mean())
+    # on the Gaussian toy eps_hat is linear in eps: at a fixed t antithetic SDS has no eps-variance at all
+    f = 300 / 999
+    gprior, gx = _toy(t_range=(f, f))
+    v_sds = _variance_after_warmup(SDS(gprior), gprior, gx, steps=40, warm=0)
+    v_anti = _variance_after_warmup(SDS(gprior, SDSConfig(antithetic=True)), gprior, gx, steps=40, warm=0)
+    assert v_anti < 1e-10 * v_sds
+
+
+def test_field_baseline_state_round_trip_resumes_exactly():
+    prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
+    cams = orbit_cameras([20.0, 40.0], [0.0, 90.0], 1.8, width=8, height=8)
+    emb = prior.encode_prompt("a red cube")
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    conv = torch.nn.Conv2d(3, 1, 3, padding=1)
+
+    def make():
+        # guard off: the fitted mu (and so the probes) are used from the first steps on
+        return SSD(prior, [FunctionFieldBaseline(lambda x_t, t: torch.tanh(conv(x_t)), seed=5)], SSDConfig(guard=False))
+
+    a = make()
+    for i in range(3):
+        a.step(x, emb, cams, generator=torch.Generator().manual_seed(i))
+    b = make()
+    state = {k: v.clone() for k, v in a.state_tensors().items()}
+    assert "ssd.baseline0.rng" in state  # the Hutchinson probes' generator is part of the state
+    b.load_state_tensors(state)
+    for i in range(3, 5):
+        ga = a.step(x, emb, cams, generator=torch.Generator().manual_seed(i)).grad
+        gb = b.step(x, emb, cams, generator=torch.Generator().manual_seed(i)).grad
+        assert torch.equal(ga, gb)
+    # without the generator's state the probes differ: the test above is not vacuous
+    c, d = make(), make()
+    c.load_state_tensors({k: v for k, v in state.items() if k != "ssd.baseline0.rng"})
+    d.load_state_tensors(state)
+    step3 = [e.step(x, emb, cams, generator=torch.Generator().manual_seed(3)).grad for e in (c, d)]
+    assert not torch.equal(*step3)
+
+
+def test_baseline_mapping_is_explicit_and_pixel_baselines_run_through_the_renderer():
+    assert BASELINES == {"depth": DepthBaseline, "normal": NormalBaseline, "depth-pixel": DepthPixelBaseline,
+                         "normal-pixel": NormalPixelBaseline}
+    gs, cams = _scene()
+    prior = TinyPixelPrior(resolution=16)
+    est = TinyConvEstimator()
+    ssd = SSD(prior, [DepthPixelBaseline(est), NormalPixelBaseline(est)],
+              SSDConfig(noise_kernel=3, noise_mix_channels=True, noise_maps="poly2"))
+    r = render(gs, cams, background=(1.0, 1.0, 1.0), backend="torch")
+    x = prior.encode_images(r.rgb)
+    out = ssd.step(x, prior.encode_prompt("a red cube"), cams, render=r, generator=torch.Generator().manual_seed(0))
+    assert out.grad.shape == x.shape and torch.isfinite(out.grad).all() and out.diagnostics.phi.shape == (2, 2)
+    x.backward(out.grad)
+    assert float(gs.splats["means"].grad.abs().sum()) > 0
+    for p in est.parameters():
+        assert p.grad is None
+    last = ssd.baselines[0].last
+    assert float(last.stein_term.pow(2).mean()) > 0  # the Stein term of a per-pixel field is not negligible
+
+
+@pytest.mark.parametrize("kind, cls", [("depth", DepthBaseline), ("depth-pixel", DepthPixelBaseline),
+                                       ("normal-pixel", NormalPixelBaseline)])
+def test_generate_builds_the_named_baseline(kind, cls):
+    from steinsplat import config
+    from steinsplat.generate import GenerateConfig, build_guidance
+
+    cfg = config.parse(GenerateConfig, ["a red cube", "--baseline", kind, "--seed", "3", "--quiet"], prog="test")
+    prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
+    g = build_guidance(cfg, prior, "shapeworld", torch.device("cpu"))
+    assert isinstance(g, SSD) and len(g.baselines) == 1 and type(g.baselines[0]) is cls
+    if kind.endswith("-pixel"):  # the probes follow the run's seed: same seed, same bytes
+        assert torch.equal(g.baselines[0].generator.get_state(), torch.Generator().manual_seed(3).get_state())

@@ -48,7 +48,7 @@ class GenerateConfig:
     perp_neg: float = 0.0  # SD: Perp-Neg weight of the other views' prompts against multi-face (Janus) objects (0: off; try 1-3)
     estimator: Literal["auto", "shapeworld", "transformers", "none"] = "auto"  # SSD's geometry estimator
     estimator_model: Optional[str] = None  # transformers depth model id or folder (Depth Anything, DPT)
-    baseline: Literal["auto", "depth", "normal", "none"] = "auto"  # SSD's estimator baseline; auto: none for objects (no measured gain over ssd_noise "filter", +35 % time), depth for scenes
+    baseline: Literal["auto", "depth", "normal", "depth-pixel", "normal-pixel", "none"] = "auto"  # SSD's estimator baseline: depth/normal = the paper's scalar phi, *-pixel = per-pixel Stein fields (guidance/stein_pixel.py); auto: none for objects (no measured gain over ssd_noise "filter", +35 % time), depth for scenes
     ssd_noise: Literal["filter", "constant"] = "filter"  # SSD's noise terms: a learned 3x3 content-dependent filter of eps (guidance/noise_cv.py) or the paper's constant term
     mode: Literal["object", "scene"] = "object"  # orbit cameras + ball init, or inside-out cameras + room init
     steps: int = 500  # optimisation steps
@@ -139,7 +139,7 @@ def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
 
 
 def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.device):
-    from .guidance import GUIDANCE, DepthBaseline, NormalBaseline, SSDConfig
+    from .guidance import BASELINES, GUIDANCE, SSDConfig
 
     if cfg.guidance != "ssd":
         return GUIDANCE[cfg.guidance](prior)
@@ -162,7 +162,7 @@ def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.de
                 allow_download=cfg.allow_download)
     except ModelUnavailableError as exc:
         raise GenerationError(f"{exc}\n(or run without SSD's baseline: --estimator none, or --guidance sds)") from None
-    baseline = DepthBaseline(est) if kind == "depth" else NormalBaseline(est)
+    baseline = BASELINES[kind](est, seed=cfg.seed) if kind.endswith("-pixel") else BASELINES[kind](est)
     return GUIDANCE["ssd"](prior, baselines=[baseline], config=ssd_cfg)
 
 

@@ -7,6 +7,10 @@ Main methods (issue "Evidence"):
                  (guidance/noise_cv.py), no estimator baseline for objects, depth for scenes
     ssd-depth    the paper's SSD: constant term + depth baseline (1 - Pearson)
     ssd-normal   the paper's SSD: constant term + normal baseline (1 - cosine)
+    ssd-depth-pixel         constant term + the per-pixel depth Stein field (guidance/stein_pixel.py)
+    ssd-normal-pixel        constant term + the per-pixel normal Stein field
+    ssd-filter-depth-pixel  steinsplat's noise filter + the per-pixel depth field
+    sds-antithetic          SDS with eps paired with -eps (two prior calls per view)
 Ablations (variance only), all on the paper's family unless named otherwise:
     mu-scalar / mu-channel / mu-pixel       mu shared over everything / per channel / per element (depth)
     mu-optimizer                            Adam on ||grad||^2 instead of running least squares (depth)
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..guidance import SDS, SSD, VSD, DepthBaseline, NormalBaseline, SSDConfig, VSDConfig
+from ..guidance import (
+    SDS, SSD, VSD, DepthBaseline, DepthPixelBaseline, NormalBaseline, NormalPixelBaseline, SDSConfig, SSDConfig, VSDConfig,
+)
 
 FILTER = dict(noise_kernel=3, noise_mix_channels=True, noise_maps="poly2")  # steinsplat's default noise terms
 
@@ -35,6 +41,10 @@ METHODS: dict[str, Callable] = {  # name -> builder(prior, estimator, mode) -> G
     "ssd": _ssd_default,
     "ssd-depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)]),
     "ssd-normal": lambda prior, est, mode: SSD(prior, [NormalBaseline(est)]),
+    "ssd-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)]),
+    "ssd-normal-pixel": lambda prior, est, mode: SSD(prior, [NormalPixelBaseline(est)]),
+    "ssd-filter-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)], SSDConfig(**FILTER)),
+    "sds-antithetic": lambda prior, est, mode: SDS(prior, SDSConfig(antithetic=True)),
 }
 
 ABLATIONS: dict[str, Callable] = {
@@ -47,7 +57,8 @@ ABLATIONS: dict[str, Callable] = {
     "filter+depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(**FILTER)),
 }
 
-SAME_MEAN_AS_SDS = ("ssd", "ssd-depth", "ssd-normal", *ABLATIONS)  # Stein: E[SSD] = E[SDS] for any mu, phi
+SAME_MEAN_AS_SDS = ("ssd", "ssd-depth", "ssd-normal", "ssd-depth-pixel", "ssd-normal-pixel", "ssd-filter-depth-pixel",
+                    "sds-antithetic", *ABLATIONS)  # Stein: E[SSD] = E[SDS] for any mu, phi; antithetic: -eps ~ eps
 # (VSD is left out: its mean differs from SDS's by the particle-score term, by design.)
 
 

@@ -12,6 +12,9 @@ from .base import (
 )
 from .sds import SDS, SDSConfig
 from .ssd import SSD, DepthBaseline, FunctionBaseline, NormalBaseline, SSDConfig, stein_control_variate
+from .stein_pixel import (
+    DepthPixelBaseline, FieldBaseline, FunctionFieldBaseline, NormalPixelBaseline, stein_field_control_variate,
+)
 from .vsd import VSD, LoRAParticleScore, VSDConfig
 
 GUIDANCE = {
@@ -20,9 +23,21 @@ GUIDANCE = {
     "ssd": SSD,
 }
 
+# SSD's estimator baselines by name (CLI `--baseline`, bench methods): "depth" and "normal" are the
+# paper's scalar form (the `paper` preset: one phi per view), "depth-pixel" and "normal-pixel" the
+# per-pixel Stein fields of stein_pixel.py. Each takes the geometry estimator as first argument.
+BASELINES = {
+    "depth": DepthBaseline,
+    "normal": NormalBaseline,
+    "depth-pixel": DepthPixelBaseline,
+    "normal-pixel": NormalPixelBaseline,
+}
+
 __all__ = [
     "GUIDANCE", "Guidance", "GuidanceConfig", "GuidanceDiagnostics", "GuidanceOutput", "ParameterVariance",
     "parameter_gradient_variance", "sample_timesteps", "surrogate_loss", "weighting",
     "SDS", "SDSConfig", "VSD", "VSDConfig", "LoRAParticleScore",
     "SSD", "SSDConfig", "DepthBaseline", "NormalBaseline", "FunctionBaseline", "stein_control_variate",
+    "BASELINES", "FieldBaseline", "FunctionFieldBaseline", "DepthPixelBaseline", "NormalPixelBaseline",
+    "stein_field_control_variate",
 ]

@@ -1,4 +1,4 @@
-"""Score Distillation Sampling (DreamFusion, Poole et al. 2022).
+"""Score Distillation Sampling (DreamFusion, Poole et al. 2022), optionally with antithetic noise.
 
 Step by step, for model-space renders x [B, C, h, w]:
     1. t ~ U{t_min..t_max} [B],  eps ~ N(0, I) [B, C, h, w]
@@ -8,10 +8,20 @@ Step by step, for model-space renders x [B, C, h, w]:
 Sign: eps_hat - eps points from the data towards noise (eps_hat ~ -sigma_t * score), so moving x
 along -grad moves it up the log-density of the prior. Mean: E[grad] = E[w (eps_hat - eps)] =
 E[w eps_hat] because E[eps] = 0; the "- eps" term only cancels variance.
+
+Antithetic noise (`antithetic=True`): each eps is paired with -eps at the same t (one more prior
+call per view):
+    3'. x_t^- = alpha_t x - sigma_t eps,  eps_hat^- = eps_phi(x_t^-; y, t)
+    4'. grad = w(t) 0.5 [(eps_hat - eps) + (eps_hat^- - (-eps))] = w(t) 0.5 (eps_hat + eps_hat^-)
+-eps has the law of eps, so both halves have SDS's mean and so has their average. Writing
+eps_hat(alpha_t x + sigma_t eps) = sum_k a_k(eps) with a_k homogeneous of order k in eps (Taylor),
+the average keeps the even orders only: every odd-order noise term, the first-order
+sigma_t J eps and the "- eps" included, cancels exactly, and grad(eps) = grad(-eps).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor
@@ -21,14 +31,24 @@ from ..priors.base import PromptEmbeds
 from ..render.common import RenderOutput
 from .base import Estimate, Guidance, GuidanceConfig, weighting
 
-SDSConfig = GuidanceConfig  # SDS has no settings beyond the shared ones
+
+@dataclass
+class SDSConfig(GuidanceConfig):
+    antithetic: bool = False  # pair each eps with -eps (one more prior call per view): removes the odd-order noise terms
 
 
 class SDS(Guidance):
+    def __init__(self, prior, config: Optional[GuidanceConfig] = None) -> None:
+        super().__init__(prior, config or SDSConfig())
+
     def _estimate(self, x: Tensor, t: Tensor, eps: Tensor, embeds: PromptEmbeds, cameras: Cameras,
                   render: Optional[RenderOutput], update_state: bool) -> Estimate:
         prior = self.prior
         x_t = prior.schedule.add_noise(x, eps, t)  # [B, C, h, w]  step 2
         eps_hat = prior.predict_noise(x_t, t, embeds, cameras, self.config.guidance_scale)  # step 3
         w = weighting(prior.schedule, t, self.config.weighting)  # [B, 1, 1, 1]
+        if getattr(self.config, "antithetic", False):
+            x_t_minus = prior.schedule.add_noise(x, -eps, t)  # [B, C, h, w]  step 3'
+            eps_hat_minus = prior.predict_noise(x_t_minus, t, embeds, cameras, self.config.guidance_scale)
+            return Estimate(grad=w * 0.5 * (eps_hat + eps_hat_minus), x_t=x_t)  # step 4'
         return Estimate(grad=w * (eps_hat - eps), x_t=x_t)  # step 4

@@ -29,7 +29,8 @@ The estimator, step by step:
             distribution eps_hat is exactly linear in x_t and a wide enough M removes all the
             eps-variance.
             (noise_cv.py builds these CVs as one set of features and never materialises them.)
-         c. CV_k = eps phi_k(x_t) - sigma_t grad phi_k(x_t)   for each baseline (depth, normal, ...)
+         c. CV_k = eps phi_k(x_t) - sigma_t grad phi_k(x_t)   for each baseline (depth, normal, ...);
+            per-pixel baselines (stein_pixel.py): CV_k = eps ⊙ g_k(x_t) - sigma_t diag(d g_k / d x_t)
     4. grad = w(t) (eps_hat - sum_k mu_k ⊙ CV_k)                          (descent gradient on x)
     5. the guard: per timestep bin, SDS's grad instead for the first updates and wherever the fitted
        mu has shown a larger second moment than SDS's on later steps (see `_guarded`)
@@ -498,6 +499,9 @@ class SSD(Guidance):
         st = self._opt.state.get(self._mu_param, {})
         for k, v in st.items():
             t[f"ssd.opt.{k}"] = torch.as_tensor(v)
+        for i, bl in enumerate(self.baselines):  # e.g. the per-pixel baselines' probe generators
+            if hasattr(bl, "state_tensors"):
+                t.update({f"ssd.baseline{i}.{k}": v for k, v in bl.state_tensors().items()})
         return t
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
@@ -520,6 +524,10 @@ class SSD(Guidance):
         st = {k[len("ssd.opt."):]: v.to(dev).clone() for k, v in tensors.items() if k.startswith("ssd.opt.")}
         if st:
             self._opt.state[self._mu_param] = st
+        for i, bl in enumerate(self.baselines):
+            pre = f"ssd.baseline{i}."
+            if hasattr(bl, "load_state_tensors"):
+                bl.load_state_tensors({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
 
     # ---- the estimator
     def _estimate(self, x: Tensor, t: Tensor, eps: Tensor, embeds: PromptEmbeds, cameras: Cameras,
@@ -532,8 +540,11 @@ class SSD(Guidance):
         eps_hat = prior.predict_noise(x_t, t, embeds, cameras, self.config.guidance_scale).float()  # step 2
         ctx = BaselineContext(t=t, alpha=alpha, sigma=sigma, cameras=cameras, render=render, prior=prior)
         phis, bl_cvs = [], []
-        for bl in self.baselines:  # step 3c
-            cv_k, phi_k = _cv_and_phi(bl.build(ctx), x_t, eps, sigma)
+        for bl in self.baselines:  # step 3c (per-pixel field baselines: stein_pixel.py)
+            if hasattr(bl, "control_variate"):
+                cv_k, phi_k = bl.control_variate(ctx, x_t, eps)
+            else:
+                cv_k, phi_k = _cv_and_phi(bl.build(ctx), x_t, eps, sigma)
             bl_cvs.append(cv_k)
             phis.append(phi_k)
         mu = self.current_mu(t)  # [B, K, *s]  (lagged: from earlier steps)
