@@ -116,3 +116,19 @@ def test_a_stratified_run_draws_stratified_views_and_resumes_exactly(tmp_path):
     plain.run()
     assert not torch.equal(plain.g.splats["means"], full.g.splats["means"])
     assert dataclasses.fields(OptimConfig) and OptimConfig().stratify is False
+
+
+def test_the_bench_variance_machinery_measures_stratified_draws():
+    from steinsplat.bench.variance import measure_variance
+
+    prior = TinyPixelPrior(resolution=8)
+    g = Gaussians.random_ball(40, radius=0.45, opacity=0.5, generator=torch.Generator().manual_seed(0))
+    rows = measure_variance(g, "middle", 5, prior, None, prior.encode_prompt("a red cube"), "object", ["sds"],
+                            {"run": (20, 979)}, ["fresh", "stratified"], 0, 6, 2, 8, seed=0)
+    assert [r.cameras for r in rows] == ["fresh", "stratified"]
+    for r in rows:
+        assert r.variance > 0 and 0 < r.variance_se < float("inf") and r.ratio_vs_sds == pytest.approx(1.0)
+    assert rows[0].variance != rows[1].variance  # other draws
+    with pytest.raises(ValueError, match="unknown camera mode"):
+        measure_variance(g, "middle", 5, prior, None, prior.encode_prompt("a red cube"), "object", ["sds"],
+                         {"run": (20, 979)}, ["sideways"], 0, 2, 2, 8, seed=0)
