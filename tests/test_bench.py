@@ -24,10 +24,11 @@ def quick_report(tmp_path_factory):
 
 def test_quick_report_files_and_sections(quick_report):
     out, rep = quick_report
-    assert set(rep) == {"meta", "variance", "convergence", "cost", "ablations", "targets"}
+    assert set(rep) == {"meta", "variance", "convergence", "cost", "ablations", "decomposition", "targets"}
     assert rep["meta"]["config"]["quick"] is True and rep["meta"]["machine"] and rep["meta"]["date"]
     md = (out / "report.md").read_text()
-    for section in ("## Targets", "## Gradient variance", "## Convergence", "## Cost", "## Ablations"):
+    for section in ("## Targets", "## Gradient variance", "## Convergence", "## Cost", "## Ablations",
+                    "## Variance decomposition"):
         assert section in md
     for name in PLOTS:
         with Image.open(out / name) as im:  # real PNGs that open
@@ -53,6 +54,20 @@ def test_variance_rows_cover_every_method_and_keep_the_invariants(quick_report):
             assert r["mean_z_vs_sds"] is not None and r["mean_z_vs_sds"] < 1.3, r
     for r in rep["ablations"]:
         assert r["variance"] > 0 and (r["method"] == "sds" or r["mean_z_vs_sds"] < 1.3), r
+
+
+def test_decomposition_section_covers_every_prompt_and_adds_up(quick_report):
+    _, rep = quick_report
+    cfg = rep["meta"]["config"]
+    dec = rep["decomposition"]
+    assert [r["prompt"] for r in dec["rows"]] == rep["meta"]["prompts"]
+    for r in dec["rows"]:
+        assert (r["K"], r["T"], r["E"]) == tuple(cfg["decomposition"]) and r["step"] == round(0.5 * cfg["steps"])
+        assert r["total"] > 0 and r["camera"] + r["timestep"] + r["noise"] == pytest.approx(r["total"])
+        assert r["camera_share"] + r["timestep_share"] + r["noise_share"] == pytest.approx(1.0)
+        assert r["eps_cv_ceiling"] == pytest.approx(1.0 - r["noise_share"])
+    s = dec["summary"]
+    assert s["noise_share"]["n"] == len(dec["rows"]) and s["noise_share"]["lo"] <= s["noise_share"]["mean"] <= s["noise_share"]["hi"]
 
 
 def test_convergence_runs_and_cost_rows(quick_report):

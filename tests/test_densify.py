@@ -136,3 +136,63 @@ def test_clone_small_and_split_large_gaussians():
     assert int((scales < 0.002).sum()) == 6  # originals + clones keep scale 0.001
     torch.testing.assert_close(scales[scales > 0.002], torch.full((6,), 0.05 / 1.6), rtol=1e-5, atol=0)
     assert_optimizer_consistent(g, opt)
+
+
+# ---------------------------------------------------------------------------- budget-relative schedules
+def test_schedule_fractions_map_to_the_old_absolute_steps_at_500():
+    from steinsplat.densify import resolve_schedule
+    from steinsplat.train import OptimConfig
+
+    cfg = OptimConfig().densify
+    s = resolve_schedule(cfg, 500)
+    assert (s.start, s.stop, s.interval, s.reset_every) == (100, 400, 50, 3000)  # the absolute schedule it replaced
+    assert s.refine_steps(500) == [150, 200, 250, 300, 350]
+
+
+@pytest.mark.parametrize("steps", [30, 100, 123, 150, 200, 333, 400, 1000, 1201])
+def test_schedule_refines_at_the_same_fractions_at_every_budget(steps):
+    from steinsplat.densify import resolve_schedule
+
+    s = resolve_schedule(DensifyConfig(start=0.2, stop=0.8, interval=0.1), steps)
+    at = s.refine_steps(steps)
+    assert len(at) == 5  # k * 0.1 for k = 3..7
+    for k, step in zip(range(3, 8), at):
+        assert abs(step - k * 0.1 * steps) <= k * 0.5 + 1e-9, (steps, at)  # k intervals, each rounded to a step
+
+
+def test_integer_schedule_points_are_steps_and_bad_values_say_what_to_write():
+    from steinsplat.densify import resolve_schedule
+
+    s = resolve_schedule(DensifyConfig(start=100, stop=900, interval=100), 1200)  # integers: steps, any budget
+    assert (s.start, s.stop, s.interval) == (100, 900, 100)
+    assert s.refine_steps(1200) == [200, 300, 400, 500, 600, 700, 800]
+    mixed = resolve_schedule(DensifyConfig(start=10, stop=0.5, interval=0.25), 40)
+    assert (mixed.start, mixed.stop, mixed.interval) == (10, 20, 10)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\].*write an integer \(100\)"):
+        DensifyConfig(start=100.0)
+    with pytest.raises(ValueError, match=r"interval = 0.0.*\(0, 1\]"):
+        DensifyConfig(interval=0.0)
+    with pytest.raises(ValueError, match="positive"):
+        DensifyConfig(interval=0)
+    with pytest.raises(ValueError, match="must be a number"):
+        DensifyConfig(start=True)  # type: ignore[arg-type]
+    g = Gaussians.random_ball(10)
+    with pytest.raises(ValueError, match="pass the step budget"):
+        Densifier(DensifyConfig(strategy="default"), g, per_param_optimizers(g, LRS))
+
+
+def test_yaml_and_command_line_keep_integers_as_steps_and_decimals_as_fractions(tmp_path):
+    from steinsplat import config
+    from steinsplat.generate import GenerateConfig
+
+    cli = config.parse(GenerateConfig, ["a red cube", "--optim.densify.start", "100", "--optim.densify.stop", "0.9"],
+                       prog="t")
+    assert cli.optim.densify.start == 100 and isinstance(cli.optim.densify.start, int)
+    assert cli.optim.densify.stop == 0.9 and isinstance(cli.optim.densify.stop, float)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("prompt: a red cube\noptim:\n  densify:\n    start: 100\n    stop: 1.0\n")
+    got = config.parse(GenerateConfig, ["--config", str(preset)], prog="t").optim.densify
+    assert isinstance(got.start, int) and got.stop == 1.0 and isinstance(got.stop, float)
+    preset.write_text("prompt: a red cube\noptim:\n  densify:\n    start: 100.0\n")
+    with pytest.raises(config.ConfigError, match="write an integer"):
+        config.parse(GenerateConfig, ["--config", str(preset)], prog="t")

@@ -110,3 +110,21 @@ def test_scene_trains_on_a_random_background_per_view_and_resumes_exactly(tmp_pa
     seen.clear()
     resumed.run()
     torch.testing.assert_close(torch.stack(seen), scenes[2:], rtol=0, atol=0)
+
+
+def test_runs_of_different_budgets_densify_at_the_same_fractions():
+    """Budget-relative schedules: the 30-step run is the 60-step run compressed (the densification
+    schedule, like the lr decay and the t annealing, is a fraction of the budget)."""
+    refined = {}
+    for steps in (30, 60):
+        prior = TinyPixelPrior(resolution=8)
+        g = Gaussians.random_ball(60, radius=0.45, opacity=0.2, generator=torch.Generator().manual_seed(0))
+        cfg = OptimConfig(steps=steps, views=1, resolution=8)
+        cfg.densify.grow_grad2d = 1e-12  # every visible Gaussian grows: each refinement shows in the history
+        tr = Trainer(g, prior, GUIDANCE["sds"](prior), prior.encode_prompt("a red cube"), cfg, mode="object", seed=0)
+        assert tr.lr_means(steps - 1) == pytest.approx(cfg.lr_means_final)  # the lr decay ends with the budget
+        tr.run()
+        refined[steps] = [h["step"] / steps for h in tr.densifier.history]
+    assert len(refined[30]) == len(refined[60]) == 5
+    assert refined[30] == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7])
+    assert refined[60] == pytest.approx(refined[30])

@@ -221,6 +221,16 @@ def inside_out_cameras(
 
 
 # ---------------------------------------------------------------------------- samplers
+def stratified_circle(batch: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """[B] points in [0, 1): one uniform offset u plus evenly spaced steps, (u + i / B) mod 1.
+
+    Each point is uniform on [0, 1) by itself (a rotation of a uniform offset), so anything averaged
+    over the views keeps its expectation; together they cover the B strata [k/B, (k+1)/B) once each
+    (a rotated lattice: the azimuths of one step never bunch up)."""
+    u = torch.rand((), generator=generator)
+    return torch.remainder(u + torch.arange(batch, dtype=torch.float32) / batch, 1.0)
+
+
 @dataclass
 class OrbitSampler:
     """Random orbit cameras around an object (defaults: training ranges, docs/shapeworld.md, section Cameras)."""
@@ -232,7 +242,15 @@ class OrbitSampler:
     width: int = 64
     height: int = 64
 
-    def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> Cameras:
+    def sample(self, batch: int, generator: Optional[torch.Generator] = None, stratified: bool = False) -> Cameras:
+        """`batch` cameras; stratified: azimuths evenly spaced around the circle from one random offset
+        (`stratified_circle`), each still uniform on its own; elevation and distance drawn as usual."""
+        if stratified:
+            u = torch.rand(batch, 2, generator=generator)  # [B, 2] elevation, distance
+            el = self.elevation[0] + u[:, 0] * (self.elevation[1] - self.elevation[0])
+            az = self.azimuth[0] + stratified_circle(batch, generator) * (self.azimuth[1] - self.azimuth[0])
+            d = self.distance[0] + u[:, 1] * (self.distance[1] - self.distance[0])
+            return orbit_cameras(el, az % 360.0, d, self.fovy, self.width, self.height)
         u = torch.rand(batch, 3, generator=generator)
         el = self.elevation[0] + u[:, 0] * (self.elevation[1] - self.elevation[0])
         az = self.azimuth[0] + u[:, 1] * (self.azimuth[1] - self.azimuth[0])
@@ -251,7 +269,13 @@ class InsideOutSampler:
     width: int = 64
     height: int = 64
 
-    def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> Cameras:
+    def sample(self, batch: int, generator: Optional[torch.Generator] = None, stratified: bool = False) -> Cameras:
+        """`batch` cameras; stratified: yaws evenly spaced from one random offset (`stratified_circle`)."""
+        if stratified:
+            pitch_u = torch.rand(batch, generator=generator)  # [B]
+            yaw = self.yaw[0] + stratified_circle(batch, generator) * (self.yaw[1] - self.yaw[0])
+            pitch = self.pitch[0] + pitch_u * (self.pitch[1] - self.pitch[0])
+            return inside_out_cameras(yaw % 360.0, pitch, self.position, self.fovy, self.width, self.height)
         u = torch.rand(batch, 2, generator=generator)
         yaw = self.yaw[0] + u[:, 0] * (self.yaw[1] - self.yaw[0])
         pitch = self.pitch[0] + u[:, 1] * (self.pitch[1] - self.pitch[0])

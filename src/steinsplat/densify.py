@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Optional, Union
 
 import torch
 from torch import Tensor
@@ -27,28 +28,94 @@ from .gaussians import Gaussians, quat_to_rotmat
 StrategyName = Literal["auto", "default", "mcmc", "none"]
 
 
+# A point of the schedule: an integer is a step count, a number with a decimal point a fraction of
+# the run's step budget (`--steps`), converted to steps when the Densifier is built (`resolve_schedule`).
+Schedule = Union[int, float]
+
+
 @dataclass
 class DensifyConfig:
+    """Which densification, when, and how much. The schedule (start, stop, interval, reset_every) is
+    given as fractions of the step budget (0.2 = at 20 % of --steps), so that runs of different
+    lengths densify at the same points of the run; an integer is still taken as a step count."""
+
     strategy: StrategyName = "auto"  # "default" (3DGS clone/split/prune), "mcmc", "none"; auto: default for objects, none for scenes
-    start: int = 100  # first step at which Gaussians are refined
-    stop: int = 1_000  # no refinement from this step on
-    interval: int = 100  # refine every this many steps
+    start: Schedule = 0.2  # refine only after this point (fraction of --steps in [0, 1], or an integer step)
+    stop: Schedule = 0.8  # no refinement from this point on (fraction in [0, 1], or an integer step)
+    interval: Schedule = 0.1  # refine every this much of the run (fraction in (0, 1], or an integer number of steps)
     cap: int = 20_000  # never more Gaussians than this
     grow_grad2d: float = 0.0002  # default: clone/split above this mean screen-space gradient
     grow_scale3d: float = 0.01  # default: clone below / split above this scale (x scene scale)
     prune_opa: float = 0.005  # default: prune below this opacity
     prune_scale3d: float = 0.1  # default: prune larger than this (x scene scale), after reset_every
-    reset_every: int = 3_000  # default: opacity-reset period (steps)
+    reset_every: Schedule = 3_000  # default: gsplat's opacity-reset period (integer steps, or a fraction of --steps that may exceed 1); gsplat 1.5 never resets (its test has an operator-precedence slip), it only prunes too-large Gaussians after this point
     mcmc_noise_lr: float = 5e5  # mcmc: scale of the position noise (times the means learning rate)
     mcmc_min_opacity: float = 0.005  # mcmc: relocate Gaussians below this opacity
 
     def __post_init__(self) -> None:
         if self.strategy not in ("auto", "default", "mcmc", "none"):
             raise ValueError(f"unknown densification strategy {self.strategy!r}: use auto, default, mcmc or none")
-        if self.interval <= 0:
-            raise ValueError("densify interval must be positive")
+        for name, lo_open, hi in (("start", False, 1.0), ("stop", False, 1.0), ("interval", True, 1.0),
+                                  ("reset_every", True, math.inf)):
+            _check_schedule(name, getattr(self, name), lo_open, hi)
         if self.cap <= 0:
             raise ValueError("densify cap must be positive")
+
+
+def _check_schedule(name: str, v: Schedule, positive: bool, hi: float) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"densify {name} must be a number (a fraction of --steps, or an integer step), got {v!r}")
+    if isinstance(v, int):
+        if v < 0 or (positive and v == 0):
+            raise ValueError(f"densify {name} = {v} steps must be {'positive' if positive else '>= 0'}")
+        return
+    if not math.isfinite(v) or v < 0 or (positive and v == 0) or v > hi:
+        rng = "(0, 1]" if positive and hi == 1.0 else ("> 0" if positive else "[0, 1]")
+        hint = f"; for a step count write an integer ({int(v)})" if math.isfinite(v) and v > 1 and v == int(v) else ""
+        raise ValueError(f"densify {name} = {v}: a fraction of --steps must be in {rng} (0.2 = at 20 % of the run)"
+                         f"{hint}")
+
+
+@dataclass(frozen=True)
+class DensifySchedule:
+    """The schedule in steps for one budget (what gsplat's strategies take)."""
+
+    start: int  # refine_start_iter: refinement only at steps > start
+    stop: int  # refine_stop_iter: refinement only at steps < stop
+    interval: int  # refine_every: refinement only at multiples of this
+    reset_every: int  # reset_every
+
+    def refine_steps(self, steps: int) -> list[int]:
+        """The steps of a `steps`-step run (0 .. steps-1) at which the strategy refines."""
+        return [s for s in range(steps) if self.start < s < self.stop and s % self.interval == 0]
+
+
+def resolve_schedule(cfg: DensifyConfig, steps: Optional[int]) -> DensifySchedule:
+    """`cfg`'s schedule in steps for a run of `steps` steps (integers pass through unchanged).
+
+    Fractions become round(fraction * steps), interval at least 1. When start, stop and interval are
+    all fractions, start and stop are then moved (by less than one interval) so that the refinements
+    fall at the same multiples k of the interval as in fraction space, k * interval strictly between
+    start and stop: every budget refines the same number of times at the same fractions of the run
+    (at 500 steps, the defaults give exactly 100 / 400 / 50)."""
+    fields = ("start", "stop", "interval", "reset_every")
+    if any(isinstance(getattr(cfg, f), float) for f in fields) and (steps is None or steps <= 0):
+        raise ValueError("the densification schedule is given as fractions of the run: pass the step budget "
+                         "(Densifier(..., steps=N)) or give start / stop / interval / reset_every as integer steps")
+
+    def conv(v: Schedule, least: int = 0) -> int:
+        return v if isinstance(v, int) else max(least, round(v * steps))
+
+    start, stop, interval, reset = conv(cfg.start), conv(cfg.stop), conv(cfg.interval, 1), conv(cfg.reset_every, 1)
+    if all(isinstance(getattr(cfg, f), float) for f in ("start", "stop", "interval")):
+        tol = 1e-9
+        ks = [k for k in range(1, int(1.0 / cfg.interval) + 2)
+              if cfg.start + tol < k * cfg.interval < cfg.stop - tol]
+        if ks:
+            k0, k1 = ks[0], ks[-1]
+            start = min(max(start, (k0 - 1) * interval), k0 * interval - 1)
+            stop = min(max(stop, k1 * interval + 1), (k1 + 1) * interval)
+    return DensifySchedule(start, stop, interval, reset)
 
 
 def for_mode(cfg: DensifyConfig, mode: str) -> DensifyConfig:
@@ -66,13 +133,16 @@ class Densifier:
     optimizers: one optimiser per key of `gaussians.splats` (gsplat's convention).
     Call `pre_backward(step, info)` before `loss.backward()` and `post_backward(step, info, lr)`
     after it (lr: the current learning rate of the means, used by MCMC's noise).
+    steps: the run's step budget, which turns the schedule's fractions into steps (`resolve_schedule`).
     """
 
     def __init__(self, cfg: DensifyConfig, gaussians: Gaussians, optimizers: dict[str, torch.optim.Optimizer],
-                 scene_scale: float = 1.0) -> None:
+                 scene_scale: float = 1.0, steps: Optional[int] = None) -> None:
         if cfg.strategy == "auto":
             raise ValueError('densification strategy "auto" depends on the mode: pass for_mode(cfg, mode)')
         self.cfg = cfg
+        self.schedule = resolve_schedule(cfg, steps) if cfg.strategy != "none" else DensifySchedule(0, 0, 1, 1)
+        sch = self.schedule
         self.gaussians = gaussians
         self.optimizers = optimizers
         self.strategy: Any = None
@@ -85,10 +155,10 @@ class Densifier:
                 grow_grad2d=cfg.grow_grad2d,
                 grow_scale3d=cfg.grow_scale3d,
                 prune_scale3d=cfg.prune_scale3d,
-                refine_start_iter=cfg.start,
-                refine_stop_iter=cfg.stop,
-                refine_every=cfg.interval,
-                reset_every=cfg.reset_every,
+                refine_start_iter=sch.start,
+                refine_stop_iter=sch.stop,
+                refine_every=sch.interval,
+                reset_every=sch.reset_every,
             )
             self.state = self.strategy.initialize_state(scene_scale=scene_scale)
         elif cfg.strategy == "mcmc":
@@ -97,9 +167,9 @@ class Densifier:
             self.strategy = MCMCStrategy(
                 cap_max=cfg.cap,
                 noise_lr=cfg.mcmc_noise_lr,
-                refine_start_iter=cfg.start,
-                refine_stop_iter=cfg.stop,
-                refine_every=cfg.interval,
+                refine_start_iter=sch.start,
+                refine_stop_iter=sch.stop,
+                refine_every=sch.interval,
                 min_opacity=cfg.mcmc_min_opacity,
             )
             self.state = self.strategy.initialize_state()
@@ -132,7 +202,7 @@ class Densifier:
             self.history.append({"step": step, "before": before, "after": after})
 
     def _is_refine_step(self, step: int) -> bool:
-        c = self.cfg
+        c = self.schedule
         return c.start < step < c.stop and step % c.interval == 0
 
 @functools.cache

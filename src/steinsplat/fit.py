@@ -70,7 +70,7 @@ def fit_views(
     lrs = dict(means=cfg.lr_means, scales=cfg.lr_scales, quats=cfg.lr_quats, opacities=cfg.lr_opacities,
                sh0=cfg.lr_sh0, shN=cfg.lr_shN)
     opt = per_param_optimizers(g, lrs)
-    densifier = Densifier(for_mode(cfg.densify, "object"), g, opt, scene_scale=cfg.init_radius)
+    densifier = Densifier(for_mode(cfg.densify, "object"), g, opt, scene_scale=cfg.init_radius, steps=cfg.steps)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for step in range(cfg.steps):

@@ -1,7 +1,8 @@
 """The optimisation loop of text-to-3D. It only wires the modules; it knows no formula.
 
 Per step:
-  1. sample B cameras (orbit for objects, inside-out for scenes);
+  1. sample B cameras (orbit for objects, inside-out for scenes), and with `stratify` B stratified
+     timesteps (otherwise the guidance draws them independently);
   2. render RGB, alpha, depth, normals (`render`);
   3. encode the RGB into the prior's model space, x [B, C, h, w] (`prior.encode_images`);
   4. ask the guidance (SDS / VSD / SSD) for the descent gradient on x (`guidance.step`);
@@ -25,6 +26,7 @@ from torch import Tensor
 from .cameras import InsideOutSampler, OrbitSampler
 from .densify import Densifier, DensifyConfig, for_mode, per_param_optimizers
 from .gaussians import Gaussians
+from .guidance.base import stratified_timesteps
 from .priors.base import DiffusionPrior, PromptEmbeds
 from .render import RenderOutput, render
 
@@ -41,8 +43,12 @@ class OptimConfig:
     lr_opacities: float = 2.5e-2
     lr_sh0: float = 1e-2
     lr_shN: float = 5e-4
+    stratify: bool = False  # stratify the views of a step: azimuths evenly spaced from one random offset, timesteps one per stratum of the annealed range (each view still uniform: same mean, less spread across the views)
+    # densification schedule as fractions of `steps` (at 500 steps: refine at 150, 200, ..., 350; reset_every
+    # 6.0: never within the run), so that a shorter run is the same run compressed
     densify: DensifyConfig = field(
-        default_factory=lambda: DensifyConfig(start=100, stop=400, interval=50, cap=8_000, grow_grad2d=2e-4)
+        default_factory=lambda: DensifyConfig(start=0.2, stop=0.8, interval=0.1, cap=8_000, grow_grad2d=2e-4,
+                                              reset_every=6.0)
     )
 
 
@@ -85,7 +91,8 @@ class Trainer:
                    sh0=cfg.lr_sh0, shN=cfg.lr_shN)
         self.optimizers = per_param_optimizers(gaussians, lrs)
         scene_scale = 0.5 if mode == "object" else 2.0
-        self.densifier = Densifier(for_mode(cfg.densify, mode), gaussians, self.optimizers, scene_scale=scene_scale)
+        self.densifier = Densifier(for_mode(cfg.densify, mode), gaussians, self.optimizers, scene_scale=scene_scale,
+                                   steps=cfg.steps)
         self.state = LoopState()
         self.t0 = time.perf_counter()
 
@@ -98,12 +105,16 @@ class Trainer:
         s, cfg = self.state.step, self.cfg
         lr = self.lr_means(s)
         self.optimizers["means"].param_groups[0]["lr"] = lr
-        cams = self.sampler.sample(cfg.views, self.generator).to(self.g.device)  # 1.
+        cams = self.sampler.sample(cfg.views, self.generator, stratified=cfg.stratify).to(self.g.device)  # 1.
         bg = torch.rand(len(cams), 3, generator=self.generator) if self.random_background else self.background  # [B, 3]
         out: RenderOutput = render(self.g, cams, background=bg)  # 2. [B, H, W, 3] ...
         x = self.prior.encode_images(out.rgb)  # 3. [B, C, h, w]
         self.densifier.pre_backward(s, out.info)
-        gout = self.guidance.step(x, self.embeds, cams, render=out, progress=s / max(1, cfg.steps),
+        progress = s / max(1, cfg.steps)
+        t = None  # unstratified: the guidance draws one t per view
+        if cfg.stratify:
+            t = stratified_timesteps(len(cams), self.prior.timestep_range(progress), self.generator)  # [B]
+        gout = self.guidance.step(x, self.embeds, cams, render=out, progress=progress, t=t,
                                   generator=self.generator)  # 4.
         ok = bool(torch.isfinite(gout.grad).all())
         if ok:

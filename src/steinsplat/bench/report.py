@@ -57,6 +57,10 @@ def markdown(rep: dict) -> str:
               "| variant | variance | vs SDS | mean z vs SDS | s/draw |", "|---|---:|---:|---:|---:|"]
         L += [f"| {r['method']} | {r['variance']:.4g} | {_fmt(r['ratio_vs_sds'])} | {_fmt(r['mean_z_vs_sds'], 2)} | "
               f"{_fmt(r['seconds_per_draw'])} |" for r in rep["ablations"]]
+    if rep.get("decomposition", {}).get("rows"):
+        from .decomposition import decomposition_markdown
+
+        L += [""] + decomposition_markdown(rep["decomposition"])
     L += ["", "## Plots", ""] + [f"![{p}]({p})" for p in PLOTS]
     return "\n".join(L) + "\n"
 

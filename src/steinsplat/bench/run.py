@@ -19,6 +19,7 @@ import torch
 from .. import config
 from .convergence import Run, load_run, run_key, run_one, save_run, summarise
 from .cost import measure_cost
+from .decomposition import measure_decomposition, summarise_decomposition
 from .methods import ABLATIONS, METHODS
 from .report import write_report
 from .variance import measure_variance
@@ -44,18 +45,21 @@ class BenchConfig:
     resolution: int = 64  # render size
     points: tuple[float, ...] = (0.1, 0.5, 0.9)  # variance snapshots (early, middle, late) as fractions of steps
     bands: tuple[str, ...] = ("all", "low", "middle", "high")  # timestep bands of the variance measurement
-    cameras: tuple[str, ...] = ("same", "fresh")  # variance with fixed cameras and with fresh cameras per draw
+    cameras: tuple[str, ...] = ("same", "fresh")  # variance with fixed cameras, fresh cameras per draw, or "stratified" (fresh, azimuths and timesteps stratified across the views)
     draws: int = 48  # paired draws per variance measurement
     warmup: int = -1  # steps of state learning (SSD's mu, VSD's LoRA) on the snapshot before each variance measurement; -1: the snapshot's own step (the state a run has at that step: "at the same number of steps")
     cost_steps: int = 30  # steps per method for time / memory
     ablations: bool = True  # the SSD ablations (variance at the middle snapshot)
     resume: bool = True  # reuse the convergence runs already stored in OUT/runs with the same settings and code (--no-resume: run all again)
     iou_threshold: float = 0.8  # fixed quality threshold: steps / time to reach this mean mask IoU
+    decomposition: tuple[int, int, int] = (5, 5, 4)  # K camera batches x T timestep draws x E noise draws: SDS's camera / t / eps variance shares at a snapshot of every prompt's SDS run (seed: the first); 0 0 0: skip
+    decomposition_point: float = 0.5  # the snapshot of the decomposition, as a fraction of steps
 
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:
     return dataclasses.replace(cfg, prompts=f"a red cube;{ROOM}", seeds=(0,), steps=30, eval_every=15, views=2,
-                               resolution=32, points=(0.5,), bands=("all", "low"), draws=8, warmup=6, cost_steps=6)
+                               resolution=32, points=(0.5,), bands=("all", "low"), draws=8, warmup=6, cost_steps=6,
+                               decomposition=(2, 2, 2))
 
 
 def warmup_at(cfg: BenchConfig, step: int) -> int:
@@ -160,8 +164,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         raise config.ConfigError("--steps, --eval-every, --views and --cost-steps must be positive and --resolution at least 8")
     if not cfg.seeds or not cfg.points or not all(0 < p < 1 for p in cfg.points):
         raise config.ConfigError("--seeds needs at least one seed and --points fractions strictly between 0 and 1")
-    if not cfg.cameras or any(c not in ("same", "fresh") for c in cfg.cameras):
-        raise config.ConfigError("--cameras: choose from same, fresh")
+    if not cfg.cameras or any(c not in ("same", "fresh", "stratified") for c in cfg.cameras):
+        raise config.ConfigError("--cameras: choose from same, fresh, stratified")
+    if len(cfg.decomposition) != 3 or not (all(n == 0 for n in cfg.decomposition) or all(n >= 2 for n in cfg.decomposition)):
+        raise config.ConfigError("--decomposition K T E: three numbers, each at least 2 (0 0 0: skip the decomposition)")
+    if not 0 < cfg.decomposition_point < 1:
+        raise config.ConfigError("--decomposition-point must be a fraction strictly between 0 and 1")
     if not 0 < cfg.iou_threshold <= 1:
         raise config.ConfigError("--iou-threshold must be in (0, 1]")
     prompts = prompt_list(cfg.prompts)
@@ -172,13 +180,19 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
     # convergence (the SDS run of the first prompt and seed also provides the variance snapshots)
     snap_steps = tuple(sorted({max(1, round(p * cfg.steps)) for p in cfg.points}))
+    decompose = all(n >= 2 for n in cfg.decomposition)
+    decomp_step = max(1, round(cfg.decomposition_point * cfg.steps))
     runs: list[Run] = []
     reused = 0
     snapshots = {}
+    decomp_snaps = {}  # prompt -> the SDS run's snapshot at decomp_step (first seed)
     for prompt in prompts:
         for seed in cfg.seeds:
             for m in methods:
-                want = snap_steps if (m == "sds" and prompt == prompts[0] and seed == cfg.seeds[0]) else ()
+                first = m == "sds" and seed == cfg.seeds[0]
+                want = snap_steps if (first and prompt == prompts[0]) else ()
+                if first and decompose:
+                    want = tuple(sorted({*want, decomp_step}))
                 key = run_key(m, prompt, seed, cfg.steps, cfg.eval_every, cfg.views, cfg.resolution)
                 stored = load_run(cfg.out / "runs", key, want) if cfg.resume else None
                 if stored is not None:
@@ -188,7 +202,10 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                     run, snaps = run_one(m, prompt, seed, cfg.steps, cfg.eval_every, prior, est, cfg.views,
                                          cfg.resolution, want)
                     save_run(cfg.out / "runs", key, run, snaps)
-                snapshots.update(snaps)
+                if first and prompt == prompts[0]:
+                    snapshots.update({k: v for k, v in snaps.items() if k in snap_steps})
+                if first and decompose:
+                    decomp_snaps[prompt] = snaps[decomp_step]
                 runs.append(run)
                 f = run.final
                 log(f"convergence {m:<11} {prompt[:34]:<34} seed {seed}: IoU {f.mask_iou:.3f} colour {f.colour_error:.3f} "
@@ -231,6 +248,19 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         for r in rows:
             log(f"ablation {r.method:<20} {r.variance:.4g} ({'-' if r.ratio_vs_sds is None else f'{r.ratio_vs_sds:.3f}'}x SDS)")
 
+    decomposition: dict = {"rows": [], "summary": None}
+    if decompose:
+        K, T_, E = cfg.decomposition
+        for i, prompt in enumerate(prompts):
+            pmode = "scene" if isinstance(parse_prompt(prompt), RoomPrompt) else "object"
+            row = measure_decomposition(decomp_snaps[prompt], prompt, decomp_step, cfg.steps, prior,
+                                        prior.encode_prompt(prompt), pmode, K, T_, E, cfg.views, cfg.resolution,
+                                        seed=777 + i)
+            decomposition["rows"].append(dataclasses.asdict(row))
+            log(f"decomposition {prompt[:34]:<34} step {decomp_step}: camera {row.camera_share:.3f} t "
+                f"{row.timestep_share:.3f} eps {row.noise_share:.3f} (eps-only ceiling {row.eps_cv_ceiling:.3f}x SDS)")
+        decomposition["summary"] = summarise_decomposition(decomposition["rows"])
+
     cost = [dataclasses.asdict(r) for r in measure_cost(methods, prompts[0], cfg.seeds[0], cfg.cost_steps, prior, est,
                                                          cfg.views, cfg.resolution)]
     for r in cost:
@@ -248,6 +278,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                         "summary": summarise(runs, methods, {"mask_iou": cfg.iou_threshold})},
         "cost": cost,
         "ablations": ablations,
+        "decomposition": decomposition,
     }
     rep["targets"] = check_targets(rep)
     return rep

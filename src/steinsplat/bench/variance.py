@@ -11,7 +11,8 @@ For one frozen scene (a snapshot of an optimisation), one timestep band and one 
      z_e = |mean_d (g_m - g_sds)_e| / SE_e per parameter element e: its mean over elements is
      about 0.8 when the means agree (E|N(0, 1)| = 0.80) and grows with any bias.
 Cameras "same": one fixed batch of views for every draw (the noise of t and eps only);
-"fresh": new cameras every draw (what an optimisation step sees).
+"fresh": new cameras every draw (what an optimisation step sees); "stratified": fresh cameras with
+the azimuths and timesteps stratified across the views of a draw (`OptimConfig.stratify`).
 """
 
 from __future__ import annotations
@@ -42,13 +43,20 @@ class VarianceRow:
     ratio_vs_sds: Optional[float] = None
     mean_z_vs_sds: Optional[float] = None  # paired test of equal means (about 0.8 when equal); None: not expected equal
     seconds_per_draw: float = float("nan")
+    variance_se: float = float("nan")  # standard error of `variance` over the draws (std of ||g_d - mean g||^2 / sqrt(draws))
 
 
-def _draws(n: int, views: int, sampler, band: tuple[int, int], x_shape: tuple[int, ...], fixed_cams, gen):
+def _draws(n: int, views: int, sampler, band: tuple[int, int], x_shape: tuple[int, ...], fixed_cams, gen,
+           stratified: bool = False):
+    from ..guidance import stratified_timesteps
+
     out = []
     for _ in range(n):
-        cams = fixed_cams if fixed_cams is not None else sampler.sample(views, gen)
-        t = torch.randint(band[0], band[1] + 1, (views,), generator=gen)
+        cams = fixed_cams if fixed_cams is not None else sampler.sample(views, gen, stratified=stratified)
+        if stratified:
+            t = stratified_timesteps(views, band, gen)  # [B]
+        else:
+            t = torch.randint(band[0], band[1] + 1, (views,), generator=gen)
         eps = torch.randn(views, *x_shape, generator=gen)
         out.append((cams, t, eps))
     return out
@@ -67,13 +75,16 @@ def measure_variance(scene: Gaussians, point: str, step: int, prior, est, embeds
     for band_name, band in bands.items():
         for cam_mode in camera_modes:
             gen = torch.Generator().manual_seed(seed)
+            if cam_mode not in ("same", "fresh", "stratified"):
+                raise ValueError(f"unknown camera mode {cam_mode!r}: use same, fresh or stratified")
+            strat = cam_mode == "stratified"
             fixed = sampler.sample(views, gen) if cam_mode == "same" else None
-            shared = _draws(draws, views, sampler, band, (C, h, h), fixed, gen)
+            shared = _draws(draws, views, sampler, band, (C, h, h), fixed, gen, strat)
             per_method: dict[str, Tensor] = {}
             for name in methods:
                 g = build(name, prior, est, mode)
                 wgen = torch.Generator().manual_seed(seed + 1)
-                for cams, t, eps in _draws(warmup, views, sampler, band, (C, h, h), fixed, wgen):  # 2. warm-up
+                for cams, t, eps in _draws(warmup, views, sampler, band, (C, h, h), fixed, wgen, strat):  # 2. warm-up
                     r = render(scene, cams, background=background)
                     x = prior.encode_images(r.rgb)
                     g.step(x, embeds, cams, render=r, t=t, eps=eps, update_state=True)
@@ -93,9 +104,10 @@ def measure_variance(scene: Gaussians, point: str, step: int, prior, est, embeds
                 per_method[name] = torch.stack(G)  # [draws, P]
                 dt = (time.perf_counter() - t0) / draws
                 Gm = per_method[name]
+                dev = (Gm - Gm.mean(0)).pow(2).sum(1) * draws / (draws - 1)  # [draws], mean = tr Cov
                 rows.append(VarianceRow(name, point, step, band_name, cam_mode, draws,
                                         float(Gm.var(0, unbiased=True).sum()), float(Gm.mean(0).pow(2).sum()),
-                                        seconds_per_draw=dt))
+                                        seconds_per_draw=dt, variance_se=float(dev.std() / math.sqrt(draws))))
             base = per_method.get("sds")
             if base is not None:
                 group = rows[-len(methods):]

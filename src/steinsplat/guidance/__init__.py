@@ -8,7 +8,7 @@
 
 from .base import (
     Guidance, GuidanceConfig, GuidanceDiagnostics, GuidanceOutput, ParameterVariance, parameter_gradient_variance,
-    sample_timesteps, surrogate_loss, weighting,
+    sample_timesteps, stratified_timesteps, surrogate_loss, weighting,
 )
 from .sds import SDS, SDSConfig
 from .ssd import SSD, DepthBaseline, FunctionBaseline, NormalBaseline, SSDConfig, stein_control_variate
@@ -35,7 +35,7 @@ BASELINES = {
 
 __all__ = [
     "GUIDANCE", "Guidance", "GuidanceConfig", "GuidanceDiagnostics", "GuidanceOutput", "ParameterVariance",
-    "parameter_gradient_variance", "sample_timesteps", "surrogate_loss", "weighting",
+    "parameter_gradient_variance", "sample_timesteps", "stratified_timesteps", "surrogate_loss", "weighting",
     "SDS", "SDSConfig", "VSD", "VSDConfig", "LoRAParticleScore",
     "SSD", "SSDConfig", "DepthBaseline", "NormalBaseline", "FunctionBaseline", "stein_control_variate",
     "BASELINES", "FieldBaseline", "FunctionFieldBaseline", "DepthPixelBaseline", "NormalPixelBaseline",

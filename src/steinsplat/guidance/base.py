@@ -37,6 +37,19 @@ def sample_timesteps(batch: int, t_range: tuple[int, int], generator: Optional[t
     return torch.randint(t_min, t_max + 1, (batch,), generator=generator).to(device)
 
 
+def stratified_timesteps(batch: int, t_range: tuple[int, int], generator: Optional[torch.Generator] = None,
+                         device: torch.device | str = "cpu") -> Tensor:
+    """Integer timesteps [B], one per stratum: the range {t_min, ..., t_max} cut into B equal parts,
+    view i drawn uniformly in part perm(i) for a random permutation. Each view's t is uniform on the
+    whole range by itself (perm(i) is a uniform stratum, the draw uniform within it), so every
+    estimator keeps its mean; the B timesteps of a step never bunch up."""
+    t_min, t_max = t_range
+    perm = torch.randperm(batch, generator=generator)  # [B]
+    u = (perm.to(torch.float64) + torch.rand(batch, generator=generator, dtype=torch.float64)) / batch  # [B] in [0, 1)
+    n = t_max - t_min + 1
+    return (t_min + torch.floor(u * n).long().clamp_max(n - 1)).to(device)
+
+
 def weighting(schedule: NoiseSchedule, t: Tensor, kind: Weighting = "sigma2") -> Tensor:
     """w(t) as [B, 1, 1, 1]: sigma_t^2 = 1 - alphabar_t ("sigma2", threestudio's default) or 1."""
     if kind == "sigma2":
