@@ -57,6 +57,10 @@ ABLATIONS: dict[str, Callable] = {
     "filter+depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(**FILTER)),
 }
 
+# What `steinsplat bench` compares unless --methods says otherwise: the estimators of the published
+# report (the per-pixel baselines and antithetic SDS are measured by benchmarks/ssd_pixel_variance.py).
+DEFAULT_METHODS = ("sds", "vsd", "ssd", "ssd-depth", "ssd-normal")
+
 SAME_MEAN_AS_SDS = ("ssd", "ssd-depth", "ssd-normal", "ssd-depth-pixel", "ssd-normal-pixel", "ssd-filter-depth-pixel",
                     "sds-antithetic", *ABLATIONS)  # Stein: E[SSD] = E[SDS] for any mu, phi; antithetic: -eps ~ eps
 # (VSD is left out: its mean differs from SDS's by the particle-score term, by design.)

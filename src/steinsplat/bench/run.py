@@ -20,7 +20,7 @@ from .. import config
 from .convergence import Run, load_run, run_key, run_one, save_run, summarise
 from .cost import measure_cost
 from .decomposition import measure_decomposition, summarise_decomposition
-from .methods import ABLATIONS, METHODS
+from .methods import ABLATIONS, DEFAULT_METHODS, METHODS
 from .report import write_report
 from .variance import measure_variance
 
@@ -36,7 +36,7 @@ class BenchConfig:
 
     out: Path = Path("runs/bench")  # report folder (report.json, report.md, PNG plots)
     quick: bool = False  # CI mode: one object + the room, 1 seed, 30 steps, few draws (structure, not numbers)
-    methods: tuple[str, ...] = tuple(METHODS)  # estimators to compare (sds must be one of them for the ratios)
+    methods: tuple[str, ...] = DEFAULT_METHODS  # estimators to compare (sds must be one of them for the ratios); any of METHODS
     prompts: str = "stratified"  # "all" (56 pairs + room), "stratified" (7 pairs + room) or prompts separated by ';'
     seeds: tuple[int, ...] = (0, 1)  # seeds of the convergence runs
     steps: int = 500  # optimisation steps per run
