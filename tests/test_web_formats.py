@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from steinsplat.cameras import orbit_cameras
-from steinsplat.export import load_gaussians, write_ply, write_splat, write_spz
+from steinsplat.export import load_gaussians, read_ply, write_ply, write_splat, write_spz
 from steinsplat.gaussians import Gaussians
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,18 @@ def cube(tmp_path_factory) -> dict[str, Path]:
     write_ply(folder / "cube.ply", g)
     write_spz(folder / "cube.spz", g)
     write_splat(folder / "cube.splat", g)
-    return {fmt: folder / f"cube.{fmt}" for fmt in ("ply", "spz", "splat")}
+    files = {fmt: folder / f"cube.{fmt}" for fmt in ("ply", "spz", "splat")}
+    # and a generated red cube (a short run of the demo's command: many faint splats, as generation makes them)
+    from steinsplat.cli import main
+
+    run = folder / "run" / "generated.ply"
+    assert main(["a red cube", "--out", str(run), "--steps", "80", "--resolution", "32", "--views", "1",
+                 "--preview-every", "0", "--checkpoint-every", "0", "--quiet"]) == 0
+    generated = read_ply(run)
+    write_ply(folder / "generated.ply", generated)
+    write_spz(folder / "generated.spz", generated)
+    files.update({"generated.ply": folder / "generated.ply", "generated.spz": folder / "generated.spz"})
+    return files
 
 
 def _load(path: Path) -> Gaussians:
@@ -139,7 +150,7 @@ def our_render(path: Path, cam) -> tuple[np.ndarray, np.ndarray]:
     return out.rgb[0].clamp(0, 1).double().numpy(), out.alpha[0, ..., 0].double().numpy()
 
 
-@pytest.mark.parametrize("fmt", ["ply", "spz", "splat"])
+@pytest.mark.parametrize("fmt", ["ply", "spz", "splat", "generated.ply", "generated.spz"])
 def test_spark_draws_our_file_like_our_rasteriser(page, server, cube, fmt: str) -> None:
     """Same file, same camera: Spark's silhouette overlaps ours with IoU >= 0.95 and the colours agree."""
     cam = orbit_cameras([20.0], [30.0], [1.8], fovy=40.0, width=SIZE, height=SIZE)
