@@ -20,35 +20,17 @@ import time
 
 import torch
 
-from steinsplat import config
-from steinsplat.bench.convergence import is_room
 from steinsplat.bench.cost import measure_cost
-from steinsplat.bench.methods import build
-from steinsplat.bench.variance import measure_variance
+from steinsplat.bench.variance import measure_variance, sds_snapshot
 from steinsplat.cameras import InsideOutSampler, OrbitSampler
 from steinsplat.estimators import ShapeWorldEstimatorAdapter
-from steinsplat.generate import GenerateConfig, init_gaussians
 from steinsplat.guidance import BASELINES
 from steinsplat.guidance.ssd import BaselineContext
 from steinsplat.priors import ShapeWorldPriorAdapter
 from steinsplat.render import render
-from steinsplat.train import Trainer
 
 METHODS = ["sds", "ssd", "ssd-depth", "ssd-normal", "ssd-depth-pixel", "ssd-normal-pixel", "ssd-filter-depth-pixel",
            "sds-antithetic"]
-
-
-def snapshot(prompt: str, seed: int, budget: int, stop: int, views: int, resolution: int, prior, est):
-    """The SDS run's Gaussians at step `stop` of a `budget`-step schedule (generation's defaults)."""
-    mode = "scene" if is_room(prompt) else "object"
-    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--steps", str(budget), "--mode", mode,
-                                        "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
-    g = init_gaussians(cfg, torch.device("cpu"))
-    optim = dataclasses.replace(cfg.optim, steps=budget, views=views, resolution=resolution)
-    trainer = Trainer(g, prior, build("sds", prior, est, mode), prior.encode_prompt(prompt), optim, mode=mode, seed=seed)
-    while trainer.state.step < stop:
-        trainer.step()
-    return trainer.g, mode
 
 
 def term_ratios(scene, mode, prior, est, embeds, views, resolution, draws, seed):
@@ -111,7 +93,7 @@ def main() -> None:
         "settings": vars(a), "band": [lo, hi], "prompts": {}}
     for prompt in [p.strip() for p in a.prompts.split(";") if p.strip()]:
         ts = time.perf_counter()
-        scene, mode = snapshot(prompt, a.seed, a.budget, a.snapshot, a.views, a.resolution, prior, est)
+        scene, mode = sds_snapshot(prompt, a.seed, a.budget, a.snapshot, prior, est, a.views, a.resolution)
         embeds = prior.encode_prompt(prompt)
         print(f"{prompt}: snapshot at {a.snapshot}/{a.budget} in {time.perf_counter() - ts:.0f} s", flush=True)
         ratios = term_ratios(scene, mode, prior, est, embeds, a.views, a.resolution, a.term_draws, a.seed + 7)

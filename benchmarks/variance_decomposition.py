@@ -32,30 +32,13 @@ from pathlib import Path
 
 import torch
 
-from steinsplat import config
 from steinsplat.bench.convergence import code_fingerprint, is_room
 from steinsplat.bench.decomposition import bootstrap_mean, measure_decomposition, summarise_decomposition
-from steinsplat.bench.methods import build
 from steinsplat.bench.run import ROOM, machine, prompt_list
-from steinsplat.bench.variance import measure_variance
+from steinsplat.bench.variance import measure_variance, sds_snapshot
 from steinsplat.estimators import ShapeWorldEstimatorAdapter
-from steinsplat.gaussians import Gaussians
-from steinsplat.generate import GenerateConfig, init_gaussians, versions
+from steinsplat.generate import versions
 from steinsplat.priors import ShapeWorldPriorAdapter
-from steinsplat.train import Trainer
-
-
-def snapshot(prompt: str, seed: int, steps: int, at: int, prior, views: int, resolution: int) -> Gaussians:
-    """The Gaussians of an SDS run of `steps` steps (generation's defaults) after `at` steps."""
-    mode = "scene" if is_room(prompt) else "object"
-    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--steps", str(steps), "--mode", mode,
-                                        "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
-    g = init_gaussians(cfg, torch.device("cpu"))
-    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution)
-    tr = Trainer(g, prior, build("sds", prior, None, mode), prior.encode_prompt(prompt), optim, mode=mode, seed=seed)
-    while tr.state.step < at:
-        tr.step()
-    return Gaussians.from_state_tensors({k: v.detach().clone() for k, v in tr.g.state_tensors().items()})
 
 
 def stratification_summary(rows: list[dict], methods: list[str]) -> dict:
@@ -99,7 +82,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         mode = "scene" if is_room(prompt) else "object"
-        scene = snapshot(prompt, args.seed, args.steps, at, prior, args.views, args.resolution)
+        scene, _ = sds_snapshot(prompt, args.seed, args.steps, at, prior, None, args.views, args.resolution)
         embeds = prior.encode_prompt(prompt)
         K, T, E = args.design
         dec = measure_decomposition(scene, prompt, at, args.steps, prior, embeds, mode, K, T, E, args.views,

@@ -119,6 +119,28 @@ def measure_variance(scene: Gaussians, point: str, step: int, prior, est, embeds
     return rows
 
 
+def sds_snapshot(prompt: str, seed: int, steps: int, at: int, prior, est, views: int,
+                 resolution: int) -> tuple[Gaussians, str]:
+    """(Gaussians, mode) of an SDS run of `steps` steps with generation's defaults, after `at` steps:
+    the part-way scene the variance measurements of the benchmarks start from."""
+    import dataclasses
+
+    from .. import config
+    from ..generate import GenerateConfig, init_gaussians
+    from ..train import Trainer
+    from .convergence import is_room
+
+    mode = "scene" if is_room(prompt) else "object"
+    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--steps", str(steps), "--mode", mode,
+                                        "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
+    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution)
+    tr = Trainer(init_gaussians(cfg, torch.device("cpu")), prior, build("sds", prior, est, mode),
+                 prior.encode_prompt(prompt), optim, mode=mode, seed=seed)
+    while tr.state.step < at:
+        tr.step()
+    return Gaussians.from_state_tensors({k: v.detach().clone() for k, v in tr.g.state_tensors().items()}), mode
+
+
 def paired_mean_z(a: Tensor, b: Tensor) -> float:
     """Mean over elements of |mean(a - b)| / SE for paired draws a, b [N, P] (elements that never
     differ are left out)."""
