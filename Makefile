@@ -28,7 +28,7 @@ fit-demo: setup
 	$(BIN)/steinsplat fit-demo --out runs/fit-demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/render_speed.py

@@ -404,9 +404,9 @@ def test_every_step_skipped_is_an_error_not_a_result(files, capsys, monkeypatch,
 
 
 # ---------------------------------------------------------------------------- faults (real processes)
-RUN = [CUBE, "--steps", "40", "--resolution", "16", "--views", "1", "--init-gaussians", "60", "--seed", "3",
-       "--checkpoint-every", "10", "--preview-every", "0", "--quiet", "--optim.densify.start", "10",
-       "--optim.densify.interval", "10"]
+RUN = [CUBE, "--steps", "24", "--resolution", "16", "--views", "1", "--init-gaussians", "60", "--seed", "3",
+       "--checkpoint-every", "6", "--preview-every", "0", "--quiet", "--optim.densify.start", "6",
+       "--optim.densify.interval", "6"]
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
@@ -436,12 +436,12 @@ def test_same_seed_same_bytes_across_processes(reference_run):
 def _interrupt_then_resume(tmp_path: Path, sig: int, reference: Path, seed: int) -> None:
     out = tmp_path / "run" / "c.ply"
     p = _cli(RUN + ["--out", str(out)])
-    first = out.parent / "checkpoints" / "step_000010.safetensors"
+    first = out.parent / "checkpoints" / "step_000006.safetensors"
     deadline = time.time() + 300
     while not first.exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert p.poll() is None, "the run ended before it could be interrupted"
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))  # a random point of the run, between or inside steps
+    time.sleep(random.Random(seed).uniform(0.0, 0.6))  # a random point of the run, between or inside steps
     p.send_signal(sig)
     _, err = p.communicate(timeout=300)
     if p.returncode == 0:  # the run was faster than the random delay: nothing to test this time
@@ -469,7 +469,7 @@ def test_sigterm_at_a_random_point_then_resume_gives_the_same_bytes(tmp_path, re
 def test_kill_9_then_resume_from_the_last_periodic_checkpoint(tmp_path, reference_run):
     out = tmp_path / "run" / "c.ply"
     p = _cli(RUN + ["--out", str(out)])
-    second = out.parent / "checkpoints" / "step_000020.safetensors"
+    second = out.parent / "checkpoints" / "step_000012.safetensors"
     while not second.exists() and p.poll() is None:
         time.sleep(0.05)
     p.kill()
@@ -484,11 +484,11 @@ def test_kill_9_then_resume_from_the_last_periodic_checkpoint(tmp_path, referenc
 def test_ctrl_c_stops_a_batch_and_a_rerun_resumes_the_interrupted_prompt(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"\ufeff{CUBE}\na blue sphere\n")  # with a byte-order mark, as Windows editors write
-    opts = ["--steps", "30", "--resolution", "16", "--views", "1", "--init-gaussians", "40", "--checkpoint-every", "5",
+    opts = ["--steps", "16", "--resolution", "16", "--views", "1", "--init-gaussians", "40", "--checkpoint-every", "4",
             "--preview-every", "0"]
     out = tmp_path / "results"
     p = _cli(["batch", str(prompts), "--out-dir", str(out), *opts])
-    first = out / "a-red-cube" / "checkpoints" / "step_000005.safetensors"
+    first = out / "a-red-cube" / "checkpoints" / "step_000004.safetensors"
     while not first.exists() and p.poll() is None:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)

@@ -87,7 +87,8 @@ def test_sd_command_through_gsplat(tmp_path, tiny_models, spy, guidance, mode, d
     assert rec["status"] == "ok" and rec["prior"] == "sd" and rec["steps"] == 5 and rec["skipped_steps"] == 0
     assert rec["config"]["guidance"] == guidance and rec["config"]["dtype"] == dtype
     g = (read_ply if out.suffix == ".ply" else read_splat)(out)
-    assert len(g) == rec["gaussians"] == 64 and torch.isfinite(g.means).all() and g.means.dtype == torch.float32
+    # densification runs at fractions of the budget, so even 5 steps refine the 64 initial Gaussians
+    assert len(g) == rec["gaussians"] >= 64 and torch.isfinite(g.means).all() and g.means.dtype == torch.float32
     ckpts = sorted(p.name for p in (out.parent / "checkpoints").glob("step_*.safetensors"))
     assert ckpts == ["step_000004.safetensors", "step_000005.safetensors"]  # the newest periodic one + the final one
     if mode == "object":
@@ -109,4 +110,4 @@ def test_sd_resume_through_gsplat_ends_on_the_same_bytes(tmp_path, tiny_models, 
     assert main(argv_for(sd, dpt, "ssd", "object", "bfloat16", part, "--resume", str(ckpt))) == 0
     assert json.loads((part.parent / "run.json").read_text())["steps"] == 5
     assert part.read_bytes() == full.read_bytes()
-    assert len(read_ply(part)) == 64
+    assert len(read_ply(part)) == json.loads((full.parent / "run.json").read_text())["gaussians"]
