@@ -319,7 +319,11 @@ def test_live_viewer_buttons_pause_and_snapshot(tmp_path, browser):
         runner.start()
         time.sleep(1.0)
         assert runner.is_alive(), "on_step returned while paused"
+        deadline = time.perf_counter() + 10  # the readout reaches the page over the websocket: poll, do not race
         values = input_values(page)
+        while "6 / 100" not in values and time.perf_counter() < deadline:
+            time.sleep(0.1)
+            values = input_values(page)
         assert "6 / 100" in values and "0.125" in values and "3.5" in values and "600" in values, values
         # Snapshot while paused: written at once, atomically, readable.
         page.get_by_role("button", name="Save snapshot PLY").click()

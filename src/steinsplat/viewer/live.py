@@ -78,6 +78,7 @@ class LiveViewer:
         self._cond = threading.Condition()
         self._closed = False
         self.pushes = 0  # splat updates sent (for tests and the final report)
+        self._sending = False  # the push thread is sending a copy it took from the slot
         self._thread = threading.Thread(target=self._push_loop, name="steinsplat-viewer", daemon=True)
         self._thread.start()
 
@@ -136,12 +137,16 @@ class LiveViewer:
                 if self._slot is None:
                     return
                 g, self._slot = self._slot, None
+                self._sending = True  # taken but not yet on the page: flush waits for this too
             try:
                 self.scene.show(activate(g), frame_camera=not self._framed)  # numpy only (see splats.activate)
                 self._framed = True
                 self.pushes += 1
             except Exception as exc:  # a dropped page must not end the run; say it on the page
                 self.status.value = f"update failed: {exc}"
+            finally:
+                with self._cond:
+                    self._sending = False
 
     def _snapshot(self, g: Gaussians, step: int) -> None:
         self._snapshot_wanted.clear()
@@ -159,7 +164,7 @@ class LiveViewer:
         end = time.perf_counter() + timeout
         while time.perf_counter() < end:
             with self._cond:
-                if self._slot is None:
+                if self._slot is None and not self._sending:
                     break
             time.sleep(0.01)
 
