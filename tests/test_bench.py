@@ -106,8 +106,10 @@ def test_a_second_invocation_reuses_the_stored_runs(quick_report, capsys):
     out, rep = quick_report
     stored = sorted(p.name for p in (out / "runs").glob("*.json"))
     assert len(stored) == len(rep["convergence"]["runs"])
-    assert main(["bench", "--quick", "--out", str(out)]) == 0
+    # (the parts that store nothing are left out of the second invocation)
+    assert main(["bench", "--quick", "--out", str(out), "--no-ablations", "--decomposition", "0", "0", "0"]) == 0
     again = json.loads((out / "report.json").read_text())
+    assert again["ablations"] == [] and again["decomposition"]["rows"] == []
     assert again["meta"]["reused_runs"] == len(stored)
     assert again["convergence"]["runs"] == rep["convergence"]["runs"]  # the same runs, read back exactly
     assert "reused" in (out / "report.md").read_text()

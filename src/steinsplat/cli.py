@@ -440,6 +440,12 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return bench_main(argv)
 
 
+def cmd_study(argv: Sequence[str]) -> int:
+    from .bench.study import main as study_main
+
+    return study_main(argv)
+
+
 # ---------------------------------------------------------------------------- doctor
 def cmd_doctor(argv: Sequence[str]) -> int:
     from . import config
@@ -465,6 +471,7 @@ COMMANDS: dict[str, Command] = {
     "view": Command(cmd_view, "show a splat file in the browser (viser); export --html for an offline copy"),
     "fit-demo": Command(cmd_fit_demo, "fit Gaussians to views of a demo object (engine self-test), export it"),
     "bench": Command(cmd_bench, "measure SDS / VSD / SSD: variance, convergence, cost; report (JSON, Markdown, plots)"),
+    "study": Command(cmd_study, "does SSD converge faster? tuned learning rates, step budgets, bootstrap intervals (resumable)"),
     "doctor": Command(cmd_doctor, "check this machine for the GPU path (versions, CUDA, gsplat, parity, weights; --gpu: timings)"),
     "shapeworld": Command(cmd_shapeworld, "the embedded world: `shapeworld render|sample PROMPT` (ground truth / prior)"),
 }

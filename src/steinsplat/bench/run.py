@@ -59,7 +59,7 @@ class BenchConfig:
 def quick_config(cfg: BenchConfig) -> BenchConfig:
     return dataclasses.replace(cfg, prompts=f"a red cube;{ROOM}", seeds=(0,), steps=30, eval_every=15, views=2,
                                resolution=32, points=(0.5,), bands=("all", "low"), draws=8, warmup=6, cost_steps=6,
-                               decomposition=(2, 2, 2))
+                               decomposition=(2, 2, 2) if cfg.decomposition == BenchConfig.decomposition else cfg.decomposition)
 
 
 def warmup_at(cfg: BenchConfig, step: int) -> int:

@@ -1,0 +1,372 @@
+"""`steinsplat study`: does SSD converge faster than SDS once each is run at its own best settings?
+
+The protocol (every run uses generation's defaults; a budget S is the whole schedule given S steps:
+the learning-rate decay, the timestep annealing and the densification are fractions of it, so a
+100-step run is the 400-step run compressed):
+
+  1. initial state: the shape metrics of the initial Gaussians of every (prompt, seed);
+  2. oracle (is the optimisation variance-limited?): SDS with `oracle_views` views per step at the
+     default learning rate, on the tuning prompts at every budget; compared per step and per
+     second (an 8-view step costs about two 4-view steps); one run also records where a step's
+     time goes (prior, render, the rest);
+  3. tuning: every method x learning-rate multiplier x budget on the tuning prompts; the multiplier
+     with the best mean 3D IoU is that method's setting at that budget;
+  4. evaluation: every method at its tuned multiplier x budget on the held-out prompts x seeds,
+     evaluated once; `study_stats` turns these into steps and seconds to reach 90 % of the gap
+     between the initial and the best result, and the time SSD needs to reach SDS's quality at the
+     largest budget, with bootstrap intervals over (prompt, seed).
+
+Each finished run is one small JSON file under OUT/runs, named by its settings; a later invocation
+(another session, more seeds, more methods) reuses every file it finds and runs only what is
+missing. `--max-minutes` stops starting new runs once the time is spent; the report then covers
+what exists (and says what is missing). Runs go to `jobs` worker processes of one thread each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .. import config
+from ..export.atomic import atomic_write_bytes
+from .methods import METHODS
+
+TUNE_PROMPTS = ("a red cube", "a gray pyramid", "a yellow cylinder", "a green torus")
+# held out from the tuning; the first six are also the pairs the prior never saw
+EVAL_PROMPTS = ("a purple cube", "a green pyramid", "an orange cone", "a cyan torus", "a blue sphere",
+                "a yellow capsule", "a blue cylinder", "a red cone")
+METRIC_KEYS = ("iou_3d", "chamfer_mm", "top_iou", "low_iou", "mask_iou", "colour_error", "r_precision")
+
+
+@dataclass
+class StudyConfig:
+    """The SSD convergence study: oracle views, tuned learning rates, budgets, bootstrap intervals."""
+
+    out: Path = Path("docs/bench/study")  # folder of the raw runs (runs/*.json, reused) and report.json / report.md
+    methods: tuple[str, ...] = ("sds", "ssd")  # estimators compared (sds first: the reference); any of steinsplat bench's methods
+    budgets: tuple[int, ...] = (100, 200, 400)  # step budgets (each the whole schedule)
+    lr_mults: tuple[float, ...] = (0.5, 1.0, 2.0)  # learning-rate multipliers tried in the tuning (every rate scaled)
+    tune_prompts: tuple[str, ...] = TUNE_PROMPTS  # prompts of the oracle and the tuning
+    tune_seeds: tuple[int, ...] = (0,)  # seeds of the oracle and the tuning
+    eval_prompts: tuple[str, ...] = EVAL_PROMPTS  # held-out prompts, evaluated once at the tuned settings
+    eval_seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the evaluation
+    views: int = 4  # cameras per step (generation's default)
+    oracle_views: int = 8  # views per step of the oracle (SDS at the default learning rate); 0: skip the oracle
+    resolution: int = 64  # render size
+    jobs: int = 2  # worker processes (one thread each)
+    max_minutes: float = 115.0  # start no new run after this many minutes (the report covers what exists)
+    bootstrap: int = 2000  # bootstrap resamples of (prompt, seed) for the intervals
+    gap: float = 0.9  # share of the gap between the initial and the best result that counts as reached
+    run: bool = True  # run what is missing (--no-run: only write the report from the stored runs)
+    quick: bool = False  # CI mode: 2 + 2 prompts, budgets 6 and 12 at 32 px, 2 views (structure, not numbers)
+
+
+def quick_config(cfg: StudyConfig) -> StudyConfig:
+    return dataclasses.replace(cfg, budgets=(6, 12), lr_mults=(1.0, 2.0), tune_prompts=("a red cube", "a gray pyramid"),
+                               eval_prompts=("a blue sphere", "a green cube"), eval_seeds=(0, 1), views=2, oracle_views=4,
+                               resolution=32, bootstrap=200)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run: its settings name its file (so a stored run is found again by any later invocation)."""
+
+    method: str
+    prompt: str
+    seed: int
+    steps: int  # 0: the initial state (no optimisation)
+    lr_mult: float
+    views: int
+    resolution: int
+    profile: bool = False  # also record where a step's time goes
+
+    def key(self) -> str:
+        from ..batch import slugify
+
+        if self.steps == 0:
+            return f"init--{slugify(self.prompt)}--seed{self.seed}"
+        return (f"{self.method}--{slugify(self.prompt)}--seed{self.seed}--{self.steps}steps--lr{self.lr_mult:g}"
+                f"--{self.views}views-{self.resolution}px")
+
+
+@dataclass
+class Result:
+    task: dict  # the Task's fields
+    metrics: dict  # METRIC_KEYS -> value (None where not defined)
+    seconds: float  # optimisation wall time (evaluation excluded)
+    seconds_per_step: float  # median
+    gaussians: int
+    skipped_steps: int
+    profile: Optional[dict]  # {"prior": s, "render": s, "rest": s} summed over the run (profiled runs only)
+    code: str  # fingerprint of steinsplat's source that made the run
+    date: str
+
+    @property
+    def key(self) -> str:
+        return Task(**self.task).key()
+
+
+# ---------------------------------------------------------------------------- one run
+def scaled_optim(optim, lr_mult: float):
+    """The optimiser settings with every learning rate (and the means' final rate) scaled by lr_mult."""
+    names = ("lr_means", "lr_means_final", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN")
+    return dataclasses.replace(optim, **{n: getattr(optim, n) * lr_mult for n in names})
+
+
+class _Timed:
+    """Wraps a callable and adds its wall time to `total`."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.total = fn, 0.0
+
+    def __call__(self, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*a, **k)
+        finally:
+            self.total += time.perf_counter() - t0
+
+
+def run_task(task: Task, prior, est) -> Result:
+    """Run one task on CPU with generation's defaults (learning rates scaled) and evaluate it."""
+    from .. import train as train_mod
+    from ..generate import GenerateConfig, init_gaussians
+    from ..shapeworld.metrics import evaluate
+    from .convergence import code_fingerprint, is_room
+    from .methods import build
+
+    mode = "scene" if is_room(task.prompt) else "object"
+    steps = max(1, task.steps)
+    cfg = config.parse(GenerateConfig, [task.prompt, "--seed", str(task.seed), "--steps", str(steps), "--mode", mode,
+                                        "--views", str(task.views), "--resolution", str(task.resolution), "--quiet"],
+                       prog="study")
+    g = init_gaussians(cfg, torch.device("cpu"))
+    step_times: list[float] = []
+    trainer = None
+    profile = None
+    if task.steps > 0:
+        optim = scaled_optim(dataclasses.replace(cfg.optim, steps=steps, views=task.views, resolution=task.resolution),
+                             task.lr_mult)
+        trainer = train_mod.Trainer(g, prior, build(task.method, prior, est, mode), prior.encode_prompt(task.prompt),
+                                    optim, mode=mode, seed=task.seed)
+        timers = {}
+        if task.profile:  # the prior's calls and the rasteriser, timed where the trainer and guidance reach them
+            timers["prior"] = _Timed(prior.predict_noise)
+            prior.predict_noise = timers["prior"]
+            timers["render"] = _Timed(train_mod.render)
+            train_mod.render = timers["render"]
+        try:
+            while trainer.state.step < steps:
+                t0 = time.perf_counter()
+                trainer.step()
+                step_times.append(time.perf_counter() - t0)
+        finally:
+            if task.profile:
+                del prior.predict_noise  # back to the class's method
+                train_mod.render = timers["render"].fn
+        g = trainer.g
+        if task.profile:
+            total = sum(step_times)
+            profile = {"prior": timers["prior"].total, "render": timers["render"].total,
+                       "rest": total - timers["prior"].total - timers["render"].total}
+    with torch.no_grad():
+        m = evaluate(g, task.prompt, shape=True)
+    metrics = {k: getattr(m, k) for k in METRIC_KEYS}
+    return Result(dataclasses.asdict(task), metrics, sum(step_times),
+                  sorted(step_times)[len(step_times) // 2] if step_times else 0.0, len(g),
+                  trainer.state.skipped if trainer else 0, profile, code_fingerprint(),
+                  datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+# ---------------------------------------------------------------------------- storage
+def save_result(folder: Path, r: Result) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / f"{r.key}.json", (json.dumps(dataclasses.asdict(r), indent=1) + "\n").encode())
+
+
+def load_results(folder: Path) -> dict[str, Result]:
+    """Every readable run under `folder` by key (unreadable files are skipped: they run again)."""
+    out = {}
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            r = Result(**json.loads(f.read_text()))
+            if r.key == f.stem:
+                out[r.key] = r
+        except (ValueError, TypeError, KeyError, OSError):
+            continue
+    return out
+
+
+# ---------------------------------------------------------------------------- the protocol's tasks
+def init_tasks(cfg: StudyConfig) -> list[Task]:
+    units = [(p, s) for p in cfg.tune_prompts for s in cfg.tune_seeds] + [(p, s) for p in cfg.eval_prompts for s in cfg.eval_seeds]
+    return [Task("init", p, s, 0, 1.0, cfg.views, cfg.resolution) for p, s in units]
+
+
+def oracle_tasks(cfg: StudyConfig) -> list[Task]:
+    if cfg.oracle_views <= 0:
+        return []
+    out = []
+    for S in cfg.budgets:
+        for i, p in enumerate(cfg.tune_prompts):
+            for s in cfg.tune_seeds:
+                for v in (cfg.views, cfg.oracle_views):
+                    prof = i == 0 and s == cfg.tune_seeds[0] and S == cfg.budgets[0]
+                    out.append(Task("sds", p, s, S, 1.0, v, cfg.resolution, profile=prof))
+    return out
+
+
+def tune_tasks(cfg: StudyConfig) -> list[Task]:
+    return [Task(m, p, s, S, lr, cfg.views, cfg.resolution) for m in cfg.methods for S in cfg.budgets
+            for lr in cfg.lr_mults for p in cfg.tune_prompts for s in cfg.tune_seeds]
+
+
+def eval_tasks(cfg: StudyConfig, tuned: dict[tuple[str, int], float]) -> list[Task]:
+    """Seed-major (then prompt), so that a run cut short by --max-minutes leaves whole units missing."""
+    return [Task(m, p, s, S, tuned[m, S], cfg.views, cfg.resolution) for s in cfg.eval_seeds for p in cfg.eval_prompts
+            for m in cfg.methods for S in cfg.budgets if (m, S) in tuned]
+
+
+# ---------------------------------------------------------------------------- running
+_WORKER: dict = {}
+
+
+def _init_worker() -> None:
+    from ..estimators import ShapeWorldEstimatorAdapter
+    from ..priors import ShapeWorldPriorAdapter
+
+    torch.set_num_threads(1)
+    _WORKER["models"] = (ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None))
+
+
+def _work(task: Task) -> Result:
+    prior, est = _WORKER["models"]
+    return run_task(task, prior, est)
+
+
+def run_missing(tasks: Sequence[Task], cfg: StudyConfig, results: dict[str, Result], deadline: float,
+                log: Callable[[str], None], ordered: bool = False) -> int:
+    """Run the tasks that have no stored result (longest first unless `ordered`), `cfg.jobs` at a time,
+    saving each as it finishes. Returns how many were left unrun because the deadline passed."""
+    unique = {t.key(): t for t in tasks}  # the oracle's default-view runs are tuning runs too
+    todo = [t for k, t in unique.items() if k not in results]
+    if not ordered:
+        todo.sort(key=lambda t: -(t.steps * t.views))  # longest first: the workers end together
+    if not todo:
+        return 0
+    total, done = len(todo), 0
+    log(f"study: {total} runs to do ({len(unique) - total} of {len(unique)} found in {cfg.out / 'runs'})")
+    t_start = time.perf_counter()
+
+    def finished(r: Result) -> None:
+        nonlocal done
+        done += 1
+        save_result(cfg.out / "runs", r)
+        results[r.key] = r
+        t = r.task
+        el = time.perf_counter() - t_start
+        log(f"[{done}/{total}] {t['method']:<5} {t['prompt'][:22]:<22} seed {t['seed']} {t['steps']:>4} steps lr x{t['lr_mult']:g} "
+            f"{t['views']} views: 3D IoU {_f(r.metrics['iou_3d'])} chamfer {_f(r.metrics['chamfer_mm'], 1)} mm, "
+            f"{r.seconds:.0f} s (elapsed {el / 60:.1f} min)")
+
+    if cfg.jobs <= 1:
+        _init_worker()
+        for t in todo:
+            if time.perf_counter() > deadline:
+                return total - done
+            finished(_work(t))
+        return 0
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker) as ex:
+        pending: set = set()
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < cfg.jobs and time.perf_counter() < deadline:
+                pending.add(ex.submit(_work, queue.pop(0)))
+            if not pending:
+                break
+            ready, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in ready:
+                finished(fut.result())
+    return total - done
+
+
+def _f(v, d: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+
+def check_config(cfg: StudyConfig) -> None:
+    from .run import prompt_list
+
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise config.ConfigError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    if not cfg.methods or cfg.methods[0] != "sds":
+        raise config.ConfigError("--methods must start with sds (the reference every ratio is taken against)")
+    if not cfg.budgets or any(S <= 0 for S in cfg.budgets) or list(cfg.budgets) != sorted(set(cfg.budgets)):
+        raise config.ConfigError("--budgets: positive step counts in increasing order, e.g. 100 200 400")
+    if not cfg.lr_mults or any(not (lr > 0 and math.isfinite(lr)) for lr in cfg.lr_mults):
+        raise config.ConfigError("--lr-mults: positive finite multipliers, e.g. 0.5 1 2")
+    if cfg.views <= 0 or cfg.oracle_views < 0 or cfg.resolution < 8 or cfg.jobs <= 0 or cfg.bootstrap < 10:
+        raise config.ConfigError("--views and --jobs must be positive, --oracle-views >= 0, --resolution >= 8, --bootstrap >= 10")
+    if not 0 < cfg.gap <= 1 or not cfg.max_minutes > 0:
+        raise config.ConfigError("--gap must be in (0, 1] and --max-minutes positive")
+    if not cfg.tune_prompts or not cfg.eval_prompts or not cfg.tune_seeds or not cfg.eval_seeds:
+        raise config.ConfigError("the study needs tuning and evaluation prompts and seeds")
+    for p in (*cfg.tune_prompts, *cfg.eval_prompts):
+        prompt_list(p)  # a ShapeWorld prompt (one clear error otherwise)
+    from .convergence import is_room
+
+    if any(is_room(p) for p in (*cfg.tune_prompts, *cfg.eval_prompts)):
+        raise config.ConfigError("the study measures objects (3D IoU, chamfer): leave rooms out of its prompts")
+    if set(cfg.tune_prompts) & set(cfg.eval_prompts):
+        raise config.ConfigError("the evaluation prompts must be held out from the tuning: "
+                                 f"{', '.join(sorted(set(cfg.tune_prompts) & set(cfg.eval_prompts)))} in both")
+
+
+def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
+    from . import study_stats
+
+    if cfg.quick:
+        cfg = quick_config(cfg)
+    check_config(cfg)
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * cfg.max_minutes
+    results = load_results(cfg.out / "runs")
+    unrun = 0
+    phase1 = init_tasks(cfg) + oracle_tasks(cfg) + tune_tasks(cfg)
+    if cfg.run:
+        unrun += run_missing(phase1, cfg, results, deadline, log)
+    tuned = study_stats.tune(results, cfg)
+    if cfg.run:
+        unrun += run_missing(eval_tasks(cfg, tuned), cfg, results, deadline, log, ordered=True)
+    rep = study_stats.report(results, cfg, tuned)
+    rep["meta"].update(seconds=time.perf_counter() - t0, unrun=unrun)
+    return rep
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import study_stats
+
+    cfg = config.parse(StudyConfig, list(argv or []), prog="steinsplat study", description=StudyConfig.__doc__)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    rep = run_study(cfg, log=lambda s: console.print(s, highlight=False))
+    files = study_stats.write_report(rep, cfg.out)
+    for t in rep["targets"]:
+        console.print(("[green]met[/green]     " if t["met"] else "[red]NOT met[/red] ") + f"{t['what']}: {t['measured']}")
+    if rep["meta"]["unrun"]:
+        console.print(f"{rep['meta']['unrun']} runs not started (--max-minutes reached): run the same command again to add them")
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
+    return 0

@@ -1,0 +1,354 @@
+"""The study's statistics and report: tuned settings, the oracle, time to a quality, bootstrap intervals.
+
+Time to reach a quality q* (`reach_steps`), for one method from its mean results at the budgets
+S_1 < ... < S_n (each run at the method's tuned multiplier), with the initial state as budget 0:
+    1. the first budget S_k whose mean result is at or past q* (higher or lower, by metric; zero
+       steps if the initial state already is);
+    2. the steps: linear interpolation between (S_{k-1}, q_{k-1}) and (S_k, q_k), with S_0 = 0,
+       q_0 = the initial state's mean (a budget between two measured ones is assumed to give a
+       result between theirs);
+    3. never reached within S_n: infinite (censored; an interval that contains it is open).
+Seconds = steps x the method's mean seconds per step in these runs (the same machine, the same
+worker load). Two questions use it:
+  - gap: q* = q_init + gap * (q_best - q_init), q_best the best mean of any method at any budget;
+  - SDS's quality: q* = SDS's mean at the largest budget; the ratio is SSD's seconds to reach it
+    over SDS's seconds at that budget (the issue's target: <= 0.75 with the interval below 1).
+Intervals: percentile bootstrap over the (prompt, seed) units of the evaluation; each resample
+recomputes every mean, q_best, q* and the crossing (paired: a unit brings all its runs along).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import random
+from pathlib import Path
+from typing import Optional
+
+from ..export.atomic import atomic_write_bytes
+from .study import METRIC_KEYS, Result, StudyConfig, Task
+
+HIGHER = {"iou_3d": True, "chamfer_mm": False, "top_iou": True, "low_iou": True, "mask_iou": True,
+          "colour_error": False, "r_precision": True}
+STUDY_METRICS = ("iou_3d", "chamfer_mm", "top_iou")  # the ones that do not saturate (the issue's choice)
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _better(a: float, b: float, higher: bool) -> bool:
+    return a >= b if higher else a <= b
+
+
+# ---------------------------------------------------------------------------- tuning
+def tune(results: dict[str, Result], cfg: StudyConfig, metric: str = "iou_3d") -> dict[tuple[str, int], float]:
+    """(method, budget) -> the multiplier with the best mean `metric` over the tuning prompts x seeds
+    (only multipliers whose runs are all stored count; ties go to the multiplier nearest 1)."""
+    out = {}
+    for m in cfg.methods:
+        for S in cfg.budgets:
+            best = None
+            for lr in sorted(cfg.lr_mults, key=lambda v: abs(math.log(v))):
+                rs = [results.get(Task(m, p, s, S, lr, cfg.views, cfg.resolution).key())
+                      for p in cfg.tune_prompts for s in cfg.tune_seeds]
+                if any(r is None for r in rs):
+                    continue
+                v = _mean(r.metrics[metric] for r in rs)
+                if best is None or (not math.isnan(v) and (math.isnan(best[1]) or (v > best[1] if HIGHER[metric] else v < best[1]))):
+                    best = (lr, v)
+            if best is not None:
+                out[m, S] = best[0]
+    return out
+
+
+# ---------------------------------------------------------------------------- crossing
+def reach_steps(budgets: list[int], means: list[float], q_init: float, target: float, higher: bool) -> float:
+    """Steps at which the mean result first reaches `target` (module docstring); inf if never."""
+    xs, qs = [0, *budgets], [q_init, *means]
+    if _better(q_init, target, higher):
+        return 0.0
+    for k in range(1, len(xs)):
+        if math.isnan(qs[k]):
+            return math.nan
+        if _better(qs[k], target, higher):
+            lo, hi = qs[k - 1], qs[k]  # lo is short of the target (else the loop had stopped at k - 1)
+            return xs[k - 1] + (target - lo) / (hi - lo) * (xs[k] - xs[k - 1])
+    return math.inf
+
+
+@dataclasses.dataclass
+class Table:
+    """The evaluation's results per unit: means[method][budget][unit] and init[unit] for one metric."""
+
+    units: list[tuple[str, int]]
+    init: dict[tuple[str, int], float]
+    runs: dict[str, dict[int, dict[tuple[str, int], float]]]
+    seconds_per_step: dict[str, float]
+
+
+def eval_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict, metric: str) -> Table:
+    units = [(p, s) for p in cfg.eval_prompts for s in cfg.eval_seeds]
+    init = {}
+    for p, s in units:
+        r = results.get(Task("init", p, s, 0, 1.0, cfg.views, cfg.resolution).key())
+        if r is not None:
+            init[p, s] = r.metrics[metric]
+    runs: dict = {}
+    sps: dict = {}
+    for m in cfg.methods:
+        runs[m] = {}
+        per_step = []
+        for S in cfg.budgets:
+            if (m, S) not in tuned:
+                continue
+            runs[m][S] = {}
+            for p, s in units:
+                r = results.get(Task(m, p, s, S, tuned[m, S], cfg.views, cfg.resolution).key())
+                if r is not None:
+                    runs[m][S][p, s] = r.metrics[metric]
+                    per_step.append(r.seconds / max(1, S))
+        sps[m] = _mean(per_step)
+    complete = [u for u in units if u in init and all(u in runs[m].get(S, {}) for m in cfg.methods for S in cfg.budgets)]
+    return Table(complete, init, runs, sps)
+
+
+def estimates(tab: Table, cfg: StudyConfig, units: list, higher: bool) -> dict:
+    """Point estimates for one set of units (a bootstrap resample or all of them)."""
+    q0 = _mean(tab.init[u] for u in units)
+    means = {m: [_mean(tab.runs[m][S][u] for u in units) for S in cfg.budgets] for m in cfg.methods}
+    allv = [v for vs in means.values() for v in vs if not math.isnan(v)]
+    q_best = (max if higher else min)(allv) if allv else math.nan
+    target = q0 + cfg.gap * (q_best - q0)
+    out = {"q_init": q0, "q_best": q_best, "target": target, "means": means, "reach": {}}
+    ref = cfg.methods[0]
+    sds_final = means[ref][-1]
+    sds_seconds = cfg.budgets[-1] * tab.seconds_per_step[ref]
+    for m in cfg.methods:
+        steps = reach_steps(list(cfg.budgets), means[m], q0, target, higher)
+        steps_ref = reach_steps(list(cfg.budgets), means[m], q0, sds_final, higher)
+        out["reach"][m] = {"gap_steps": steps, "gap_seconds": steps * tab.seconds_per_step[m],
+                           "sds_quality_steps": steps_ref, "sds_quality_seconds": steps_ref * tab.seconds_per_step[m],
+                           "sds_quality_time_ratio": steps_ref * tab.seconds_per_step[m] / sds_seconds if sds_seconds else math.nan}
+    for m in cfg.methods[1:]:
+        a, b = out["reach"][m]["gap_seconds"], out["reach"][ref]["gap_seconds"]
+        out["reach"][m]["gap_time_ratio"] = a / b if b and not math.isinf(b) else math.nan
+    return out
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The q-quantile (0..1) of xs, nearest rank; inf and nan sort last."""
+    xs = sorted(xs, key=lambda v: (math.isnan(v), v))
+    if not xs:
+        return math.nan
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
+def bootstrap(tab: Table, cfg: StudyConfig, higher: bool, seed: int = 0) -> dict:
+    """95 % percentile intervals of every scalar in `estimates`, resampling units with replacement."""
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(cfg.bootstrap):
+        units = [rng.choice(tab.units) for _ in tab.units]
+        for k, v in _flatten(estimates(tab, cfg, units, higher)).items():
+            samples.setdefault(k, []).append(v)
+    return {k: (percentile(v, 0.025), percentile(v, 0.975)) for k, v in samples.items()}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "."))
+        elif isinstance(v, list):
+            out.update({f"{name}.{i}": x for i, x in enumerate(v)})
+        else:
+            out[name] = v
+    return out
+
+
+# ---------------------------------------------------------------------------- oracle
+def oracle(results: dict[str, Result], cfg: StudyConfig) -> dict:
+    """SDS at cfg.views vs cfg.oracle_views views per step (default lr), per budget, on the tuning units;
+    `per_second` pairs the oracle at S with the default at the budget of about the same time."""
+    if cfg.oracle_views <= 0:
+        return {}
+    units = [(p, s) for p in cfg.tune_prompts for s in cfg.tune_seeds]
+    rows = []
+    for S in cfg.budgets:
+        for v in (cfg.views, cfg.oracle_views):
+            rs = [results.get(Task("sds", p, s, S, 1.0, v, cfg.resolution).key()) for p, s in units]
+            if any(r is None for r in rs):
+                continue
+            rows.append({"steps": S, "views": v, "runs": len(rs), "seconds": _mean(r.seconds for r in rs),
+                         **{k: _mean(r.metrics[k] for r in rs) for k in METRIC_KEYS}})
+    per_second = []  # the oracle at S against the default at 2S (about the same wall-clock time)
+    by = {(r["steps"], r["views"]): r for r in rows}
+    for S in cfg.budgets:
+        a, b = by.get((S, cfg.oracle_views)), by.get((S * cfg.oracle_views // cfg.views, cfg.views))
+        if a and b:
+            per_second.append({"oracle_steps": S, "default_steps": b["steps"], "oracle_seconds": a["seconds"],
+                               "default_seconds": b["seconds"],
+                               **{k: {"oracle": a[k], "default": b[k]} for k in STUDY_METRICS}})
+    prof = [r.profile for r in results.values() if r.profile and r.task["method"] == "sds"
+            and r.task["views"] == cfg.views]
+    profile = None
+    if prof:
+        p = prof[0]
+        tot = sum(p.values())
+        profile = {k: {"seconds": v, "share": v / tot} for k, v in p.items()}
+    return {"rows": rows, "per_second": per_second, "profile": profile}
+
+
+# ---------------------------------------------------------------------------- report
+def _num(v):
+    return None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v
+
+
+def _clean(o):
+    if isinstance(o, dict):
+        return {(k if isinstance(k, str) else str(k)): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, float):
+        return "inf" if math.isinf(o) else (None if math.isnan(o) else o)
+    return o
+
+
+def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> dict:
+    from ..generate import versions
+    from .run import machine
+
+    rep: dict = {"meta": {"command": "steinsplat study", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                          "machine": machine(), "versions": versions(),
+                          "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+                          "stored_runs": len(results),
+                          "codes": sorted({r.code for r in results.values()})},
+                 "tuned": {f"{m}@{S}": lr for (m, S), lr in sorted(tuned.items())},
+                 "tuning": _tuning_table(results, cfg), "oracle": oracle(results, cfg), "metrics": {}}
+    targets = []
+    for metric in STUDY_METRICS:
+        tab = eval_table(results, cfg, tuned, metric)
+        if len(tab.units) < 2:
+            rep["metrics"][metric] = {"units": len(tab.units)}
+            continue
+        est = estimates(tab, cfg, tab.units, HIGHER[metric])
+        ci = bootstrap(tab, cfg, HIGHER[metric])
+        rep["metrics"][metric] = {"units": len(tab.units), "seconds_per_step": tab.seconds_per_step, "estimate": est,
+                                  "interval": ci}
+        if metric == "iou_3d":
+            for m in cfg.methods[1:]:
+                k = f"reach.{m}.sds_quality_time_ratio"
+                v, (lo, hi) = est["reach"][m]["sds_quality_time_ratio"], ci.get(k, (math.nan, math.nan))
+                targets.append({"what": f"{m}: reaches SDS's 3D IoU at {cfg.budgets[-1]} steps in <= 0.75x SDS's wall-clock "
+                                        f"time, 95 % interval below 1.0 (held-out prompts, {len(tab.units)} prompt x seed units)",
+                                "measured": (f"{_r(v)}x" if not math.isinf(v) else "never reached") +
+                                            f" (95 % interval {_r(lo)} to {_r(hi)}; SDS {_r(est['means'][cfg.methods[0]][-1])}, "
+                                            f"{m} {_r(est['means'][m][-1])} at {cfg.budgets[-1]} steps)",
+                                "met": bool(v <= 0.75 and hi < 1.0)})
+    missing = _missing(results, cfg, tuned)
+    rep["missing"] = missing
+    rep["targets"] = targets
+    return _clean(rep)
+
+
+def _r(v) -> str:
+    return "never" if isinstance(v, float) and math.isinf(v) else ("-" if v is None or math.isnan(v) else f"{v:.2f}")
+
+
+def _tuning_table(results, cfg) -> list[dict]:
+    rows = []
+    for m in cfg.methods:
+        for S in cfg.budgets:
+            for lr in cfg.lr_mults:
+                rs = [results.get(Task(m, p, s, S, lr, cfg.views, cfg.resolution).key())
+                      for p in cfg.tune_prompts for s in cfg.tune_seeds]
+                rs = [r for r in rs if r is not None]
+                if rs:
+                    rows.append({"method": m, "steps": S, "lr_mult": lr, "runs": len(rs),
+                                 **{k: _mean(r.metrics[k] for r in rs) for k in STUDY_METRICS},
+                                 "seconds": _mean(r.seconds for r in rs)})
+    return rows
+
+
+def _missing(results, cfg, tuned) -> dict:
+    from .study import eval_tasks, init_tasks, oracle_tasks, tune_tasks
+
+    phases = {"init": init_tasks(cfg), "oracle": oracle_tasks(cfg), "tune": tune_tasks(cfg), "eval": eval_tasks(cfg, tuned)}
+    out = {k: sum(1 for t in ts if t.key() not in results) for k, ts in phases.items()}
+    out["eval_untuned_cells"] = [f"{m}@{S}" for m in cfg.methods for S in cfg.budgets if (m, S) not in tuned]
+    return out
+
+
+def markdown(rep: dict) -> str:
+    meta, cfg = rep["meta"], rep["meta"]["config"]
+    L = ["# SSD convergence study", "",
+         f"- command: `{meta['command']}`; date {meta['date']}; machine: {meta['machine']}",
+         f"- methods {', '.join(cfg['methods'])}; budgets {cfg['budgets']}; lr multipliers {cfg['lr_mults']}; "
+         f"{cfg['views']} views at {cfg['resolution']} px",
+         f"- tuning: {len(cfg['tune_prompts'])} prompts x seeds {cfg['tune_seeds']}; evaluation (held out): "
+         f"{len(cfg['eval_prompts'])} prompts x seeds {cfg['eval_seeds']}",
+         f"- stored runs {meta['stored_runs']} (code {', '.join(meta['codes'])}); missing: "
+         + ", ".join(f"{k} {v}" for k, v in rep["missing"].items() if k != "eval_untuned_cells"), ""]
+    L += ["## Targets", ""] + [f"- **{'met' if t['met'] else 'NOT met'}** — {t['what']}: {t['measured']}"
+                               for t in rep["targets"]] + [""]
+    L += ["## Tuned learning-rate multipliers (best mean 3D IoU on the tuning prompts)", "",
+          "| method | steps | lr x | 3D IoU | chamfer mm | top IoU | s/run |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rep["tuning"]:
+        star = " **(tuned)**" if rep["tuned"].get(f"{r['method']}@{r['steps']}") == r["lr_mult"] else ""
+        L.append(f"| {r['method']} | {r['steps']} | {r['lr_mult']:g}{star} | {_fmt(r['iou_3d'])} | {_fmt(r['chamfer_mm'], 1)} | "
+                 f"{_fmt(r['top_iou'])} | {_fmt(r['seconds'], 0)} |")
+    o = rep["oracle"]
+    if o and o.get("rows"):
+        L += ["", f"## Oracle: SDS with more views per step (default lr, tuning prompts)", "",
+              "| steps | views | 3D IoU | chamfer mm | top IoU | s/run |", "|---:|---:|---:|---:|---:|---:|"]
+        L += [f"| {r['steps']} | {r['views']} | {_fmt(r['iou_3d'])} | {_fmt(r['chamfer_mm'], 1)} | {_fmt(r['top_iou'])} | "
+              f"{_fmt(r['seconds'], 0)} |" for r in o["rows"]]
+        for r in o.get("per_second", []):
+            L.append(f"\nSame time: {cfg['oracle_views']} views x {r['oracle_steps']} steps ({_fmt(r['oracle_seconds'], 0)} s) vs "
+                     f"{cfg['views']} views x {r['default_steps']} steps ({_fmt(r['default_seconds'], 0)} s): 3D IoU "
+                     f"{_fmt(r['iou_3d']['oracle'])} vs {_fmt(r['iou_3d']['default'])}, chamfer {_fmt(r['chamfer_mm']['oracle'], 1)} vs "
+                     f"{_fmt(r['chamfer_mm']['default'], 1)} mm")
+        if o.get("profile"):
+            L += ["", "Where a step's time goes (one SDS run): " + ", ".join(
+                f"{k} {v['share'] * 100:.0f} %" for k, v in o["profile"].items())]
+    for metric, d in rep["metrics"].items():
+        if "estimate" not in d:
+            L += ["", f"## {metric}: not enough complete evaluation units ({d['units']})"]
+            continue
+        est, ci = d["estimate"], d["interval"]
+        L += ["", f"## {metric} on the held-out prompts ({d['units']} units; 95 % bootstrap intervals)", "",
+              f"initial {_fmt(est['q_init'])}, best {_fmt(est['q_best'])}, 90 %-of-gap target {_fmt(est['target'])}", "",
+              "| method | " + " | ".join(f"{S} steps" for S in cfg["budgets"]) + " | steps to target | s to target | "
+              f"s to SDS@{cfg['budgets'][-1]} vs SDS |", "|---|" + "---:|" * (len(cfg["budgets"]) + 3)]
+        for m in cfg["methods"]:
+            cells = [f"{_fmt(v)} [{_fmt(ci[f'means.{m}.{i}'][0])}, {_fmt(ci[f'means.{m}.{i}'][1])}]"
+                     for i, v in enumerate(est["means"][m])]
+            rr = est["reach"][m]
+            L.append(f"| {m} | " + " | ".join(cells) + f" | {_ci(rr['gap_steps'], ci[f'reach.{m}.gap_steps'], 0)} | "
+                     f"{_ci(rr['gap_seconds'], ci[f'reach.{m}.gap_seconds'], 0)} | "
+                     f"{_ci(rr['sds_quality_time_ratio'], ci[f'reach.{m}.sds_quality_time_ratio'], 2)} |")
+        L.append(f"\nseconds per step: " + ", ".join(f"{m} {v:.3f}" for m, v in d["seconds_per_step"].items()))
+    return "\n".join(L) + "\n"
+
+
+def _fmt(v, d: int = 3) -> str:
+    if v == "inf":
+        return "never"
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def _ci(v, ci, d) -> str:
+    return f"{_fmt(v, d)} [{_fmt(ci[0], d)}, {_fmt(ci[1], d)}]"
+
+
+def write_report(rep: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / "report.json", folder / "report.md"]
+    atomic_write_bytes(files[0], (json.dumps(rep, indent=1) + "\n").encode())
+    atomic_write_bytes(files[1], markdown(rep).encode())
+    return files

@@ -1,0 +1,222 @@
+"""steinsplat study: the crossing rule, the tuning, the bootstrap, reuse of stored runs, one real run."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from steinsplat import config
+from steinsplat.bench import study, study_stats
+from steinsplat.bench.study import Result, StudyConfig, Task
+
+
+def test_reach_steps_interpolates_between_budgets_and_from_the_initial_state():
+    B = [100, 200, 400]
+    assert study_stats.reach_steps(B, [0.5, 0.7, 0.9], 0.3, 0.8, True) == pytest.approx(300.0)
+    assert study_stats.reach_steps(B, [0.5, 0.7, 0.9], 0.3, 0.4, True) == pytest.approx(50.0)  # from (0, q_init)
+    assert study_stats.reach_steps(B, [0.5, 0.7, 0.9], 0.3, 0.95, True) == math.inf  # censored
+    # lower is better (chamfer): 40 -> 20 -> 10 -> 5 mm; 15 mm is reached half-way from 200 to 400
+    assert study_stats.reach_steps(B, [20.0, 10.0, 5.0], 40.0, 7.5, False) == pytest.approx(300.0)
+    # already at the target in the initial state: zero steps
+    assert study_stats.reach_steps(B, [0.5, 0.7, 0.9], 0.6, 0.55, True) == 0.0
+    # a dip does not count as reached: the first budget at or past the target decides
+    assert study_stats.reach_steps(B, [0.9, 0.5, 0.95], 0.3, 0.8, True) == pytest.approx(0 + 0.5 / 0.6 * 100)
+
+
+def test_percentile_nearest_rank_with_infinities_last():
+    xs = [3.0, 1.0, math.inf, 2.0]
+    assert study_stats.percentile(xs, 0.25) == 1.0
+    assert study_stats.percentile(xs, 0.5) == 2.0
+    assert study_stats.percentile(xs, 1.0) == math.inf
+    assert math.isnan(study_stats.percentile([], 0.5))
+
+
+def _cfg(**kw) -> StudyConfig:
+    base = dict(methods=("sds", "ssd"), budgets=(100, 200, 400), lr_mults=(0.5, 1.0, 2.0),
+                tune_prompts=("a red cube", "a gray pyramid"), tune_seeds=(0,),
+                eval_prompts=("a blue sphere", "a green cube", "an orange cone", "a cyan torus"), eval_seeds=(0, 1),
+                views=4, oracle_views=8, resolution=64, bootstrap=300)
+    base.update(kw)
+    return StudyConfig(**base)
+
+
+def _result(task: Task, iou: float, seconds_per_step: float = 0.1) -> Result:
+    metrics = {k: None for k in study.METRIC_KEYS}
+    metrics.update(iou_3d=iou, chamfer_mm=50.0 * (1 - iou), top_iou=iou)
+    return Result(vars(task).copy(), metrics, seconds_per_step * task.steps, seconds_per_step, 100, 0, None, "test", "now")
+
+
+def _curve(S: float) -> float:
+    """A saturating quality curve of the steps: 0.3 at 0, approaching 0.9."""
+    return 0.9 - 0.6 * math.exp(-S / 150.0)
+
+
+def _synthetic(cfg: StudyConfig, speedup: dict[str, float], lr_best: float = 1.0, noise: float = 0.0) -> dict:
+    """Stored results in which method m at S steps reaches the quality SDS reaches at speedup[m] * S
+    (at its best multiplier; the others are worse), with per-unit noise shared by a unit's runs."""
+    rng = random.Random(0)
+    out = {}
+    units = [(p, s) for p in cfg.tune_prompts + cfg.eval_prompts for s in (*cfg.tune_seeds, *cfg.eval_seeds)]
+    for p, s in units:
+        off = rng.gauss(0.0, noise)
+        out[Task("init", p, s, 0, 1.0, cfg.views, cfg.resolution).key()] = _result(
+            Task("init", p, s, 0, 1.0, cfg.views, cfg.resolution), _curve(0) + off)
+        for m, k in speedup.items():
+            for S in cfg.budgets:
+                for lr in cfg.lr_mults:
+                    t = Task(m, p, s, S, lr, cfg.views, cfg.resolution)
+                    penalty = 0.0 if lr == lr_best else 0.05
+                    out[t.key()] = _result(t, _curve(k * S) + off - penalty)
+    return out
+
+
+def test_tune_picks_the_best_multiplier_and_skips_incomplete_ones():
+    cfg = _cfg()
+    res = _synthetic(cfg, {"sds": 1.0, "ssd": 1.0}, lr_best=2.0)
+    tuned = study_stats.tune(res, cfg)
+    assert tuned == {(m, S): 2.0 for m in ("sds", "ssd") for S in cfg.budgets}
+    del res[Task("ssd", "a red cube", 0, 200, 2.0, 4, 64).key()]  # one tuning run missing: 2.0 cannot win there
+    assert study_stats.tune(res, cfg)["ssd", 200] != 2.0
+    # a tie goes to the multiplier nearest 1
+    flat = _synthetic(cfg, {"sds": 1.0}, lr_best=-1.0)  # every multiplier gets the same penalty
+    assert study_stats.tune(flat, _cfg(methods=("sds",)))["sds", 100] == 1.0
+
+
+def test_a_method_twice_as_fast_needs_half_the_time_and_the_interval_says_so():
+    cfg = _cfg()
+    res = _synthetic(cfg, {"sds": 1.0, "ssd": 2.0}, noise=0.02)
+    tuned = study_stats.tune(res, cfg)
+    rep = study_stats.report(res, cfg, tuned)
+    d = rep["metrics"]["iou_3d"]
+    assert d["units"] == 8
+    r = d["estimate"]["reach"]["ssd"]
+    # SSD at S = SDS at 2S: SDS's quality at 400 steps is SSD's at 200 (interpolated linearly in between: close)
+    assert r["sds_quality_steps"] == pytest.approx(200.0, rel=0.05)
+    assert r["sds_quality_time_ratio"] == pytest.approx(0.5, rel=0.05)
+    lo, hi = d["interval"]["reach.ssd.sds_quality_time_ratio"]
+    assert lo <= r["sds_quality_time_ratio"] <= hi < 1.0
+    (target,) = rep["targets"]
+    assert target["met"] and "0.5" in target["measured"]
+    # SDS reaching its own final quality: ratio 1 by construction
+    assert d["estimate"]["reach"]["sds"]["sds_quality_time_ratio"] == pytest.approx(1.0)
+
+
+def test_an_equal_method_does_not_meet_the_target():
+    cfg = _cfg()
+    res = _synthetic(cfg, {"sds": 1.0, "ssd": 1.0}, noise=0.02)
+    rep = study_stats.report(res, cfg, study_stats.tune(res, cfg))
+    (target,) = rep["targets"]
+    assert not target["met"]
+    assert rep["metrics"]["iou_3d"]["estimate"]["reach"]["ssd"]["sds_quality_time_ratio"] == pytest.approx(1.0)
+
+
+def test_incomplete_units_are_left_out_and_reported_missing():
+    cfg = _cfg()
+    res = _synthetic(cfg, {"sds": 1.0, "ssd": 1.0})
+    tuned = study_stats.tune(res, cfg)
+    del res[Task("ssd", "a blue sphere", 1, 400, tuned["ssd", 400], 4, 64).key()]
+    rep = study_stats.report(res, cfg, tuned)
+    assert rep["metrics"]["iou_3d"]["units"] == 7
+    assert rep["missing"]["eval"] == 1
+
+
+def test_oracle_rows_pair_the_same_wall_clock_time():
+    cfg = _cfg(methods=("sds",))
+    res = {}
+    for p in cfg.tune_prompts:
+        for S in cfg.budgets:
+            for v in (4, 8):
+                t = Task("sds", p, 0, S, 1.0, v, 64)
+                res[t.key()] = _result(t, _curve(S * v / 4), seconds_per_step=0.025 * v)
+    o = study_stats.oracle(res, cfg)
+    assert len(o["rows"]) == 6
+    # 8 views x 100 steps against 4 views x 200 steps: same time, same quality in this world
+    first = o["per_second"][0]
+    assert (first["oracle_steps"], first["default_steps"]) == (100, 200)
+    assert first["oracle_seconds"] == pytest.approx(first["default_seconds"])
+    assert first["iou_3d"]["oracle"] == pytest.approx(first["iou_3d"]["default"])
+
+
+def test_results_round_trip_and_unreadable_files_are_skipped(tmp_path):
+    t = Task("ssd", "a red cube", 2, 100, 0.5, 4, 64)
+    study.save_result(tmp_path, _result(t, 0.8))
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "renamed.json").write_text((tmp_path / f"{t.key()}.json").read_text())  # key does not match its name
+    got = study.load_results(tmp_path)
+    assert list(got) == [t.key()]
+    assert got[t.key()].metrics["iou_3d"] == 0.8 and Task(**got[t.key()].task) == t
+
+
+def test_the_study_runs_what_is_missing_once_and_stops_at_the_deadline(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_work(task):
+        calls.append(task)
+        return _result(task, _curve(task.steps) * (1.0 + 0.1 * (task.lr_mult == 2.0)))
+
+    monkeypatch.setattr(study, "_init_worker", lambda: None)
+    monkeypatch.setattr(study, "_work", fake_work)
+    cfg = _cfg(out=tmp_path, jobs=1, bootstrap=50)
+    rep = study.run_study(cfg, log=lambda s: None)
+    n_first = len(calls)
+    # init (2 + 8 units) + oracle 8-view (2 x 3) + tuning (2 methods x 3 budgets x 3 lr x 2) + eval (2 x 3 x 8)
+    assert n_first == 10 + 6 + 36 + 48
+    assert rep["tuned"] == {f"{m}@{S}": 2.0 for m in ("sds", "ssd") for S in (100, 200, 400)}
+    assert len(list((tmp_path / "runs").glob("*.json"))) == n_first
+    assert all(v == 0 for k, v in rep["missing"].items() if k != "eval_untuned_cells")
+    # a second invocation reuses everything; a deleted file is run again
+    (tmp_path / "runs" / f"{Task('sds', 'a cyan torus', 1, 200, 2.0, 4, 64).key()}.json").unlink()
+    study.run_study(cfg, log=lambda s: None)
+    assert len(calls) == n_first + 1 and calls[-1].prompt == "a cyan torus"
+    # a deadline already past: nothing new starts, and the report counts what is missing
+    more = _cfg(out=tmp_path, jobs=1, bootstrap=50, eval_seeds=(0, 1, 2), max_minutes=1e-9)
+    rep = study.run_study(more, log=lambda s: None)
+    assert len(calls) == n_first + 1
+    assert rep["meta"]["unrun"] > 0 and rep["missing"]["eval"] == 2 * 3 * 4 and rep["missing"]["init"] == 4
+    files = study_stats.write_report(rep, tmp_path)
+    assert json.loads(files[0].read_text())["missing"]["eval"] == 24
+    assert "## Targets" in files[1].read_text()
+
+
+def test_one_real_run_is_timed_profiled_and_leaves_the_prior_as_it_was():
+    from steinsplat import train
+    from steinsplat.estimators import ShapeWorldEstimatorAdapter
+    from steinsplat.priors import ShapeWorldPriorAdapter
+
+    prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
+    render_before = train.render
+    r = study.run_task(Task("sds", "a red cube", 0, 3, 2.0, 2, 32, profile=True), prior, est)
+    assert "predict_noise" not in vars(prior) and train.render is render_before
+    assert set(r.profile) == {"prior", "render", "rest"} and all(v >= 0 for v in r.profile.values())
+    assert sum(r.profile.values()) == pytest.approx(r.seconds, rel=1e-6) and r.profile["prior"] > 0
+    assert 0 <= r.metrics["iou_3d"] <= 1 and r.metrics["chamfer_mm"] > 0 and r.gaussians > 0
+    init = study.run_task(Task("init", "a red cube", 0, 0, 1.0, 2, 32), prior, est)
+    assert init.seconds == 0.0 and init.metrics["iou_3d"] != r.metrics["iou_3d"]
+
+
+def test_scaled_optim_scales_every_learning_rate():
+    from steinsplat.train import OptimConfig
+
+    a, b = OptimConfig(), study.scaled_optim(OptimConfig(), 2.0)
+    for n in ("lr_means", "lr_means_final", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
+        assert getattr(b, n) == pytest.approx(2 * getattr(a, n))
+    assert b.densify == a.densify and b.steps == a.steps
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--methods", "ssd", "sds"], "start with sds"),
+    (["--methods", "sds", "magic"], "magic"),
+    (["--budgets", "200", "100"], "--budgets"),
+    (["--lr-mults", "0"], "--lr-mults"),
+    (["--eval-prompts", "a red cube"], "held out"),
+    (["--tune-prompts", "a room with blue walls and a gray floor"], "rooms"),
+    (["--eval-prompts", "a corgi"], "corgi"),
+    (["--gap", "1.5"], "--gap"),
+])
+def test_bad_study_options_give_one_clear_error(args, word, tmp_path):
+    cfg = config.parse(StudyConfig, [*args, "--out", str(tmp_path)], prog="steinsplat study")
+    with pytest.raises(config.ConfigError, match=word):
+        study.run_study(cfg, log=lambda s: None)
