@@ -430,7 +430,7 @@ def test_modulated_noise_control_variates_keep_the_mean():
 @pytest.mark.parametrize("mix", [False, True])
 def test_noise_features_agree_with_the_materialised_control_variates(mix):
     from steinsplat.guidance.noise_cv import NoiseFeatures, modulated_noises, noise_maps, noise_shifts
-    from steinsplat.guidance.ssd import _moments
+    from steinsplat.guidance.mu_fit import moments as _moments
 
     g = torch.Generator().manual_seed(0)
     B, C, h, w = 3, 3, 6, 5
@@ -491,10 +491,10 @@ def test_noise_filter_fit_samples_only_the_residual():
         ("none", eps + 0.3 * shift_noise(eps, 1, 0, 1), {(0, 0, 0): 1.0, (1, 0, 1): 0.3}),  # reads channel c+1, one pixel right
     ):
         ssd = SSD(prior, [], SSDConfig(noise_kernel=3, noise_mix_channels=True, noise_maps=maps, ridge=1e-6))
-        ssd._init_state(xs)
+        ssd.init_state(xs)
         feats = NoiseFeatures(eps, noise_maps(maps, xs, None), ssd.shifts, 3)
-        ssd._update(eps_hat, None, w, t, noise=feats, residual=None)
-        mu = ssd._mu_table[int(ssd._bins(t)[0])][..., 0, 0]  # [K, C]
+        ssd.fit.update(eps_hat, None, w, t, noise=feats, residual=None)
+        mu = ssd.fit.state.mu_table[int(ssd.fit.bins(t)[0])][..., 0, 0]  # [K, C]
         target = torch.zeros_like(mu)
         for shift, v in expect.items():
             target[ssd.shifts.index(shift)] = v
@@ -507,27 +507,27 @@ def test_bins_with_few_updates_borrow_their_neighbours_moments():
     (each scaled by 1 / trace, weighted by its updates); a bin with enough updates from its own alone."""
     prior, x = _toy()
     ssd = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))], SSDConfig(pool_updates=10, timestep_bins=5))
-    ssd._init_state(x)
+    ssd.init_state(x)
     K = ssd.K
     g = torch.Generator().manual_seed(0)
     for k in range(5):  # distinct SPD moments per bin, at different scales
         R = torch.randn(K, K, generator=g)
-        ssd._A[k] = (R @ R.T + K * torch.eye(K)).mul(10.0**k).view(K, K, 1, 1, 1).expand_as(ssd._A[k])
-        ssd._b[k] = torch.randn(K, generator=g).mul(10.0**k).view(K, 1, 1, 1).expand_as(ssd._b[k])
-    ssd._n[:] = torch.tensor([12, 4, 4, 0, 3])
-    A, b = ssd._pooled_moments(torch.tensor([0, 1, 3, 4]))
-    assert torch.equal(A[0], ssd._A[0]) and torch.equal(b[0], ssd._b[0])  # 12 >= 10: its own
-    tr = [float(ssd._A[j, :, :, 0].diagonal().sum()) for j in range(5)]
+        ssd.fit.state.A[k] = (R @ R.T + K * torch.eye(K)).mul(10.0**k).view(K, K, 1, 1, 1).expand_as(ssd.fit.state.A[k])
+        ssd.fit.state.b[k] = torch.randn(K, generator=g).mul(10.0**k).view(K, 1, 1, 1).expand_as(ssd.fit.state.b[k])
+    ssd.fit.state.n[:] = torch.tensor([12, 4, 4, 0, 3])
+    A, b = ssd.fit.pooled_moments(torch.tensor([0, 1, 3, 4]))
+    assert torch.equal(A[0], ssd.fit.state.A[0]) and torch.equal(b[0], ssd.fit.state.b[0])  # 12 >= 10: its own
+    tr = [float(ssd.fit.state.A[j, :, :, 0].diagonal().sum()) for j in range(5)]
     # bin 1: itself (4), then bin 0 (12): 16 >= 10
-    exp = 4 / tr[1] * ssd._A[1] + 12 / tr[0] * ssd._A[0]
+    exp = 4 / tr[1] * ssd.fit.state.A[1] + 12 / tr[0] * ssd.fit.state.A[0]
     assert torch.allclose(A[1], exp, rtol=1e-5)
     # bin 3 has no updates: bins 2 (4) and 4 (3), then 1 (4): 11 >= 10
-    exp_b = 4 / tr[2] * ssd._b[2] + 3 / tr[4] * ssd._b[4] + 4 / tr[1] * ssd._b[1]
+    exp_b = 4 / tr[2] * ssd.fit.state.b[2] + 3 / tr[4] * ssd.fit.state.b[4] + 4 / tr[1] * ssd.fit.state.b[1]
     assert torch.allclose(b[2], exp_b, rtol=1e-5)
     # the solve uses them: bin 1's mu is the pooled least-squares solution (up to the ridge)
-    ssd._solve(torch.tensor([1]))
+    ssd.fit.solve(torch.tensor([1]))
     Ap, bp = A[1][:, :, 0, 0, 0], b[1][:, 0, 0, 0]
-    assert torch.allclose(ssd._mu_table[1][:, 0, 0, 0], torch.linalg.solve(Ap, bp), rtol=1e-2, atol=1e-3)
+    assert torch.allclose(ssd.fit.state.mu_table[1][:, 0, 0, 0], torch.linalg.solve(Ap, bp), rtol=1e-2, atol=1e-3)
 
 
 def test_guard_falls_back_to_sds_where_the_fitted_mu_does_worse():
@@ -552,20 +552,20 @@ def test_guard_judges_the_pooled_gradient(pool, expect_fit):
     prior, _ = _toy()
     ssd = SSD(prior, [FunctionBaseline(_quadratic_phi(prior))], SSDConfig(guard_pool=pool, guard_min_updates=0))
     h = 16
-    ssd._init_state(torch.zeros(1, 3, h, h))
-    ssd._n[:] = 10  # every bin fitted
+    ssd.init_state(torch.zeros(1, 3, h, h))
+    ssd.fit.state.n[:] = 10  # every bin fitted
     check = (torch.arange(h)[:, None] + torch.arange(h)[None, :]).remainder(2).float() * 2 - 1  # [h, w] +-1
     smooth = torch.full((2, 3, h, h), 2.0)  # [B, C, h, w]
     grad_sds = smooth + check
     grad_fit = 0.5 * smooth + 3 * check
     t = torch.tensor([500, 510])
-    first = ssd._guarded(grad_fit, grad_sds, t, update_state=True)
+    first = ssd.guard.apply(grad_fit, grad_sds, ssd.fit.bins(t), ssd.fit.state.n, update_state=True)
     assert torch.equal(first, grad_fit)  # nothing measured yet: a fitted bin serves its fit
     for _ in range(2):  # the decision is lagged: it needs two measurements
-        out = ssd._guarded(grad_fit, grad_sds, t, update_state=True)
+        out = ssd.guard.apply(grad_fit, grad_sds, ssd.fit.bins(t), ssd.fit.state.n, update_state=True)
     assert torch.equal(out, grad_fit if expect_fit else grad_sds)
-    ssd._n[:] = 0  # a bin with no fit serves SDS's gradient
-    assert torch.equal(ssd._guarded(grad_fit, grad_sds, t, update_state=False), grad_sds)
+    ssd.fit.state.n[:] = 0  # a bin with no fit serves SDS's gradient
+    assert torch.equal(ssd.guard.apply(grad_fit, grad_sds, ssd.fit.bins(t), ssd.fit.state.n, update_state=False), grad_sds)
     with pytest.raises(ValueError, match="guard_pool"):
         SSD(prior, [], SSDConfig(guard_pool=0))
 
@@ -665,7 +665,7 @@ def _pixel_scene(resolution: int = 8):
 
 @pytest.mark.parametrize("cls", [DepthPixelBaseline, NormalPixelBaseline])
 def test_pixel_baselines_stein_term_matches_finite_differences_and_averages_to_the_papers_phi(cls):
-    from steinsplat.guidance.ssd import BaselineContext
+    from steinsplat.guidance.baselines import BaselineContext
 
     _, cams, r = _pixel_scene(8)
     prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
@@ -691,7 +691,7 @@ def test_pixel_baselines_stein_term_matches_finite_differences_and_averages_to_t
     # the per-pixel field averages to the paper's scalar phi (over the covered pixels)
     paper = {DepthPixelBaseline: DepthBaseline, NormalPixelBaseline: NormalBaseline}[cls](est).build(ctx)(x_t)
     if cls is DepthPixelBaseline:
-        from steinsplat.guidance.ssd import _alpha_mask
+        from steinsplat.guidance.baselines import alpha_mask as _alpha_mask
 
         m = _alpha_mask(r, (8, 8)).double()
     else:

@@ -138,12 +138,16 @@ def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
         raise GenerationError(str(exc)) from None
 
 
+# --ssd-noise -> the SSD preset of guidance/ssd_config.py: the learned noise filter, or the paper's constant term.
+SSD_NOISE_PRESETS = {"filter": "steinsplat", "constant": "paper"}
+
+
 def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.device):
-    from .guidance import BASELINES, GUIDANCE, SSDConfig
+    from .guidance import BASELINES, GUIDANCE, SSD_PRESETS, FieldBaseline
 
     if cfg.guidance != "ssd":
         return GUIDANCE[cfg.guidance](prior)
-    ssd_cfg = SSDConfig(noise_kernel=3, noise_mix_channels=True, noise_maps="poly2") if cfg.ssd_noise == "filter" else SSDConfig()
+    ssd_cfg = SSD_PRESETS[SSD_NOISE_PRESETS[cfg.ssd_noise]]()
     est_name = cfg.estimator
     if est_name == "auto":
         est_name = "shapeworld" if prior_name == "shapeworld" else "transformers"
@@ -162,7 +166,8 @@ def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.de
                 allow_download=cfg.allow_download)
     except ModelUnavailableError as exc:
         raise GenerationError(f"{exc}\n(or run without SSD's baseline: --estimator none, or --guidance sds)") from None
-    baseline = BASELINES[kind](est, seed=cfg.seed) if kind.endswith("-pixel") else BASELINES[kind](est)
+    cls = BASELINES[kind]
+    baseline = cls(est, seed=cfg.seed) if issubclass(cls, FieldBaseline) else cls(est)  # the fields' probes follow --seed
     return GUIDANCE["ssd"](prior, baselines=[baseline], config=ssd_cfg)
 
 

@@ -24,15 +24,14 @@ from __future__ import annotations
 from typing import Callable
 
 from ..guidance import (
-    SDS, SSD, VSD, DepthBaseline, DepthPixelBaseline, NormalBaseline, NormalPixelBaseline, SDSConfig, SSDConfig, VSDConfig,
+    SDS, SSD, SSD_PRESETS, VSD, DepthBaseline, DepthPixelBaseline, NormalBaseline, NormalPixelBaseline, SDSConfig,
+    SSDConfig, VSDConfig,
 )
-
-FILTER = dict(noise_kernel=3, noise_mix_channels=True, noise_maps="poly2")  # steinsplat's default noise terms
 
 
 def _ssd_default(prior, est, mode):
     baselines = [DepthBaseline(est)] if mode == "scene" else []
-    return SSD(prior, baselines, SSDConfig(**FILTER))
+    return SSD(prior, baselines, SSD_PRESETS["steinsplat"]())
 
 
 METHODS: dict[str, Callable] = {  # name -> builder(prior, estimator, mode) -> Guidance
@@ -43,7 +42,7 @@ METHODS: dict[str, Callable] = {  # name -> builder(prior, estimator, mode) -> G
     "ssd-normal": lambda prior, est, mode: SSD(prior, [NormalBaseline(est)]),
     "ssd-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)]),
     "ssd-normal-pixel": lambda prior, est, mode: SSD(prior, [NormalPixelBaseline(est)]),
-    "ssd-filter-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)], SSDConfig(**FILTER)),
+    "ssd-filter-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)], SSD_PRESETS["steinsplat"]()),
     "sds-antithetic": lambda prior, est, mode: SDS(prior, SDSConfig(antithetic=True)),
 }
 
@@ -54,7 +53,7 @@ ABLATIONS: dict[str, Callable] = {
     "mu-optimizer": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_mode="optimizer")),
     "no-constant": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(constant_term=False)),
     "half-res-estimator": lambda prior, est, mode: SSD(prior, [DepthBaseline(est, input_scale=0.5)]),
-    "filter+depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(**FILTER)),
+    "filter+depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSD_PRESETS["steinsplat"]()),
 }
 
 # What `steinsplat bench` compares unless --methods says otherwise: the estimators of the published

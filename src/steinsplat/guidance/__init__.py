@@ -10,8 +10,10 @@ from .base import (
     Guidance, GuidanceConfig, GuidanceDiagnostics, GuidanceOutput, ParameterVariance, parameter_gradient_variance,
     sample_timesteps, stratified_timesteps, surrogate_loss, weighting,
 )
+from .baselines import DepthBaseline, FunctionBaseline, NormalBaseline, stein_control_variate
 from .sds import SDS, SDSConfig
-from .ssd import SSD, DepthBaseline, FunctionBaseline, NormalBaseline, SSDConfig, stein_control_variate
+from .ssd import SSD
+from .ssd_config import SSD_PRESETS, SSDConfig
 from .stein_pixel import (
     DepthPixelBaseline, FieldBaseline, FunctionFieldBaseline, NormalPixelBaseline, stein_field_control_variate,
 )
@@ -24,8 +26,9 @@ GUIDANCE = {
 }
 
 # SSD's estimator baselines by name (CLI `--baseline`, bench methods): "depth" and "normal" are the
-# paper's scalar form (the `paper` preset: one phi per view), "depth-pixel" and "normal-pixel" the
-# per-pixel Stein fields of stein_pixel.py. Each takes the geometry estimator as first argument.
+# paper's scalar form (baselines.py, one phi per view; with the `paper` preset, the paper's SSD),
+# "depth-pixel" and "normal-pixel" the per-pixel Stein fields of stein_pixel.py. Each takes the
+# geometry estimator as first argument. A new baseline: one module plus one entry here (baselines.py).
 BASELINES = {
     "depth": DepthBaseline,
     "normal": NormalBaseline,
@@ -37,7 +40,7 @@ __all__ = [
     "GUIDANCE", "Guidance", "GuidanceConfig", "GuidanceDiagnostics", "GuidanceOutput", "ParameterVariance",
     "parameter_gradient_variance", "sample_timesteps", "stratified_timesteps", "surrogate_loss", "weighting",
     "SDS", "SDSConfig", "VSD", "VSDConfig", "LoRAParticleScore",
-    "SSD", "SSDConfig", "DepthBaseline", "NormalBaseline", "FunctionBaseline", "stein_control_variate",
+    "SSD", "SSDConfig", "SSD_PRESETS", "DepthBaseline", "NormalBaseline", "FunctionBaseline", "stein_control_variate",
     "BASELINES", "FieldBaseline", "FunctionFieldBaseline", "DepthPixelBaseline", "NormalPixelBaseline",
     "stein_field_control_variate",
 ]

@@ -54,8 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..estimators.base import GeometryEstimator
-from .ssd import BaselineContext, _alpha_mask, estimator_input
+from .baselines import BaselineContext, EstimatorBaseline, alpha_mask, area_resize, like_with_like
 
 Field = Callable[[Tensor], Tensor]  # x_t [B, C, h, w] -> g [B, Cg, h, w], Cg in {1, C}
 Divergence = Literal["hutchinson", "exact"]
@@ -203,63 +202,45 @@ def _standardise(a: Tensor, m: Tensor, eps: float = 1e-8) -> Tensor:
     return (a - mean) / (var + eps).sqrt()
 
 
-class DepthPixelBaseline(FieldBaseline):
+class DepthPixelBaseline(EstimatorBaseline, FieldBaseline):
     """g_i = 0.5 m_i (z(rendered depth)_i - z(estimator depth of x_t)_i)^2 [B, 1, h, w]: the per-pixel
-    decomposition of the paper's 1 - Pearson (its mean over the covered pixels), like with like."""
+    decomposition of the paper's 1 - Pearson (its mean over the covered pixels), like with like.
+    EstimatorBaseline's options (estimator, mask_by_alpha, input_scale), then FieldBaseline's."""
 
     name = "depth-pixel"
-
-    def __init__(self, estimator: GeometryEstimator, mask_by_alpha: bool = True, input_scale: float = 1.0, **kw) -> None:
-        super().__init__(**kw)
-        self.estimator = estimator
-        self.mask_by_alpha = mask_by_alpha  # compare over rendered pixels with alpha > 0.5 only (else all pixels)
-        self.input_scale = input_scale  # the estimator sees x_t resized by this factor
+    needs = "depth"
+    instead = "normal-pixel"
 
     def build_field(self, ctx: BaselineContext) -> Field:
-        if ctx.render is None:
-            raise ValueError("the depth-pixel baseline needs the render: pass render=RenderOutput to guidance.step")
-        ref = ctx.render.depth.detach().permute(0, 3, 1, 2).float()  # [B, 1, H, W], 0 where empty
+        ref = self.rendered_depth(ctx)  # [B, 1, H, W], 0 where empty
 
         def field(x_t: Tensor) -> Tensor:
             size = tuple(x_t.shape[-2:])
-            pred = estimator_input(self.estimator, x_t, ctx, self.input_scale)
-            if pred.depth is None:
-                raise ValueError("this estimator predicts no depth; use the normal-pixel baseline")
+            pred = self.predict(x_t, ctx)
             d = _to_size(pred.depth, size)  # [B, 1, h, w]
-            r = F.interpolate(ref, size=size, mode="area") if ref.shape[-2:] != size else ref
-            if pred.depth_kind == "disparity":  # disparity against disparity (empty -> 0)
-                r = torch.where(r > 1e-6, 1.0 / r.clamp_min(1e-6), torch.zeros_like(r))
-            m = _alpha_mask(ctx.render, size) if self.mask_by_alpha else torch.ones_like(r)  # [B, 1, h, w]
+            r = like_with_like(ref, size, pred.depth_kind)
+            m = alpha_mask(ctx.render, size) if self.mask_by_alpha else torch.ones_like(r)  # [B, 1, h, w]
             return 0.5 * m * (_standardise(r, m) - _standardise(d, m)) ** 2
 
         return field
 
 
-class NormalPixelBaseline(FieldBaseline):
+class NormalPixelBaseline(EstimatorBaseline, FieldBaseline):
     """g_i = m_i (1 - cos(rendered normal_i, estimator normal_i)) [B, 1, h, w], both in the camera frame;
-    its mean over the covered pixels is the paper's normal phi."""
+    its mean over the covered pixels (`mask_by_alpha` False: all pixels) is the paper's normal phi."""
 
     name = "normal-pixel"
-
-    def __init__(self, estimator: GeometryEstimator, input_scale: float = 1.0, **kw) -> None:
-        super().__init__(**kw)
-        self.estimator = estimator
-        self.input_scale = input_scale  # the estimator sees x_t resized by this factor
+    needs = "normal"
+    instead = "depth-pixel"
 
     def build_field(self, ctx: BaselineContext) -> Field:
-        if ctx.render is None:
-            raise ValueError("the normal-pixel baseline needs the render: pass render=RenderOutput to guidance.step")
-        R = ctx.cameras.viewmats[:, :3, :3].to(ctx.render.normal.device).float()  # [B, 3, 3] world -> camera
-        ref = torch.einsum("bij,bhwj->bihw", R, ctx.render.normal.detach().float())  # [B, 3, H, W] camera frame
+        ref = self.rendered_normal(ctx)  # [B, 3, H, W] camera frame
 
         def field(x_t: Tensor) -> Tensor:
             size = tuple(x_t.shape[-2:])
-            pred = estimator_input(self.estimator, x_t, ctx, self.input_scale)
-            if pred.normal is None:
-                raise ValueError("this estimator predicts no normals; use the depth-pixel baseline")
-            n = F.normalize(_to_size(pred.normal, size), dim=1)  # [B, 3, h, w]
-            r = F.interpolate(ref, size=size, mode="area") if ref.shape[-2:] != size else ref
-            m = (r.norm(dim=1, keepdim=True) > 0.5).to(n.dtype)  # [B, 1, h, w] covered pixels
+            n = F.normalize(_to_size(self.predict(x_t, ctx).normal, size), dim=1)  # [B, 3, h, w]
+            r = area_resize(ref, size)
+            m = (r.norm(dim=1, keepdim=True) > 0.5).to(n.dtype) if self.mask_by_alpha else torch.ones_like(n[:, :1])
             cos = (n * F.normalize(r, dim=1)).sum(1, keepdim=True)  # [B, 1, h, w]
             return m * (1.0 - cos)
 
