@@ -162,6 +162,8 @@ def test_the_study_runs_what_is_missing_once_and_stops_at_the_deadline(tmp_path,
     cfg = _cfg(out=tmp_path, jobs=1, bootstrap=50)
     rep = study.run_study(cfg, log=lambda s: None)
     n_first = len(calls)
+    # the oracle's profiled run shares its settings with a tuning run: it is run once, profiled
+    assert sorted((c.steps, c.views, c.prompt) for c in calls if c.profile) == [(100, 4, "a red cube"), (100, 8, "a red cube")]
     # init (2 + 8 units) + oracle 8-view (2 x 3) + tuning (2 methods x 3 budgets x 3 lr x 2) + eval (2 x 3 x 8)
     assert n_first == 10 + 6 + 36 + 48
     assert rep["tuned"] == {f"{m}@{S}": 2.0 for m in ("sds", "ssd") for S in (100, 200, 400)}

@@ -52,8 +52,8 @@ class StudyConfig:
 
     out: Path = Path("docs/bench/study")  # folder of the raw runs (runs/*.json, reused) and report.json / report.md
     methods: tuple[str, ...] = ("sds", "ssd")  # estimators compared (sds first: the reference); any of steinsplat bench's methods
-    budgets: tuple[int, ...] = (100, 200, 400)  # step budgets (each the whole schedule)
-    lr_mults: tuple[float, ...] = (0.5, 1.0, 2.0)  # learning-rate multipliers tried in the tuning (every rate scaled)
+    budgets: tuple[int, ...] = (25, 50, 100, 200, 400)  # step budgets (each the whole schedule); 25 and 50: a tuned 100-step run is already within 1 % of 400 steps
+    lr_mults: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # learning-rate multipliers tried in the tuning (every rate scaled)
     tune_prompts: tuple[str, ...] = TUNE_PROMPTS  # prompts of the oracle and the tuning
     tune_seeds: tuple[int, ...] = (0,)  # seeds of the oracle and the tuning
     eval_prompts: tuple[str, ...] = EVAL_PROMPTS  # held-out prompts, evaluated once at the tuned settings
@@ -256,7 +256,10 @@ def run_missing(tasks: Sequence[Task], cfg: StudyConfig, results: dict[str, Resu
                 log: Callable[[str], None], ordered: bool = False) -> int:
     """Run the tasks that have no stored result (longest first unless `ordered`), `cfg.jobs` at a time,
     saving each as it finishes. Returns how many were left unrun because the deadline passed."""
-    unique = {t.key(): t for t in tasks}  # the oracle's default-view runs are tuning runs too
+    unique: dict[str, Task] = {}  # the oracle's default-view runs are tuning runs too (the profiled copy wins)
+    for t in tasks:
+        if t.key() not in unique or t.profile:
+            unique[t.key()] = t
     todo = [t for k, t in unique.items() if k not in results]
     if not ordered:
         todo.sort(key=lambda t: -(t.steps * t.views))  # longest first: the workers end together
