@@ -26,25 +26,17 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from steinsplat import config
+from steinsplat.bench.convergence import bench_trainer
 from steinsplat.bench.variance import measure_variance
 from steinsplat.gaussians import Gaussians
-from steinsplat.generate import GenerateConfig, init_gaussians
-from steinsplat.bench.methods import build
 from steinsplat.priors import ShapeWorldPriorAdapter
-from steinsplat.train import Trainer
 
 
 def snapshot(prompt: str, prior, steps: int, at: int, densify: bool, views: int, resolution: int) -> Gaussians:
-    cfg = config.parse(GenerateConfig, [prompt, "--seed", "0", "--steps", str(steps), "--views", str(views),
-                                        "--resolution", str(resolution), "--quiet"], prog="bench")
-    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution)
-    if not densify:
-        optim = dataclasses.replace(optim, densify=dataclasses.replace(optim.densify, start=1.0))
-    tr = Trainer(init_gaussians(cfg, torch.device("cpu")), prior, build("sds", prior, None, "object"),
-                 prior.encode_prompt(prompt), optim, mode="object", seed=0)
+    def no_refinement(optim):  # densification starts at the end of the schedule: never before the snapshot
+        return dataclasses.replace(optim, densify=dataclasses.replace(optim.densify, start=1.0))
+
+    tr = bench_trainer("sds", prompt, 0, steps, prior, None, views, resolution, None if densify else no_refinement)
     while tr.state.step < at:
         tr.step()
     return Gaussians.from_state_tensors({k: v.detach().clone() for k, v in tr.g.state_tensors().items()})

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -65,19 +65,28 @@ def is_room(prompt: str) -> bool:
     return isinstance(parse_prompt(prompt), RoomPrompt)
 
 
-def run_one(method: str, prompt: str, seed: int, steps: int, eval_every: int, prior, est, views: int, resolution: int,
-            snapshot_steps: tuple[int, ...] = ()) -> tuple[Run, dict[int, Gaussians]]:
-    """One optimisation; returns the run and copies of the Gaussians at `snapshot_steps`."""
-    room = is_room(prompt)
-    mode = "scene" if room else "object"
+def bench_trainer(method: str, prompt: str, seed: int, steps: int, prior, est, views: int, resolution: int,
+                  edit_optim: Optional[Callable] = None) -> Trainer:
+    """The Trainer generation builds for `prompt` with its defaults (initial Gaussians, learning
+    rates, densification; CPU), with `method`'s guidance; `edit_optim(OptimConfig) -> OptimConfig`
+    may change the optimiser's settings (e.g. scale the learning rates)."""
+    mode = "scene" if is_room(prompt) else "object"
     cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--steps", str(steps), "--mode", mode,
                                         "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
     g = init_gaussians(cfg, torch.device("cpu"))
     guidance = build(method, prior, est, mode)
     embeds = prior.encode_prompt(prompt)
     optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution)
-    trainer = Trainer(g, prior, guidance, embeds, optim, mode=mode, seed=seed)
-    run = Run(method, prompt, seed, room, steps, 0.0, 0.0, 0, 0)
+    if edit_optim is not None:
+        optim = edit_optim(optim)
+    return Trainer(g, prior, guidance, embeds, optim, mode=mode, seed=seed)
+
+
+def run_one(method: str, prompt: str, seed: int, steps: int, eval_every: int, prior, est, views: int, resolution: int,
+            snapshot_steps: tuple[int, ...] = ()) -> tuple[Run, dict[int, Gaussians]]:
+    """One optimisation; returns the run and copies of the Gaussians at `snapshot_steps`."""
+    trainer = bench_trainer(method, prompt, seed, steps, prior, est, views, resolution)
+    run = Run(method, prompt, seed, is_room(prompt), steps, 0.0, 0.0, 0, 0)
     snaps: dict[int, Gaussians] = {}
     step_times: list[float] = []
     opt_seconds = 0.0

@@ -138,25 +138,16 @@ class _Timed:
 def run_task(task: Task, prior, est) -> Result:
     """Run one task on CPU with generation's defaults (learning rates scaled) and evaluate it."""
     from .. import train as train_mod
-    from ..generate import GenerateConfig, init_gaussians
     from ..shapeworld.metrics import evaluate
-    from .convergence import code_fingerprint, is_room
-    from .methods import build
+    from .convergence import bench_trainer, code_fingerprint
 
-    mode = "scene" if is_room(task.prompt) else "object"
     steps = max(1, task.steps)
-    cfg = config.parse(GenerateConfig, [task.prompt, "--seed", str(task.seed), "--steps", str(steps), "--mode", mode,
-                                        "--views", str(task.views), "--resolution", str(task.resolution), "--quiet"],
-                       prog="study")
-    g = init_gaussians(cfg, torch.device("cpu"))
+    # the initial state: SDS's trainer is built only for its Gaussians (building it does not move them)
+    trainer = bench_trainer(task.method if task.steps > 0 else "sds", task.prompt, task.seed, steps, prior, est,
+                            task.views, task.resolution, lambda optim: scaled_optim(optim, task.lr_mult))
     step_times: list[float] = []
-    trainer = None
     profile = None
     if task.steps > 0:
-        optim = scaled_optim(dataclasses.replace(cfg.optim, steps=steps, views=task.views, resolution=task.resolution),
-                             task.lr_mult)
-        trainer = train_mod.Trainer(g, prior, build(task.method, prior, est, mode), prior.encode_prompt(task.prompt),
-                                    optim, mode=mode, seed=task.seed)
         timers = {}
         if task.profile:  # the prior's calls and the rasteriser, timed where the trainer and guidance reach them
             timers["prior"] = _Timed(prior.predict_noise)
@@ -172,17 +163,16 @@ def run_task(task: Task, prior, est) -> Result:
             if task.profile:
                 del prior.predict_noise  # back to the class's method
                 train_mod.render = timers["render"].fn
-        g = trainer.g
         if task.profile:
             total = sum(step_times)
             profile = {"prior": timers["prior"].total, "render": timers["render"].total,
                        "rest": total - timers["prior"].total - timers["render"].total}
     with torch.no_grad():
-        m = evaluate(g, task.prompt, shape=True)
+        m = evaluate(trainer.g, task.prompt, shape=True)
     metrics = {k: getattr(m, k) for k in METRIC_KEYS}
     return Result(dataclasses.asdict(task), metrics, sum(step_times),
-                  sorted(step_times)[len(step_times) // 2] if step_times else 0.0, len(g),
-                  trainer.state.skipped if trainer else 0, profile, code_fingerprint(),
+                  sorted(step_times)[len(step_times) // 2] if step_times else 0.0, len(trainer.g),
+                  trainer.state.skipped, profile, code_fingerprint(),
                   datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -269,6 +259,8 @@ def run_missing(tasks: Sequence[Task], cfg: StudyConfig, results: dict[str, Resu
     log(f"study: {total} runs to do ({len(unique) - total} of {len(unique)} found in {cfg.out / 'runs'})")
     t_start = time.perf_counter()
 
+    from .study_stats import fmt
+
     def finished(r: Result) -> None:
         nonlocal done
         done += 1
@@ -277,7 +269,7 @@ def run_missing(tasks: Sequence[Task], cfg: StudyConfig, results: dict[str, Resu
         t = r.task
         el = time.perf_counter() - t_start
         log(f"[{done}/{total}] {t['method']:<5} {t['prompt'][:22]:<22} seed {t['seed']} {t['steps']:>4} steps lr x{t['lr_mult']:g} "
-            f"{t['views']} views: 3D IoU {_f(r.metrics['iou_3d'])} chamfer {_f(r.metrics['chamfer_mm'], 1)} mm, "
+            f"{t['views']} views: 3D IoU {fmt(r.metrics['iou_3d'])} chamfer {fmt(r.metrics['chamfer_mm'], 1)} mm, "
             f"{r.seconds:.0f} s (elapsed {el / 60:.1f} min)")
 
     if cfg.jobs <= 1:
@@ -302,10 +294,6 @@ def run_missing(tasks: Sequence[Task], cfg: StudyConfig, results: dict[str, Resu
             for fut in ready:
                 finished(fut.result())
     return total - done
-
-
-def _f(v, d: int = 3) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
 
 
 def check_config(cfg: StudyConfig) -> None:

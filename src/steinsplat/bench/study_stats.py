@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..export.atomic import atomic_write_bytes
+from .convergence import finite_mean
 from .study import METRIC_KEYS, Result, StudyConfig, Task
 
 HIGHER = {"iou_3d": True, "chamfer_mm": False, "top_iou": True, "low_iou": True, "mask_iou": True,
@@ -37,16 +38,18 @@ HIGHER = {"iou_3d": True, "chamfer_mm": False, "top_iou": True, "low_iou": True,
 STUDY_METRICS = ("iou_3d", "chamfer_mm", "top_iou", "colour_error")
 
 
-def _mean(xs) -> float:
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return sum(xs) / len(xs) if xs else math.nan
-
-
 def _better(a: float, b: float, higher: bool) -> bool:
     return a >= b if higher else a <= b
 
 
 # ---------------------------------------------------------------------------- tuning
+def cell_runs(results: dict[str, Result], cfg: StudyConfig, method: str, steps: int, lr: float,
+              views: Optional[int] = None) -> list[Optional[Result]]:
+    """The stored runs of one setting over the tuning prompts x seeds (None where missing)."""
+    return [results.get(Task(method, p, s, steps, lr, views or cfg.views, cfg.resolution).key())
+            for p in cfg.tune_prompts for s in cfg.tune_seeds]
+
+
 def tune(results: dict[str, Result], cfg: StudyConfig, metric: str = "iou_3d") -> dict[tuple[str, int], float]:
     """(method, budget) -> the multiplier with the best mean `metric` over the tuning prompts x seeds
     (only multipliers whose runs are all stored count; ties go to the multiplier nearest 1)."""
@@ -55,11 +58,10 @@ def tune(results: dict[str, Result], cfg: StudyConfig, metric: str = "iou_3d") -
         for S in cfg.budgets:
             best = None
             for lr in sorted(cfg.lr_mults, key=lambda v: abs(math.log(v))):
-                rs = [results.get(Task(m, p, s, S, lr, cfg.views, cfg.resolution).key())
-                      for p in cfg.tune_prompts for s in cfg.tune_seeds]
+                rs = cell_runs(results, cfg, m, S, lr)
                 if any(r is None for r in rs):
                     continue
-                v = _mean(r.metrics[metric] for r in rs)
+                v = finite_mean(r.metrics[metric] for r in rs)
                 if best is None or (not math.isnan(v) and (math.isnan(best[1]) or (v > best[1] if HIGHER[metric] else v < best[1]))):
                     best = (lr, v)
             if best is not None:
@@ -113,15 +115,15 @@ def eval_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict, metric
                 if r is not None:
                     runs[m][S][p, s] = r.metrics[metric]
                     per_step.append(r.seconds / max(1, S))
-        sps[m] = _mean(per_step)
+        sps[m] = finite_mean(per_step)
     complete = [u for u in units if u in init and all(u in runs[m].get(S, {}) for m in cfg.methods for S in cfg.budgets)]
     return Table(complete, init, runs, sps)
 
 
 def estimates(tab: Table, cfg: StudyConfig, units: list, higher: bool) -> dict:
     """Point estimates for one set of units (a bootstrap resample or all of them)."""
-    q0 = _mean(tab.init[u] for u in units)
-    means = {m: [_mean(tab.runs[m][S][u] for u in units) for S in cfg.budgets] for m in cfg.methods}
+    q0 = finite_mean(tab.init[u] for u in units)
+    means = {m: [finite_mean(tab.runs[m][S][u] for u in units) for S in cfg.budgets] for m in cfg.methods}
     allv = [v for vs in means.values() for v in vs if not math.isnan(v)]
     q_best = (max if higher else min)(allv) if allv else math.nan
     target = q0 + cfg.gap * (q_best - q0)
@@ -179,15 +181,14 @@ def oracle(results: dict[str, Result], cfg: StudyConfig) -> dict:
     `per_second` pairs the oracle at S with the default at the budget of about the same time."""
     if cfg.oracle_views <= 0:
         return {}
-    units = [(p, s) for p in cfg.tune_prompts for s in cfg.tune_seeds]
     rows = []
     for S in cfg.budgets:
         for v in (cfg.views, cfg.oracle_views):
-            rs = [results.get(Task("sds", p, s, S, 1.0, v, cfg.resolution).key()) for p, s in units]
+            rs = cell_runs(results, cfg, "sds", S, 1.0, v)
             if any(r is None for r in rs):
                 continue
-            rows.append({"steps": S, "views": v, "runs": len(rs), "seconds": _mean(r.seconds for r in rs),
-                         **{k: _mean(r.metrics[k] for r in rs) for k in METRIC_KEYS}})
+            rows.append({"steps": S, "views": v, "runs": len(rs), "seconds": finite_mean(r.seconds for r in rs),
+                         **{k: finite_mean(r.metrics[k] for r in rs) for k in METRIC_KEYS}})
     per_second = []  # the oracle at S against the default at 2S (about the same wall-clock time)
     by = {(r["steps"], r["views"]): r for r in rows}
     for S in cfg.budgets:
@@ -207,10 +208,6 @@ def oracle(results: dict[str, Result], cfg: StudyConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
-def _num(v):
-    return None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v
-
-
 def _clean(o):
     if isinstance(o, dict):
         return {(k if isinstance(k, str) else str(k)): _clean(v) for k, v in o.items()}
@@ -248,9 +245,9 @@ def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> dict:
                 v, (lo, hi) = est["reach"][m]["sds_quality_time_ratio"], ci.get(k, (math.nan, math.nan))
                 targets.append({"what": f"{m}: reaches SDS's 3D IoU at {cfg.budgets[-1]} steps in <= 0.75x SDS's wall-clock "
                                         f"time, 95 % interval below 1.0 (held-out prompts, {len(tab.units)} prompt x seed units)",
-                                "measured": (f"{_r(v)}x" if not math.isinf(v) else "never reached") +
-                                            f" (95 % interval {_r(lo)} to {_r(hi)}; SDS {_r(est['means'][cfg.methods[0]][-1])}, "
-                                            f"{m} {_r(est['means'][m][-1])} at {cfg.budgets[-1]} steps)",
+                                "measured": (f"{fmt(v, 2)}x" if not math.isinf(v) else "never reached") +
+                                            f" (95 % interval {fmt(lo, 2)} to {fmt(hi, 2)}; SDS {fmt(est['means'][cfg.methods[0]][-1], 2)}, "
+                                            f"{m} {fmt(est['means'][m][-1], 2)} at {cfg.budgets[-1]} steps)",
                                 "met": bool(v <= 0.75 and hi < 1.0)})
     missing = _missing(results, cfg, tuned)
     rep["missing"] = missing
@@ -258,22 +255,16 @@ def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> dict:
     return _clean(rep)
 
 
-def _r(v) -> str:
-    return "never" if isinstance(v, float) and math.isinf(v) else ("-" if v is None or math.isnan(v) else f"{v:.2f}")
-
-
 def _tuning_table(results, cfg) -> list[dict]:
     rows = []
     for m in cfg.methods:
         for S in cfg.budgets:
             for lr in cfg.lr_mults:
-                rs = [results.get(Task(m, p, s, S, lr, cfg.views, cfg.resolution).key())
-                      for p in cfg.tune_prompts for s in cfg.tune_seeds]
-                rs = [r for r in rs if r is not None]
+                rs = [r for r in cell_runs(results, cfg, m, S, lr) if r is not None]
                 if rs:
                     rows.append({"method": m, "steps": S, "lr_mult": lr, "runs": len(rs),
-                                 **{k: _mean(r.metrics[k] for r in rs) for k in STUDY_METRICS},
-                                 "seconds": _mean(r.seconds for r in rs)})
+                                 **{k: finite_mean(r.metrics[k] for r in rs) for k in STUDY_METRICS},
+                                 "seconds": finite_mean(r.seconds for r in rs)})
     return rows
 
 
@@ -302,19 +293,19 @@ def markdown(rep: dict) -> str:
           "| method | steps | lr x | 3D IoU | chamfer mm | top IoU | s/run |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rep["tuning"]:
         star = " **(tuned)**" if rep["tuned"].get(f"{r['method']}@{r['steps']}") == r["lr_mult"] else ""
-        L.append(f"| {r['method']} | {r['steps']} | {r['lr_mult']:g}{star} | {_fmt(r['iou_3d'])} | {_fmt(r['chamfer_mm'], 1)} | "
-                 f"{_fmt(r['top_iou'])} | {_fmt(r['seconds'], 0)} |")
+        L.append(f"| {r['method']} | {r['steps']} | {r['lr_mult']:g}{star} | {fmt(r['iou_3d'])} | {fmt(r['chamfer_mm'], 1)} | "
+                 f"{fmt(r['top_iou'])} | {fmt(r['seconds'], 0)} |")
     o = rep["oracle"]
     if o and o.get("rows"):
         L += ["", f"## Oracle: SDS with more views per step (default lr, tuning prompts)", "",
               "| steps | views | 3D IoU | chamfer mm | top IoU | s/run |", "|---:|---:|---:|---:|---:|---:|"]
-        L += [f"| {r['steps']} | {r['views']} | {_fmt(r['iou_3d'])} | {_fmt(r['chamfer_mm'], 1)} | {_fmt(r['top_iou'])} | "
-              f"{_fmt(r['seconds'], 0)} |" for r in o["rows"]]
+        L += [f"| {r['steps']} | {r['views']} | {fmt(r['iou_3d'])} | {fmt(r['chamfer_mm'], 1)} | {fmt(r['top_iou'])} | "
+              f"{fmt(r['seconds'], 0)} |" for r in o["rows"]]
         for r in o.get("per_second", []):
-            L.append(f"\nSame time: {cfg['oracle_views']} views x {r['oracle_steps']} steps ({_fmt(r['oracle_seconds'], 0)} s) vs "
-                     f"{cfg['views']} views x {r['default_steps']} steps ({_fmt(r['default_seconds'], 0)} s): 3D IoU "
-                     f"{_fmt(r['iou_3d']['oracle'])} vs {_fmt(r['iou_3d']['default'])}, chamfer {_fmt(r['chamfer_mm']['oracle'], 1)} vs "
-                     f"{_fmt(r['chamfer_mm']['default'], 1)} mm")
+            L.append(f"\nSame time: {cfg['oracle_views']} views x {r['oracle_steps']} steps ({fmt(r['oracle_seconds'], 0)} s) vs "
+                     f"{cfg['views']} views x {r['default_steps']} steps ({fmt(r['default_seconds'], 0)} s): 3D IoU "
+                     f"{fmt(r['iou_3d']['oracle'])} vs {fmt(r['iou_3d']['default'])}, chamfer {fmt(r['chamfer_mm']['oracle'], 1)} vs "
+                     f"{fmt(r['chamfer_mm']['default'], 1)} mm")
         if o.get("profile"):
             L += ["", "Where a step's time goes (one SDS run): " + ", ".join(
                 f"{k} {v['share'] * 100:.0f} %" for k, v in o["profile"].items())]
@@ -324,11 +315,11 @@ def markdown(rep: dict) -> str:
             continue
         est, ci = d["estimate"], d["interval"]
         L += ["", f"## {metric} on the held-out prompts ({d['units']} units; 95 % bootstrap intervals)", "",
-              f"initial {_fmt(est['q_init'])}, best {_fmt(est['q_best'])}, 90 %-of-gap target {_fmt(est['target'])}", "",
+              f"initial {fmt(est['q_init'])}, best {fmt(est['q_best'])}, 90 %-of-gap target {fmt(est['target'])}", "",
               "| method | " + " | ".join(f"{S} steps" for S in cfg["budgets"]) + " | steps to target | s to target | "
               f"s to SDS@{cfg['budgets'][-1]} vs SDS |", "|---|" + "---:|" * (len(cfg["budgets"]) + 3)]
         for m in cfg["methods"]:
-            cells = [f"{_fmt(v)} [{_fmt(ci[f'means.{m}.{i}'][0])}, {_fmt(ci[f'means.{m}.{i}'][1])}]"
+            cells = [f"{fmt(v)} [{fmt(ci[f'means.{m}.{i}'][0])}, {fmt(ci[f'means.{m}.{i}'][1])}]"
                      for i, v in enumerate(est["means"][m])]
             rr = est["reach"][m]
             L.append(f"| {m} | " + " | ".join(cells) + f" | {_ci(rr['gap_steps'], ci[f'reach.{m}.gap_steps'], 0)} | "
@@ -338,14 +329,17 @@ def markdown(rep: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def _fmt(v, d: int = 3) -> str:
-    if v == "inf":
+def fmt(v, d: int = 3) -> str:
+    """A number for the report: '-' when missing (None, NaN), 'never' when infinite (also as "inf" in JSON)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v == "inf" or (isinstance(v, float) and math.isinf(v)):
         return "never"
-    return "-" if v is None else f"{v:.{d}f}"
+    return f"{v:.{d}f}"
 
 
 def _ci(v, ci, d) -> str:
-    return f"{_fmt(v, d)} [{_fmt(ci[0], d)}, {_fmt(ci[1], d)}]"
+    return f"{fmt(v, d)} [{fmt(ci[0], d)}, {fmt(ci[1], d)}]"
 
 
 def write_report(rep: dict, folder: Path) -> list[Path]:

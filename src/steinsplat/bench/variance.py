@@ -123,22 +123,12 @@ def sds_snapshot(prompt: str, seed: int, steps: int, at: int, prior, est, views:
                  resolution: int) -> tuple[Gaussians, str]:
     """(Gaussians, mode) of an SDS run of `steps` steps with generation's defaults, after `at` steps:
     the part-way scene the variance measurements of the benchmarks start from."""
-    import dataclasses
+    from .convergence import bench_trainer
 
-    from .. import config
-    from ..generate import GenerateConfig, init_gaussians
-    from ..train import Trainer
-    from .convergence import is_room
-
-    mode = "scene" if is_room(prompt) else "object"
-    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--steps", str(steps), "--mode", mode,
-                                        "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
-    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution)
-    tr = Trainer(init_gaussians(cfg, torch.device("cpu")), prior, build("sds", prior, est, mode),
-                 prior.encode_prompt(prompt), optim, mode=mode, seed=seed)
+    tr = bench_trainer("sds", prompt, seed, steps, prior, est, views, resolution)
     while tr.state.step < at:
         tr.step()
-    return Gaussians.from_state_tensors({k: v.detach().clone() for k, v in tr.g.state_tensors().items()}), mode
+    return Gaussians.from_state_tensors({k: v.detach().clone() for k, v in tr.g.state_tensors().items()}), tr.mode
 
 
 def paired_mean_z(a: Tensor, b: Tensor) -> float:
