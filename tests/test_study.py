@@ -140,6 +140,31 @@ def test_oracle_rows_pair_the_same_wall_clock_time():
     assert first["iou_3d"]["oracle"] == pytest.approx(first["iou_3d"]["default"])
 
 
+def test_views_per_step_pair_runs_of_about_the_same_time_at_the_tuned_multipliers():
+    cfg = _cfg(methods=("sds",), budgets=(50, 100, 200, 400), view_options=(2, 8))
+    tuned = {("sds", 50): 4.0, ("sds", 100): 4.0, ("sds", 200): 2.0, ("sds", 400): 1.0}
+    tasks = study.views_tasks(cfg, tuned)
+    # 2 views x S against 4 views x S/2 (S = 100, 200, 400); 8 views x S against 4 views x 2S (S = 50, 100, 200)
+    assert sorted({(t.views, t.steps, t.lr_mult) for t in tasks}) == [
+        (2, 100, 4.0), (2, 200, 2.0), (2, 400, 1.0), (8, 50, 4.0), (8, 100, 4.0), (8, 200, 2.0)]
+    assert len(tasks) == 6 * len(cfg.tune_prompts) and {t.prompt for t in tasks} == set(cfg.tune_prompts)
+    # a world where only steps x views count (variance-limited) and a step costs its views: pairs tie
+    res = {}
+    for t in tasks + [Task("sds", p, 0, S, tuned["sds", S], 4, 64) for p in cfg.tune_prompts for S in cfg.budgets]:
+        res[t.key()] = _result(t, _curve(t.steps * t.views / 4), seconds_per_step=0.025 * t.views)
+    del res[tasks[0].key()]  # one run missing: its cell is left out, the others stay
+    rows = study_stats.views_table(res, cfg, tuned)
+    assert len(rows) == 5
+    for r in rows:
+        assert r["partner_steps"] * 4 == r["steps"] * r["views"] and r["partner_lr_mult"] == tuned["sds", r["partner_steps"]]
+        assert r["seconds"]["views"] == pytest.approx(r["seconds"]["partner"])
+        assert r["iou_3d"]["views"] == pytest.approx(r["iou_3d"]["partner"])
+    md = study_stats.markdown(study_stats.report(res, cfg, tuned))
+    assert "## Views per step" in md and "| sds | 8 x 50 (4) |" in md
+    with pytest.raises(config.ConfigError, match="--view-options"):
+        study.check_config(_cfg(view_options=(4,)))
+
+
 def test_results_round_trip_and_unreadable_files_are_skipped(tmp_path):
     t = Task("ssd", "a red cube", 2, 100, 0.5, 4, 64)
     study.save_result(tmp_path, _result(t, 0.8))
@@ -165,7 +190,10 @@ def test_the_study_runs_what_is_missing_once_and_stops_at_the_deadline(tmp_path,
     # the oracle's profiled run shares its settings with a tuning run: it is run once, profiled
     assert sorted((c.steps, c.views, c.prompt) for c in calls if c.profile) == [(100, 4, "a red cube"), (100, 8, "a red cube")]
     # init (2 + 8 units) + oracle 8-view (2 x 3) + tuning (2 methods x 3 budgets x 3 lr x 2) + eval (2 x 3 x 8)
-    assert n_first == 10 + 6 + 36 + 48
+    # + views per step (2 methods x (2 views at 200, 400 + 8 views at 100, 200) x 2 prompts)
+    assert n_first == 10 + 6 + 36 + 48 + 16
+    assert sorted({(c.views, c.steps, c.lr_mult) for c in calls if c.views != 4}) == [
+        (2, 200, 2.0), (2, 400, 2.0), (8, 100, 1.0), (8, 100, 2.0), (8, 200, 1.0), (8, 200, 2.0), (8, 400, 1.0)]
     assert rep["tuned"] == {f"{m}@{S}": 2.0 for m in ("sds", "ssd") for S in (100, 200, 400)}
     assert len(list((tmp_path / "runs").glob("*.json"))) == n_first
     assert all(v == 0 for k, v in rep["missing"].items() if k != "eval_untuned_cells")
@@ -178,7 +206,8 @@ def test_the_study_runs_what_is_missing_once_and_stops_at_the_deadline(tmp_path,
     rep = study.run_study(more, log=lambda s: None)
     assert len(calls) == n_first + 1
     assert rep["meta"]["unrun"] > 0 and rep["missing"]["eval"] == 2 * 3 * 4 and rep["missing"]["init"] == 4
-    files = study_stats.write_report(rep, tmp_path)
+    files = study_stats.write_report(rep, tmp_path, "report-more")
+    assert [f.name for f in files] == ["report-more.json", "report-more.md"]
     assert json.loads(files[0].read_text())["missing"]["eval"] == 24
     assert "## Targets" in files[1].read_text()
 
@@ -217,6 +246,8 @@ def test_scaled_optim_scales_every_learning_rate():
     (["--tune-prompts", "a room with blue walls and a gray floor"], "rooms"),
     (["--eval-prompts", "a corgi"], "corgi"),
     (["--gap", "1.5"], "--gap"),
+    (["--view-options", "0"], "--view-options"),
+    (["--report-name", "../x"], "--report-name"),
 ])
 def test_bad_study_options_give_one_clear_error(args, word, tmp_path):
     cfg = config.parse(StudyConfig, [*args, "--out", str(tmp_path)], prog="steinsplat study")

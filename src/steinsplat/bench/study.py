@@ -11,7 +11,11 @@ the learning-rate decay, the timestep annealing and the densification are fracti
      time goes (prior, render, the rest);
   3. tuning: every method x learning-rate multiplier x budget on the tuning prompts; the multiplier
      with the best mean 3D IoU is that method's setting at that budget;
-  4. evaluation: every method at its tuned multiplier x budget on the held-out prompts x seeds,
+  4. views per step: every method at its tuned multiplier with V views per step (`view_options`) on
+     the tuning prompts, each run against the run at `views` views that costs about as much
+     (V views x S steps against `views` views x S*V/views steps, both budgets of the study): more
+     views lower the variance, fewer buy more steps;
+  5. evaluation: every method at its tuned multiplier x budget on the held-out prompts x seeds,
      evaluated once; `study_stats` turns these into steps and seconds to reach 90 % of the gap
      between the initial and the best result, and the time SSD needs to reach SDS's quality at the
      largest budget, with bootstrap intervals over (prompt, seed).
@@ -53,25 +57,27 @@ class StudyConfig:
     out: Path = Path("docs/bench/study")  # folder of the raw runs (runs/*.json, reused) and report.json / report.md
     methods: tuple[str, ...] = ("sds", "ssd")  # estimators compared (sds first: the reference); any of steinsplat bench's methods
     budgets: tuple[int, ...] = (25, 50, 100, 200, 400)  # step budgets (each the whole schedule); 25 and 50: a tuned 100-step run is already within 1 % of 400 steps
-    lr_mults: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # learning-rate multipliers tried in the tuning (every rate scaled)
+    lr_mults: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # learning-rate multipliers tried in the tuning (every rate scaled); x0.5 (stored runs) was never the best
     tune_prompts: tuple[str, ...] = TUNE_PROMPTS  # prompts of the oracle and the tuning
     tune_seeds: tuple[int, ...] = (0,)  # seeds of the oracle and the tuning
     eval_prompts: tuple[str, ...] = EVAL_PROMPTS  # held-out prompts, evaluated once at the tuned settings
     eval_seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the evaluation
     views: int = 4  # cameras per step (generation's default)
     oracle_views: int = 8  # views per step of the oracle (SDS at the default learning rate); 0: skip the oracle
+    view_options: tuple[int, ...] = (2, 8)  # views per step also tried at each method's tuned multiplier, against `views` at about the same time; empty: skip
     resolution: int = 64  # render size
     jobs: int = 2  # worker processes (one thread each)
     max_minutes: float = 115.0  # start no new run after this many minutes (the report covers what exists)
     bootstrap: int = 2000  # bootstrap resamples of (prompt, seed) for the intervals
     gap: float = 0.9  # share of the gap between the initial and the best result that counts as reached
     run: bool = True  # run what is missing (--no-run: only write the report from the stored runs)
+    report_name: str = "report"  # the report's files OUT/NAME.md and OUT/NAME.json (a study of other methods can share OUT's runs and keep the main report)
     quick: bool = False  # CI mode: 2 + 2 prompts, budgets 6 and 12 at 32 px, 2 views (structure, not numbers)
 
 
 def quick_config(cfg: StudyConfig) -> StudyConfig:
     return dataclasses.replace(cfg, budgets=(6, 12), lr_mults=(1.0, 2.0), tune_prompts=("a red cube", "a gray pyramid"),
-                               eval_prompts=("a blue sphere", "a green cube"), eval_seeds=(0, 1), views=2, oracle_views=4,
+                               eval_prompts=("a blue sphere", "a green cube"), eval_seeds=(0, 1), views=2, oracle_views=4, view_options=(4,),
                                resolution=32, bootstrap=200)
 
 
@@ -219,6 +225,21 @@ def tune_tasks(cfg: StudyConfig) -> list[Task]:
             for lr in cfg.lr_mults for p in cfg.tune_prompts for s in cfg.tune_seeds]
 
 
+def views_partner(cfg: StudyConfig, steps: int, views: int) -> Optional[int]:
+    """The budget at `cfg.views` views per step that costs about as much as `steps` steps at `views`
+    views (a step's cost grows about linearly with its views), or None if that is not a budget."""
+    T = steps * views / cfg.views
+    return int(T) if T == int(T) and int(T) in cfg.budgets else None
+
+
+def views_tasks(cfg: StudyConfig, tuned: dict[tuple[str, int], float]) -> list[Task]:
+    """Every method at V views per step and its tuned multiplier, on the tuning prompts, at the budgets
+    that have a partner at `cfg.views` views (`views_partner`)."""
+    return [Task(m, p, s, S, tuned[m, S], V, cfg.resolution) for m in cfg.methods for V in cfg.view_options
+            for S in cfg.budgets if (m, S) in tuned and views_partner(cfg, S, V) is not None
+            for p in cfg.tune_prompts for s in cfg.tune_seeds]
+
+
 def eval_tasks(cfg: StudyConfig, tuned: dict[tuple[str, int], float]) -> list[Task]:
     """Seed-major (then prompt), so that a run cut short by --max-minutes leaves whole units missing."""
     return [Task(m, p, s, S, tuned[m, S], cfg.views, cfg.resolution) for s in cfg.eval_seeds for p in cfg.eval_prompts
@@ -308,6 +329,10 @@ def check_config(cfg: StudyConfig) -> None:
         raise config.ConfigError("--budgets: positive step counts in increasing order, e.g. 100 200 400")
     if not cfg.lr_mults or any(not (lr > 0 and math.isfinite(lr)) for lr in cfg.lr_mults):
         raise config.ConfigError("--lr-mults: positive finite multipliers, e.g. 0.5 1 2")
+    if any(v <= 0 or v == cfg.views for v in cfg.view_options):
+        raise config.ConfigError(f"--view-options: positive view counts other than --views ({cfg.views}), e.g. 2 8")
+    if not cfg.report_name or any(c in cfg.report_name for c in "/\\") or cfg.report_name.startswith("."):
+        raise config.ConfigError("--report-name: a plain file name without folders, e.g. report-depth")
     if cfg.views <= 0 or cfg.oracle_views < 0 or cfg.resolution < 8 or cfg.jobs <= 0 or cfg.bootstrap < 10:
         raise config.ConfigError("--views and --jobs must be positive, --oracle-views >= 0, --resolution >= 8, --bootstrap >= 10")
     if not 0 < cfg.gap <= 1 or not cfg.max_minutes > 0:
@@ -340,7 +365,8 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
         unrun += run_missing(phase1, cfg, results, deadline, log)
     tuned = study_stats.tune(results, cfg)
     if cfg.run:
-        unrun += run_missing(eval_tasks(cfg, tuned), cfg, results, deadline, log, ordered=True)
+        # the evaluation first (seed-major: a cut leaves whole units missing), then the views per step
+        unrun += run_missing(eval_tasks(cfg, tuned) + views_tasks(cfg, tuned), cfg, results, deadline, log, ordered=True)
     rep = study_stats.report(results, cfg, tuned)
     rep["meta"].update(seconds=time.perf_counter() - t0, unrun=unrun)
     return rep
@@ -354,7 +380,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     console = Console(stderr=True)
     rep = run_study(cfg, log=lambda s: console.print(s, highlight=False))
-    files = study_stats.write_report(rep, cfg.out)
+    rep["meta"]["command"] = " ".join(["steinsplat study", *(argv or [])])
+    files = study_stats.write_report(rep, cfg.out, cfg.report_name)
     for t in rep["targets"]:
         console.print(("[green]met[/green]     " if t["met"] else "[red]NOT met[/red] ") + f"{t['what']}: {t['measured']}")
     if rep["meta"]["unrun"]:

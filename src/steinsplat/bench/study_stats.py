@@ -207,6 +207,32 @@ def oracle(results: dict[str, Result], cfg: StudyConfig) -> dict:
     return {"rows": rows, "per_second": per_second, "profile": profile}
 
 
+# ---------------------------------------------------------------------------- views per step
+def views_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> list[dict]:
+    """Per method, V (`view_options`) and budget S: V views x S steps at the tuned multiplier against its
+    partner of about the same time, `cfg.views` views x S*V/views steps at that budget's tuned multiplier
+    (means over the tuning units; a cell with any run missing is left out)."""
+    from .study import views_partner
+
+    rows = []
+    for m in cfg.methods:
+        for V in cfg.view_options:
+            for S in cfg.budgets:
+                P = views_partner(cfg, S, V)
+                if P is None or (m, S) not in tuned or (m, P) not in tuned:
+                    continue
+                a, b = cell_runs(results, cfg, m, S, tuned[m, S], V), cell_runs(results, cfg, m, P, tuned[m, P])
+                if any(r is None for r in a + b):
+                    continue
+                rows.append({"method": m, "views": V, "steps": S, "lr_mult": tuned[m, S], "partner_steps": P,
+                             "partner_lr_mult": tuned[m, P], "runs": len(a),
+                             **{k: {"views": finite_mean(r.metrics[k] for r in a),
+                                         "partner": finite_mean(r.metrics[k] for r in b)} for k in STUDY_METRICS},
+                             "seconds": {"views": finite_mean(r.seconds for r in a),
+                                         "partner": finite_mean(r.seconds for r in b)}})
+    return rows
+
+
 # ---------------------------------------------------------------------------- report
 def _clean(o):
     if isinstance(o, dict):
@@ -228,7 +254,8 @@ def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> dict:
                           "stored_runs": len(results),
                           "codes": sorted({r.code for r in results.values()})},
                  "tuned": {f"{m}@{S}": lr for (m, S), lr in sorted(tuned.items())},
-                 "tuning": _tuning_table(results, cfg), "oracle": oracle(results, cfg), "metrics": {}}
+                 "tuning": _tuning_table(results, cfg), "oracle": oracle(results, cfg),
+                 "views": views_table(results, cfg, tuned), "metrics": {}}
     targets = []
     for metric in STUDY_METRICS:
         tab = eval_table(results, cfg, tuned, metric)
@@ -269,9 +296,10 @@ def _tuning_table(results, cfg) -> list[dict]:
 
 
 def _missing(results, cfg, tuned) -> dict:
-    from .study import eval_tasks, init_tasks, oracle_tasks, tune_tasks
+    from .study import eval_tasks, init_tasks, oracle_tasks, tune_tasks, views_tasks
 
-    phases = {"init": init_tasks(cfg), "oracle": oracle_tasks(cfg), "tune": tune_tasks(cfg), "eval": eval_tasks(cfg, tuned)}
+    phases = {"init": init_tasks(cfg), "oracle": oracle_tasks(cfg), "tune": tune_tasks(cfg), "eval": eval_tasks(cfg, tuned),
+              "views": views_tasks(cfg, tuned)}
     out = {k: sum(1 for t in ts if t.key() not in results) for k, ts in phases.items()}
     out["eval_untuned_cells"] = [f"{m}@{S}" for m in cfg.methods for S in cfg.budgets if (m, S) not in tuned]
     return out
@@ -309,6 +337,15 @@ def markdown(rep: dict) -> str:
         if o.get("profile"):
             L += ["", "Where a step's time goes (one SDS run): " + ", ".join(
                 f"{k} {v['share'] * 100:.0f} %" for k, v in o["profile"].items())]
+    if rep.get("views"):
+        L += ["", f"## Views per step at the tuned multiplier (tuning prompts), against {cfg['views']} views at about the same time", "",
+              "| method | views x steps (lr x) | s/run | 3D IoU | chamfer mm | colour err | "
+              f"{cfg['views']} views x steps (lr x) | s/run | 3D IoU | chamfer mm | colour err |", "|---|---|" + "---:|" * 4 + "---|" + "---:|" * 4]
+        for r in rep["views"]:
+            side = lambda k: (f"{fmt(r['seconds'][k], 0)} | {fmt(r['iou_3d'][k])} | {fmt(r['chamfer_mm'][k], 1)} | "
+                              f"{fmt(r['colour_error'][k])}")
+            L.append(f"| {r['method']} | {r['views']} x {r['steps']} ({r['lr_mult']:g}) | {side('views')} | "
+                     f"{cfg['views']} x {r['partner_steps']} ({r['partner_lr_mult']:g}) | {side('partner')} |")
     for metric, d in rep["metrics"].items():
         if "estimate" not in d:
             L += ["", f"## {metric}: not enough complete evaluation units ({d['units']})"]
@@ -342,9 +379,9 @@ def _ci(v, ci, d) -> str:
     return f"{fmt(v, d)} [{fmt(ci[0], d)}, {fmt(ci[1], d)}]"
 
 
-def write_report(rep: dict, folder: Path) -> list[Path]:
+def write_report(rep: dict, folder: Path, name: str = "report") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    files = [folder / "report.json", folder / "report.md"]
+    files = [folder / f"{name}.json", folder / f"{name}.md"]
     atomic_write_bytes(files[0], (json.dumps(rep, indent=1) + "\n").encode())
     atomic_write_bytes(files[1], markdown(rep).encode())
     return files
