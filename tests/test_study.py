@@ -165,6 +165,31 @@ def test_views_per_step_pair_runs_of_about_the_same_time_at_the_tuned_multiplier
         study.check_config(_cfg(view_options=(4,)))
 
 
+def test_seconds_come_from_the_side_by_side_cost_not_from_the_runs_own_times():
+    cfg = _cfg()
+    res = _synthetic(cfg, {"sds": 1.0, "ssd": 1.0})
+    for r in res.values():  # SSD's runs were made on a faster day: their own times are half SDS's
+        if r.task["method"] == "ssd":
+            r.seconds /= 2
+    tuned = study_stats.tune(res, cfg)
+    own = study_stats.report(res, cfg, tuned)["metrics"]["iou_3d"]["estimate"]["reach"]["ssd"]
+    cost = {"seconds_per_step": {"sds@4": 0.1, "ssd@4": 0.1}, "date": "today"}
+    rep = study_stats.report(res, cfg, tuned, cost)
+    assert own["gap_time_ratio"] == pytest.approx(0.5)
+    assert rep["metrics"]["iou_3d"]["estimate"]["reach"]["ssd"]["gap_time_ratio"] == pytest.approx(1.0)
+    assert "measured side by side on today" in study_stats.markdown(rep)
+
+
+def test_the_cost_probe_times_every_cell_in_one_process():
+    from steinsplat.estimators import ShapeWorldEstimatorAdapter
+    from steinsplat.priors import ShapeWorldPriorAdapter
+
+    prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
+    cfg = _cfg(probe_steps=2, resolution=32)
+    cost = study.measure_cost(["sds@2", "ssd@2", "sds@1"], cfg, prior, est)
+    assert list(cost) == ["sds@2", "ssd@2", "sds@1"] and all(0 < v < 60 and math.isfinite(v) for v in cost.values())
+
+
 def test_results_round_trip_and_unreadable_files_are_skipped(tmp_path):
     t = Task("ssd", "a red cube", 2, 100, 0.5, 4, 64)
     study.save_result(tmp_path, _result(t, 0.8))
@@ -182,11 +207,21 @@ def test_the_study_runs_what_is_missing_once_and_stops_at_the_deadline(tmp_path,
         calls.append(task)
         return _result(task, _curve(task.steps) * (1.0 + 0.1 * (task.lr_mult == 2.0)))
 
+    probes = []
+
+    def fake_cost(cells, cfg, prior, est, rounds=2):
+        probes.append(list(cells))
+        return {c: 0.01 * int(c.rsplit("@", 1)[1]) for c in cells}
+
     monkeypatch.setattr(study, "_init_worker", lambda: None)
     monkeypatch.setattr(study, "_work", fake_work)
+    monkeypatch.setattr(study, "measure_cost", fake_cost)
     cfg = _cfg(out=tmp_path, jobs=1, bootstrap=50)
     rep = study.run_study(cfg, log=lambda s: None)
     n_first = len(calls)
+    # the cost is measured once, before the runs, for every method x views the report needs
+    assert probes == [["sds@4", "sds@2", "sds@8", "ssd@4", "ssd@2", "ssd@8"]]
+    assert rep["metrics"]["iou_3d"]["seconds_per_step"] == {"sds": 0.04, "ssd": 0.04}
     # the oracle's profiled run shares its settings with a tuning run: it is run once, profiled
     assert sorted((c.steps, c.views, c.prompt) for c in calls if c.profile) == [(100, 4, "a red cube"), (100, 8, "a red cube")]
     # init (2 + 8 units) + oracle 8-view (2 x 3) + tuning (2 methods x 3 budgets x 3 lr x 2) + eval (2 x 3 x 8)
@@ -201,11 +236,16 @@ def test_the_study_runs_what_is_missing_once_and_stops_at_the_deadline(tmp_path,
     (tmp_path / "runs" / f"{Task('sds', 'a cyan torus', 1, 200, 2.0, 4, 64).key()}.json").unlink()
     study.run_study(cfg, log=lambda s: None)
     assert len(calls) == n_first + 1 and calls[-1].prompt == "a cyan torus"
+    assert len(probes) == 1  # the stored cost covers the same cells: reused
     # a deadline already past: nothing new starts, and the report counts what is missing
     more = _cfg(out=tmp_path, jobs=1, bootstrap=50, eval_seeds=(0, 1, 2), max_minutes=1e-9)
     rep = study.run_study(more, log=lambda s: None)
     assert len(calls) == n_first + 1
     assert rep["meta"]["unrun"] > 0 and rep["missing"]["eval"] == 2 * 3 * 4 and rep["missing"]["init"] == 4
+    # a method the stored cost lacks: every cell is measured again, side by side
+    study.run_study(_cfg(out=tmp_path, jobs=1, bootstrap=50, methods=("sds", "ssd-depth"), max_minutes=1e-9), log=lambda s: None)
+    assert probes[-1] == ["sds@4", "sds@2", "sds@8", "ssd-depth@4", "ssd-depth@2", "ssd-depth@8", "ssd@4", "ssd@2", "ssd@8"]
+    assert json.loads((tmp_path / "cost.json").read_text())["seconds_per_step"]["ssd-depth@8"] == pytest.approx(0.08)
     files = study_stats.write_report(rep, tmp_path, "report-more")
     assert [f.name for f in files] == ["report-more.json", "report-more.md"]
     assert json.loads(files[0].read_text())["missing"]["eval"] == 24
@@ -248,6 +288,7 @@ def test_scaled_optim_scales_every_learning_rate():
     (["--gap", "1.5"], "--gap"),
     (["--view-options", "0"], "--view-options"),
     (["--report-name", "../x"], "--report-name"),
+    (["--probe-steps", "-1"], "--probe-steps"),
 ])
 def test_bad_study_options_give_one_clear_error(args, word, tmp_path):
     cfg = config.parse(StudyConfig, [*args, "--out", str(tmp_path)], prog="steinsplat study")

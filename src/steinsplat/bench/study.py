@@ -20,6 +20,13 @@ the learning-rate decay, the timestep annealing and the densification are fracti
      between the initial and the best result, and the time SSD needs to reach SDS's quality at the
      largest budget, with bootstrap intervals over (prompt, seed).
 
+Times: runs made in different sessions ran on differently loaded machines (10-30 % apart, more under
+load), so the report does not compare the runs' own times. Before it runs anything, each invocation
+measures every method x views per step side by side in one process (`measure_cost`: short runs of
+the whole schedule, two rounds in opposite orders, the faster round kept) and stores it in
+OUT/cost.json; every "seconds" in the report is steps x that cost. The stored cost is reused while
+it covers every method x views of the invocation; a new method re-measures all of them together.
+
 Each finished run is one small JSON file under OUT/runs, named by its settings; a later invocation
 (another session, more seeds, more methods) reuses every file it finds and runs only what is
 missing. `--max-minutes` stops starting new runs once the time is spent; the report then covers
@@ -71,13 +78,14 @@ class StudyConfig:
     bootstrap: int = 2000  # bootstrap resamples of (prompt, seed) for the intervals
     gap: float = 0.9  # share of the gap between the initial and the best result that counts as reached
     run: bool = True  # run what is missing (--no-run: only write the report from the stored runs)
+    probe_steps: int = 40  # steps of each cost-probe run (every method x views side by side, see above); 0: use the runs' own times
     report_name: str = "report"  # the report's files OUT/NAME.md and OUT/NAME.json (a study of other methods can share OUT's runs and keep the main report)
     quick: bool = False  # CI mode: 2 + 2 prompts, budgets 6 and 12 at 32 px, 2 views (structure, not numbers)
 
 
 def quick_config(cfg: StudyConfig) -> StudyConfig:
     return dataclasses.replace(cfg, budgets=(6, 12), lr_mults=(1.0, 2.0), tune_prompts=("a red cube", "a gray pyramid"),
-                               eval_prompts=("a blue sphere", "a green cube"), eval_seeds=(0, 1), views=2, oracle_views=4, view_options=(4,),
+                               eval_prompts=("a blue sphere", "a green cube"), eval_seeds=(0, 1), views=2, oracle_views=4, view_options=(4,), probe_steps=4,
                                resolution=32, bootstrap=200)
 
 
@@ -246,6 +254,74 @@ def eval_tasks(cfg: StudyConfig, tuned: dict[tuple[str, int], float]) -> list[Ta
             for m in cfg.methods for S in cfg.budgets if (m, S) in tuned]
 
 
+# ---------------------------------------------------------------------------- cost, side by side
+COST_FILE = "cost.json"
+
+
+def cost_cells(cfg: StudyConfig) -> list[str]:
+    """The "method@views" whose cost per step the report needs."""
+    cells = [(m, v) for m in cfg.methods for v in (cfg.views, *cfg.view_options)]
+    if cfg.oracle_views > 0:
+        cells.append(("sds", cfg.oracle_views))
+    return list(dict.fromkeys(f"{m}@{v}" for m, v in cells))
+
+
+def measure_cost(cells: Sequence[str], cfg: StudyConfig, prior, est, rounds: int = 2) -> dict[str, float]:
+    """Seconds per step of each "method@views", side by side in this process: each round runs every
+    cell once (`probe_steps` steps, the whole schedule, on the first tuning prompt), the order
+    reversed every other round; a cell keeps its fastest round (the least disturbed one)."""
+    from .convergence import bench_trainer
+
+    times: dict[str, list[float]] = {c: [] for c in cells}
+    for k in range(rounds):
+        for c in (cells if k % 2 == 0 else list(reversed(cells))):
+            m, v = c.rsplit("@", 1)
+            tr = bench_trainer(m, cfg.tune_prompts[0], 0, cfg.probe_steps, prior, est, int(v), cfg.resolution)
+            t0 = time.perf_counter()
+            while tr.state.step < cfg.probe_steps:
+                tr.step()
+            times[c].append((time.perf_counter() - t0) / cfg.probe_steps)
+    return {c: min(ts) for c, ts in times.items()}
+
+
+def load_cost(folder: Path) -> Optional[dict]:
+    try:
+        d = json.loads((folder / COST_FILE).read_text())
+        return d if isinstance(d.get("seconds_per_step"), dict) and isinstance(d.get("settings"), dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def ensure_cost(cfg: StudyConfig, log: Callable[[str], None]) -> Optional[dict]:
+    """The stored cost if it covers this invocation's cells at the same probe settings; otherwise (when
+    running) a new measurement of all of them and of the stored ones, saved. None: use the runs' times."""
+    if cfg.probe_steps <= 0:
+        return None
+    settings = {"probe_steps": cfg.probe_steps, "resolution": cfg.resolution, "prompt": cfg.tune_prompts[0]}
+    stored = load_cost(cfg.out)
+    if stored is not None and stored["settings"] != settings:
+        stored = None
+    need = cost_cells(cfg)
+    if stored is not None and all(c in stored["seconds_per_step"] for c in need):
+        return stored
+    if not cfg.run:
+        return None
+    cells = list(dict.fromkeys([*need, *(stored["seconds_per_step"] if stored else [])]))
+    log(f"study: measuring the cost per step of {', '.join(cells)} side by side ({cfg.probe_steps}-step runs, 2 rounds)")
+    if "models" not in _WORKER:
+        _init_worker()
+    from ..generate import versions
+    from .convergence import code_fingerprint
+    from .run import machine
+
+    cost = {"settings": settings, "seconds_per_step": measure_cost(cells, cfg, *_WORKER.get("models", (None, None))),
+            "machine": machine(), "versions": versions(), "code": code_fingerprint(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cfg.out / COST_FILE, (json.dumps(cost, indent=1) + "\n").encode())
+    return cost
+
+
 # ---------------------------------------------------------------------------- running
 _WORKER: dict = {}
 
@@ -333,8 +409,9 @@ def check_config(cfg: StudyConfig) -> None:
         raise config.ConfigError(f"--view-options: positive view counts other than --views ({cfg.views}), e.g. 2 8")
     if not cfg.report_name or any(c in cfg.report_name for c in "/\\") or cfg.report_name.startswith("."):
         raise config.ConfigError("--report-name: a plain file name without folders, e.g. report-depth")
-    if cfg.views <= 0 or cfg.oracle_views < 0 or cfg.resolution < 8 or cfg.jobs <= 0 or cfg.bootstrap < 10:
-        raise config.ConfigError("--views and --jobs must be positive, --oracle-views >= 0, --resolution >= 8, --bootstrap >= 10")
+    if cfg.views <= 0 or cfg.oracle_views < 0 or cfg.resolution < 8 or cfg.jobs <= 0 or cfg.bootstrap < 10 or cfg.probe_steps < 0:
+        raise config.ConfigError("--views and --jobs must be positive, --oracle-views and --probe-steps >= 0, --resolution >= 8, "
+                                 "--bootstrap >= 10")
     if not 0 < cfg.gap <= 1 or not cfg.max_minutes > 0:
         raise config.ConfigError("--gap must be in (0, 1] and --max-minutes positive")
     if not cfg.tune_prompts or not cfg.eval_prompts or not cfg.tune_seeds or not cfg.eval_seeds:
@@ -359,6 +436,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
     t0 = time.perf_counter()
     deadline = t0 + 60 * cfg.max_minutes
     results = load_results(cfg.out / "runs")
+    cost = ensure_cost(cfg, log)
     unrun = 0
     phase1 = init_tasks(cfg) + oracle_tasks(cfg) + tune_tasks(cfg)
     if cfg.run:
@@ -367,7 +445,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.run:
         # the evaluation first (seed-major: a cut leaves whole units missing), then the views per step
         unrun += run_missing(eval_tasks(cfg, tuned) + views_tasks(cfg, tuned), cfg, results, deadline, log, ordered=True)
-    rep = study_stats.report(results, cfg, tuned)
+    rep = study_stats.report(results, cfg, tuned, cost)
     rep["meta"].update(seconds=time.perf_counter() - t0, unrun=unrun)
     return rep
 

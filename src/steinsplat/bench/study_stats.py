@@ -8,8 +8,9 @@ S_1 < ... < S_n (each run at the method's tuned multiplier), with the initial st
        q_0 = the initial state's mean (a budget between two measured ones is assumed to give a
        result between theirs);
     3. never reached within S_n: infinite (censored; an interval that contains it is open).
-Seconds = steps x the method's mean seconds per step in these runs (the same machine, the same
-worker load). Two questions use it:
+Seconds = steps x the method's seconds per step from the invocation's cost probe (`study.ensure_cost`:
+every method x views measured side by side; the stored runs come from sessions whose machines were
+loaded differently), or, without a probe, the mean over the evaluation's own runs. Two questions use it:
   - gap: q* = q_init + gap * (q_best - q_init), q_best the best mean of any method at any budget;
   - SDS's quality: q* = SDS's mean at the largest budget; the ratio is SSD's seconds to reach it
     over SDS's seconds at that budget (the issue's target: <= 0.75 with the interval below 1).
@@ -94,7 +95,19 @@ class Table:
     seconds_per_step: dict[str, float]
 
 
-def eval_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict, metric: str) -> Table:
+def step_cost(cost: Optional[dict], method: str, views: int) -> Optional[float]:
+    """Seconds per step of `method` at `views` views from the cost probe (None without one)."""
+    return None if cost is None else cost["seconds_per_step"].get(f"{method}@{views}")
+
+
+def run_seconds(cost: Optional[dict], rs: list[Result]) -> float:
+    """Mean seconds of one setting's runs: steps x the probe's cost per step, or the runs' own times."""
+    t = rs[0].task
+    c = step_cost(cost, t["method"], t["views"])
+    return t["steps"] * c if c is not None else finite_mean(r.seconds for r in rs)
+
+
+def eval_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict, metric: str, cost: Optional[dict] = None) -> Table:
     units = [(p, s) for p in cfg.eval_prompts for s in cfg.eval_seeds]
     init = {}
     for p, s in units:
@@ -115,7 +128,8 @@ def eval_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict, metric
                 if r is not None:
                     runs[m][S][p, s] = r.metrics[metric]
                     per_step.append(r.seconds / max(1, S))
-        sps[m] = finite_mean(per_step)
+        c = step_cost(cost, m, cfg.views)
+        sps[m] = c if c is not None else finite_mean(per_step)
     complete = [u for u in units if u in init and all(u in runs[m].get(S, {}) for m in cfg.methods for S in cfg.budgets)]
     return Table(complete, init, runs, sps)
 
@@ -176,7 +190,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- oracle
-def oracle(results: dict[str, Result], cfg: StudyConfig) -> dict:
+def oracle(results: dict[str, Result], cfg: StudyConfig, cost: Optional[dict] = None) -> dict:
     """SDS at cfg.views vs cfg.oracle_views views per step (default lr), per budget, on the tuning units;
     `per_second` pairs the oracle at S with the default at the budget of about the same time."""
     if cfg.oracle_views <= 0:
@@ -187,7 +201,7 @@ def oracle(results: dict[str, Result], cfg: StudyConfig) -> dict:
             rs = cell_runs(results, cfg, "sds", S, 1.0, v)
             if any(r is None for r in rs):
                 continue
-            rows.append({"steps": S, "views": v, "runs": len(rs), "seconds": finite_mean(r.seconds for r in rs),
+            rows.append({"steps": S, "views": v, "runs": len(rs), "seconds": run_seconds(cost, rs),
                          **{k: finite_mean(r.metrics[k] for r in rs) for k in METRIC_KEYS}})
     per_second = []  # the oracle at S against the default at 2S (about the same wall-clock time)
     by = {(r["steps"], r["views"]): r for r in rows}
@@ -208,7 +222,7 @@ def oracle(results: dict[str, Result], cfg: StudyConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------- views per step
-def views_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> list[dict]:
+def views_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict, cost: Optional[dict] = None) -> list[dict]:
     """Per method, V (`view_options`) and budget S: V views x S steps at the tuned multiplier against its
     partner of about the same time, `cfg.views` views x S*V/views steps at that budget's tuned multiplier
     (means over the tuning units; a cell with any run missing is left out)."""
@@ -228,8 +242,7 @@ def views_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> li
                              "partner_lr_mult": tuned[m, P], "runs": len(a),
                              **{k: {"views": finite_mean(r.metrics[k] for r in a),
                                          "partner": finite_mean(r.metrics[k] for r in b)} for k in STUDY_METRICS},
-                             "seconds": {"views": finite_mean(r.seconds for r in a),
-                                         "partner": finite_mean(r.seconds for r in b)}})
+                             "seconds": {"views": run_seconds(cost, a), "partner": run_seconds(cost, b)}})
     return rows
 
 
@@ -244,7 +257,7 @@ def _clean(o):
     return o
 
 
-def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> dict:
+def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict, cost: Optional[dict] = None) -> dict:
     from ..generate import versions
     from .run import machine
 
@@ -252,13 +265,14 @@ def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict) -> dict:
                           "machine": machine(), "versions": versions(),
                           "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
                           "stored_runs": len(results),
-                          "codes": sorted({r.code for r in results.values()})},
+                          "codes": sorted({r.code for r in results.values()}),
+                          "cost": cost or "none: the runs' own times (from sessions that may have been loaded differently)"},
                  "tuned": {f"{m}@{S}": lr for (m, S), lr in sorted(tuned.items())},
-                 "tuning": _tuning_table(results, cfg), "oracle": oracle(results, cfg),
-                 "views": views_table(results, cfg, tuned), "metrics": {}}
+                 "tuning": _tuning_table(results, cfg), "oracle": oracle(results, cfg, cost),
+                 "views": views_table(results, cfg, tuned, cost), "metrics": {}}
     targets = []
     for metric in STUDY_METRICS:
-        tab = eval_table(results, cfg, tuned, metric)
+        tab = eval_table(results, cfg, tuned, metric, cost)
         if len(tab.units) < 2:
             rep["metrics"][metric] = {"units": len(tab.units)}
             continue
@@ -313,12 +327,15 @@ def markdown(rep: dict) -> str:
          f"{cfg['views']} views at {cfg['resolution']} px",
          f"- tuning: {len(cfg['tune_prompts'])} prompts x seeds {cfg['tune_seeds']}; evaluation (held out): "
          f"{len(cfg['eval_prompts'])} prompts x seeds {cfg['eval_seeds']}",
+         "- times: " + (f"the cost per step measured side by side on {meta['cost']['date']} ("
+                        + ", ".join(f"{k} {v:.3f} s" for k, v in meta["cost"]["seconds_per_step"].items())
+                        + "); s/run in the tuning table: the run's own time" if isinstance(meta["cost"], dict) else meta["cost"]),
          f"- stored runs {meta['stored_runs']} (code {', '.join(meta['codes'])}); missing: "
          + ", ".join(f"{k} {v}" for k, v in rep["missing"].items() if k != "eval_untuned_cells"), ""]
     L += ["## Targets", ""] + [f"- **{'met' if t['met'] else 'NOT met'}** — {t['what']}: {t['measured']}"
                                for t in rep["targets"]] + [""]
     L += ["## Tuned learning-rate multipliers (best mean 3D IoU on the tuning prompts)", "",
-          "| method | steps | lr x | 3D IoU | chamfer mm | top IoU | s/run |", "|---|---:|---:|---:|---:|---:|---:|"]
+          "| method | steps | lr x | 3D IoU | chamfer mm | top IoU | s/run (own) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rep["tuning"]:
         star = " **(tuned)**" if rep["tuned"].get(f"{r['method']}@{r['steps']}") == r["lr_mult"] else ""
         L.append(f"| {r['method']} | {r['steps']} | {r['lr_mult']:g}{star} | {fmt(r['iou_3d'])} | {fmt(r['chamfer_mm'], 1)} | "
