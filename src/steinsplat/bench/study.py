@@ -234,8 +234,9 @@ def tune_tasks(cfg: StudyConfig) -> list[Task]:
 
 
 def views_partner(cfg: StudyConfig, steps: int, views: int) -> Optional[int]:
-    """The budget at `cfg.views` views per step that costs about as much as `steps` steps at `views`
-    views (a step's cost grows about linearly with its views), or None if that is not a budget."""
+    """The budget at `cfg.views` views per step with as many rendered views in all as `steps` steps at
+    `views` views (about the same time: the cost probe measured an 8-view step at 2.4x a 4-view one
+    and a 2-view step at 0.6x, and the report shows both times), or None if that is not a budget."""
     T = steps * views / cfg.views
     return int(T) if T == int(T) and int(T) in cfg.budgets else None
 
