@@ -448,7 +448,8 @@ def _interrupt_then_resume(tmp_path: Path, sig: int, reference: Path, seed: int)
         pytest.skip("the run finished before the signal")
     assert p.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "--resume" in err
-    assert not out.exists()
+    # the splat file exists only if the signal came after the last step, during the exports
+    assert not out.exists() or "step_000024" in err
     r = _cli(RUN + ["--out", str(out), "--resume", str(out.parent)])
     _, err = r.communicate(timeout=600)
     assert r.returncode == 0, err[-2000:]

@@ -102,6 +102,44 @@ def test_signal_stops_between_steps_and_resume_gives_the_same_bytes(tmp_path, ti
         "step_000002.png", "step_000004.png", "step_000006.png"]
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_sigterm_during_the_exports_exits_130_and_resume_writes_the_same_bytes(tmp_path, tiny_models, monkeypatch, capsys,
+                                                                              when):
+    """A signal after the last step, before or after the splat file is written, ends the exports with
+    exit 130 and the --resume hint (not a kill by SIGTERM); the resumed run writes the same bytes."""
+    import os
+    import signal
+
+    from steinsplat import export
+
+    sd, _ = tiny_models
+
+    def argv(out):
+        return ["a red cube", "--prior", "sd", "--model", str(sd), "--guidance", "sds", "--out", str(out), *FAST]
+
+    ref = tmp_path / "ref" / "x.ply"
+    assert main(argv(ref)) == 0
+    out = tmp_path / "run" / "x.ply"
+    original = export.export_gaussians
+
+    def signalled(path, g, *a, **k):
+        if when == "before":
+            os.kill(os.getpid(), signal.SIGTERM)
+        n = original(path, g, *a, **k)
+        if when == "after":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return n
+
+    monkeypatch.setattr(export, "export_gaussians", signalled)
+    assert main(argv(out)) == 130
+    err = capsys.readouterr().err
+    assert "SIGTERM" in err and "--resume" in err and "step_000003" in err
+    assert out.exists() == (when == "after") and not (out.parent / "run.json").exists()
+    monkeypatch.setattr(export, "export_gaussians", original)
+    assert main(argv(out) + ["--resume", str(out.parent)]) == 0
+    assert out.read_bytes() == ref.read_bytes() and json.loads((out.parent / "run.json").read_text())["steps"] == 3
+
+
 def test_second_interrupt_stops_at_once(tmp_path, tiny_models, monkeypatch, capsys):
     """A second Ctrl-C does not wait for the step; the run exits 130 without a new checkpoint."""
     import os
