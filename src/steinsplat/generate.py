@@ -394,7 +394,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     from .render import render
     from .render.torch_backend import set_compile
 
-    from .interrupts import StopOnSignal, restore, terminate_as_interrupt
+    from .interrupts import StopOnSignal
 
     t_start = time.perf_counter()
     say = (lambda m: console.print(m, markup=False)) if console is not None else (lambda _m: None)
@@ -473,9 +473,9 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
         first_step, first_skipped = trainer.state.step, trainer.state.skipped
         with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: finish the step, then stop (a second one: at once)
             trainer.run(on_step, should_stop=lambda: stop.requested is not None)
-        # The whole optimisation is saved before the exports, so nothing is lost if one of them fails
-        # or is interrupted: --resume of this checkpoint goes straight to the exports.
-        final = save_checkpoint(trainer, ckpt_dir, options=options)
+            # The whole optimisation is saved before the exports, so nothing is lost if one of them fails
+            # or is interrupted: --resume of this checkpoint goes straight to the exports.
+            final = save_checkpoint(trainer, ckpt_dir, options=options)
         if stop.requested is not None:
             raise Interrupted(final, stop.requested)
         ran = trainer.state.step - first_step
@@ -491,55 +491,64 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
             stop_live_viewer(server, live)
             say("live viewer closed")
     t_opt = time.perf_counter()
-    # Ctrl-C / SIGTERM during the exports stops them (every file is written atomically, so none is
-    # left half-written); the optimisation is saved in `final`, and --resume of it goes straight here.
-    previous = terminate_as_interrupt()
+    # Ctrl-C / SIGTERM during the exports: the one under way finishes (every file is written
+    # atomically), the rest are skipped, exit 130; a second signal stops at once. The optimisation
+    # is saved in `final`, and --resume of it goes straight here.
+    exports = StopOnSignal("stopping after this export (Ctrl-C again to stop at once)")
+
+    def stop_here() -> None:
+        if exports.requested is not None:
+            raise Interrupted(final, exports.requested)
+
     try:
-        outputs = {"splats": str(out)}
-        n_written = export_gaussians(out, trainer.g)
-        if live is not None:
-            say(f"to look at the result again: steinsplat view {out}")
-        if cfg.mesh is not None:
-            from .export.mesh import MeshConfig, export_mesh
+        with exports:
+            outputs = {"splats": str(out)}
+            n_written = export_gaussians(out, trainer.g)
+            stop_here()
+            if live is not None:
+                say(f"to look at the result again: steinsplat view {out}")
+            if cfg.mesh is not None:
+                from .export.mesh import MeshConfig, export_mesh
 
-            export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode, method=cfg.mesh_method))
-            outputs["mesh"] = str(cfg.mesh)
-        if cfg.video is not None:
-            from .export.video import VideoConfig, export_video
+                export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode, method=cfg.mesh_method))
+                outputs["mesh"] = str(cfg.mesh)
+                stop_here()
+            if cfg.video is not None:
+                from .export.video import VideoConfig, export_video
 
-            export_video(cfg.video, trainer.g, VideoConfig(mode=cfg.mode))
-            outputs["video"] = str(cfg.video)
-        t_export = time.perf_counter()
-        metrics = None
-        if prior_name == "shapeworld":
-            from .shapeworld.metrics import evaluate
+                export_video(cfg.video, trainer.g, VideoConfig(mode=cfg.mode))
+                outputs["video"] = str(cfg.video)
+                stop_here()
+            t_export = time.perf_counter()
+            metrics = None
+            if prior_name == "shapeworld":
+                from .shapeworld.metrics import evaluate
 
-            with torch.no_grad():
-                metrics = dataclasses.asdict(evaluate(trainer.g.to("cpu"), cfg.prompt))
-        record = {
-            "status": "ok",
-            "prompt": cfg.prompt,
-            "prior": prior_name,
-            "seed": cfg.seed,
-            "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
-            "versions": versions(),
-            "device": str(device),
-            "timings": {"load_s": t_loaded - t_start, "optimise_s": t_opt - t_loaded, "export_s": t_export - t_opt,
-                        "total_s": time.perf_counter() - t_start},
-            "steps": trainer.state.step,
-            "skipped_steps": trainer.state.skipped,
-            "gaussians": n_written,
-            "outputs": outputs,
-            "metrics": metrics,
-            "final_loss": trainer.state.history[-1].loss if trainer.state.history else None,
-        }
-        from .export.atomic import atomic_write_bytes
+                with torch.no_grad():
+                    metrics = dataclasses.asdict(evaluate(trainer.g.to("cpu"), cfg.prompt))
+                    stop_here()
+            record = {
+                "status": "ok",
+                "prompt": cfg.prompt,
+                "prior": prior_name,
+                "seed": cfg.seed,
+                "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+                "versions": versions(),
+                "device": str(device),
+                "timings": {"load_s": t_loaded - t_start, "optimise_s": t_opt - t_loaded, "export_s": t_export - t_opt,
+                            "total_s": time.perf_counter() - t_start},
+                "steps": trainer.state.step,
+                "skipped_steps": trainer.state.skipped,
+                "gaussians": n_written,
+                "outputs": outputs,
+                "metrics": metrics,
+                "final_loss": trainer.state.history[-1].loss if trainer.state.history else None,
+            }
+            from .export.atomic import atomic_write_bytes
 
-        atomic_write_bytes(run_dir / "run.json", json.dumps(record, indent=2).encode())
-        return record
+            atomic_write_bytes(run_dir / "run.json", json.dumps(record, indent=2).encode())
+            return record
     except Interrupted:
         raise
-    except KeyboardInterrupt as exc:
-        raise Interrupted(final, exc.args[0] if exc.args else "SIGINT") from None
-    finally:
-        restore(previous)
+    except KeyboardInterrupt:  # the second signal
+        raise Interrupted(final, exports.requested or "SIGINT") from None

@@ -58,7 +58,7 @@ def terminate_as_interrupt() -> dict[int, Any]:
         return {}
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("SIGTERM")  # the signal's name, for the message (Ctrl-C's has none)
+        raise KeyboardInterrupt
 
     return {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
 
