@@ -371,7 +371,8 @@ def run_missing(tasks: Sequence[Task], cfg: StudyConfig, results: dict[str, Resu
             f"{r.seconds:.0f} s (elapsed {el / 60:.1f} min)")
 
     if cfg.jobs <= 1:
-        _init_worker()
+        if "models" not in _WORKER:  # the cost probe may have loaded them already
+            _init_worker()
         for t in todo:
             if time.perf_counter() > deadline:
                 return total - done
