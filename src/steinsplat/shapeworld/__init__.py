@@ -22,14 +22,16 @@ from .metrics import (
     ShapeWorldMetrics, colour_error, depth_error, eval_cameras, evaluate, mask_iou, psnr,
 )
 from .vocab import (
-    COLOUR_NAMES, COLOURS, HELD_OUT, SHAPE_NAMES, SHAPES, SPEC_VERSION, ObjectPrompt, Prompt, PromptError,
-    RoomPrompt, all_object_prompts, all_room_prompts, as_prompt, canonical_text, parse_prompt,
+    COLOUR_NAMES, COLOURS, HELD_OUT, SHAPE_NAMES, SHAPES, SPEC_VERSION, AnyPrompt, ObjectPrompt, OpenPrompt, Prompt,
+    PromptError, RoomPrompt, all_object_prompts, all_room_prompts, as_prompt, canonical_text, parse_prompt,
+    prompt_modes,
 )
 from .world import LIGHT_DIR, WorldMesh, room_mesh, shade, shape_mesh
 
 __all__ = [
     "COLOURS", "COLOUR_NAMES", "SHAPES", "SHAPE_NAMES", "HELD_OUT", "SPEC_VERSION",
-    "ObjectPrompt", "RoomPrompt", "Prompt", "PromptError", "parse_prompt", "as_prompt", "canonical_text",
+    "ObjectPrompt", "RoomPrompt", "OpenPrompt", "Prompt", "AnyPrompt", "PromptError", "parse_prompt", "as_prompt",
+    "canonical_text", "prompt_modes",
     "all_object_prompts", "all_room_prompts",
     "WorldMesh", "shape_mesh", "room_mesh", "shade", "LIGHT_DIR",
     "GTRender", "render_gt",

@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..cameras import Cameras
-from .vocab import COLOUR_NAMES, KNOWN_WORDS, SHAPE_NAMES, PromptError, canonical_text, parse_prompt
+from .vocab import COLOUR_NAMES, KNOWN_WORDS, SHAPE_NAMES, OpenPrompt, PromptError, canonical_text, parse_prompt
 from .weights import save_model_folder
 
 PRIOR_CONFIG_NAME = "prior_config.json"
@@ -95,7 +95,11 @@ class ShapeWorldTokenizer:
     def tokenize(self, text: str) -> list[int]:
         if text.strip() == "":
             return []
-        canon = canonical_text(parse_prompt(text))  # PromptError for anything outside the grammar
+        parsed = parse_prompt(text)  # PromptError for anything outside the grammar
+        if isinstance(parsed, OpenPrompt):
+            raise PromptError(f"{text!r} is an open prompt (a set of answers); the text encoder takes one answer at a "
+                              "time: encode each of its modes (vocab.prompt_modes), as ShapeWorldPriorAdapter does")
+        canon = canonical_text(parsed)
         ids = self.tokenizer.encode(canon).ids
         if self.unk_id in ids:  # the tokenizer file does not match vocab.py
             raise PromptError(f"prompt {text!r} has words unknown to this tokenizer; re-save the prior with the current vocabulary")

@@ -5,13 +5,18 @@ Everything here is copied from docs/shapeworld.md (the contract); change both or
 Grammar (case and surrounding white space ignored, optional trailing full stop):
     object: [a|an] {colour} {shape}                                  e.g. "a red cube"
     room:   [a|an] room with {colour} walls and a {colour} floor     e.g. "a room with blue walls and a gray floor"
+    open:   [a|an] {shape}                 any colour                 e.g. "a cube"      (8 valid answers)
+            [a|an] {colour} object|shape   any shape                  e.g. "a red shape" (7 valid answers)
+            [a|an] object|shape            any colour and shape       e.g. "an object"   (56 valid answers)
+An open (underspecified) prompt is set-valued: its ground truth is the set of object prompts it
+allows (`OpenPrompt.modes`); the prior serves it as a mixture of those conditionals.
 ("an" is accepted wherever the grammar has "a", so "an orange floor" parses.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 SPEC_VERSION = "shapeworld-1"  # bump when docs/shapeworld.md changes what a sample looks like
 
@@ -155,7 +160,39 @@ class RoomPrompt:
         return canonical_text(self)
 
 
+@dataclass(frozen=True)
+class OpenPrompt:
+    """An underspecified object prompt: the colour, the shape or both left open (None).
+
+    Its ground truth is a set: every object prompt that fills the open slots (`modes`), held-out
+    pairs included (the prior composes them; generalisation to them is what they measure).
+    """
+
+    colour: Optional[str] = None  # None: any of the 8 colours
+    shape: Optional[str] = None  # None: any of the 7 shapes
+
+    def __post_init__(self) -> None:
+        if self.colour is not None and self.shape is not None:
+            raise PromptError("an OpenPrompt leaves the colour or the shape open; use ObjectPrompt for both given")
+        if self.colour is not None and self.colour not in COLOURS:
+            raise PromptError(f"unknown colour {self.colour!r}; known colours: {', '.join(COLOUR_NAMES)}")
+        if self.shape is not None and self.shape not in SHAPES:
+            raise PromptError(f"unknown shape {self.shape!r}; known shapes: {', '.join(SHAPE_NAMES)}")
+
+    @property
+    def modes(self) -> tuple[ObjectPrompt, ...]:
+        """The valid answers, colour-major (the order of `all_object_prompts`)."""
+        colours = COLOUR_NAMES if self.colour is None else (self.colour,)
+        shapes = SHAPE_NAMES if self.shape is None else (self.shape,)
+        return tuple(ObjectPrompt(c, s) for c in colours for s in shapes)
+
+    @property
+    def text(self) -> str:
+        return canonical_text(self)
+
+
 Prompt = Union[ObjectPrompt, RoomPrompt]
+AnyPrompt = Union[ObjectPrompt, RoomPrompt, OpenPrompt]  # what parse_prompt returns
 
 # The prior is not trained on these pairs (compositional generalisation is measured on them).
 HELD_OUT: tuple[ObjectPrompt, ...] = (
@@ -183,7 +220,18 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def canonical_text(prompt: Prompt) -> str:
+def prompt_modes(prompt: "AnyPrompt | str") -> tuple[ObjectPrompt, ...]:
+    """The object prompts a prompt allows: itself for an object prompt, every mode of an open one.
+    Rooms have no set-valued form (a room prompt raises PromptError)."""
+    p = as_prompt(prompt)
+    if isinstance(p, OpenPrompt):
+        return p.modes
+    if isinstance(p, ObjectPrompt):
+        return (p,)
+    raise PromptError(f"{p.text!r} is a room; set-valued prompts are objects ('a cube', 'a red shape', 'an object')")
+
+
+def canonical_text(prompt: AnyPrompt) -> str:
     """The one spelling of a prompt: lower case, with "a"/"an" as English wants, no full stop.
 
     `parse_prompt(canonical_text(p)) == p` for every prompt.
@@ -192,7 +240,13 @@ def canonical_text(prompt: Prompt) -> str:
         return f"{_article(prompt.colour)} {prompt.colour} {prompt.shape}"
     if isinstance(prompt, RoomPrompt):
         return f"a room with {prompt.wall} walls and {_article(prompt.floor)} {prompt.floor} floor"
-    raise TypeError(f"expected an ObjectPrompt or RoomPrompt, got {type(prompt).__name__}")
+    if isinstance(prompt, OpenPrompt):
+        if prompt.shape is not None:
+            return f"{_article(prompt.shape)} {prompt.shape}"
+        if prompt.colour is not None:
+            return f"{_article(prompt.colour)} {prompt.colour} shape"
+        return "an object"
+    raise TypeError(f"expected an ObjectPrompt, RoomPrompt or OpenPrompt, got {type(prompt).__name__}")
 
 
 # ---------------------------------------------------------------------------- parser
@@ -202,14 +256,16 @@ class PromptError(ValueError):
 
 _ARTICLES = ("a", "an")
 _ROOM_WORDS = ("room", "with", "walls", "and", "floor")
-KNOWN_WORDS: frozenset[str] = frozenset(COLOUR_NAMES + SHAPE_NAMES + _ARTICLES + _ROOM_WORDS)
+KNOWN_WORDS: frozenset[str] = frozenset(COLOUR_NAMES + SHAPE_NAMES + _ARTICLES + _ROOM_WORDS)  # the prior's tokens
+OPEN_WORDS: tuple[str, ...] = ("object", "shape")  # stand for "any shape" in open prompts (never tokenized)
 
 
 def _help_text() -> str:
     return (
         f"ShapeWorld knows the colours {', '.join(COLOUR_NAMES)} and the shapes {', '.join(SHAPE_NAMES)}; "
         "prompts are 'a {colour} {shape}' (e.g. 'a red cube') or "
-        "'a room with {colour} walls and a {colour} floor' (e.g. 'a room with blue walls and a gray floor'). "
+        "'a room with {colour} walls and a {colour} floor' (e.g. 'a room with blue walls and a gray floor'), "
+        "or leave the colour or shape open ('a cube', 'a red shape', 'an object'). "
         "Open-vocabulary prompts need the Stable Diffusion prior (--prior sd), on a GPU with the weights."
     )
 
@@ -219,7 +275,7 @@ def _quoted(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
-def parse_prompt(text: str) -> Prompt:
+def parse_prompt(text: str) -> AnyPrompt:
     """Parse a ShapeWorld prompt (see the module docstring for the grammar).
 
     Raises PromptError naming any unknown word, with the known words and the grammar.
@@ -230,7 +286,7 @@ def parse_prompt(text: str) -> Prompt:
     if s.endswith("."):
         s = s[:-1].rstrip()
     words = s.split()
-    unknown = [w for w in words if w not in KNOWN_WORDS]
+    unknown = [w for w in words if w not in KNOWN_WORDS and w not in OPEN_WORDS]
     if unknown:
         distinct = list(dict.fromkeys(unknown))
         listed = ", ".join(repr(w[:30]) for w in distinct[:8]) + (f" and {len(distinct) - 8} more" if len(distinct) > 8 else "")
@@ -240,6 +296,12 @@ def parse_prompt(text: str) -> Prompt:
         words = words[1:]
     if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
         return ObjectPrompt(words[0], words[1])
+    if len(words) == 1 and words[0] in SHAPES:
+        return OpenPrompt(shape=words[0])
+    if len(words) == 2 and words[0] in COLOURS and words[1] in OPEN_WORDS:
+        return OpenPrompt(colour=words[0])
+    if len(words) == 1 and words[0] in OPEN_WORDS:
+        return OpenPrompt()
     if (
         len(words) == 8
         and words[0:2] == ["room", "with"]
@@ -253,8 +315,8 @@ def parse_prompt(text: str) -> Prompt:
     raise PromptError(f"prompt {_quoted(text)} does not follow the ShapeWorld grammar. {_help_text()}")
 
 
-def as_prompt(prompt: str | Prompt) -> Prompt:
+def as_prompt(prompt: "str | AnyPrompt") -> AnyPrompt:
     """A parsed prompt from text or an already parsed prompt."""
-    if isinstance(prompt, (ObjectPrompt, RoomPrompt)):
+    if isinstance(prompt, (ObjectPrompt, RoomPrompt, OpenPrompt)):
         return prompt
     return parse_prompt(prompt)
