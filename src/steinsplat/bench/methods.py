@@ -11,6 +11,8 @@ Main methods (issue "Evidence"):
     ssd-normal-pixel        constant term + the per-pixel normal Stein field
     ssd-filter-depth-pixel  steinsplat's noise filter + the per-pixel depth field
     sds-antithetic          SDS with eps paired with -eps (two prior calls per view)
+    sds-eps4                the eps-oracle: SDS averaged over 4 independent eps per view (4 prior calls per
+                            view; the ceiling of any eps control variate: the positive control)
 Ablations (variance only), all on the paper's family unless named otherwise:
     mu-scalar / mu-channel / mu-pixel       mu shared over everything / per channel / per element (depth)
     mu-optimizer                            Adam on ||grad||^2 instead of running least squares (depth)
@@ -44,6 +46,7 @@ METHODS: dict[str, Callable] = {  # name -> builder(prior, estimator, mode) -> G
     "ssd-normal-pixel": lambda prior, est, mode: SSD(prior, [NormalPixelBaseline(est)]),
     "ssd-filter-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)], SSD_PRESETS["steinsplat"]()),
     "sds-antithetic": lambda prior, est, mode: SDS(prior, SDSConfig(antithetic=True)),
+    "sds-eps4": lambda prior, est, mode: SDS(prior, SDSConfig(eps_draws=4)),
 }
 
 ABLATIONS: dict[str, Callable] = {
@@ -61,7 +64,7 @@ ABLATIONS: dict[str, Callable] = {
 DEFAULT_METHODS = ("sds", "vsd", "ssd", "ssd-depth", "ssd-normal")
 
 SAME_MEAN_AS_SDS = ("ssd", "ssd-depth", "ssd-normal", "ssd-depth-pixel", "ssd-normal-pixel", "ssd-filter-depth-pixel",
-                    "sds-antithetic", *ABLATIONS)  # Stein: E[SSD] = E[SDS] for any mu, phi; antithetic: -eps ~ eps
+                    "sds-antithetic", "sds-eps4", *ABLATIONS)  # Stein: E[SSD] = E[SDS] for any mu, phi; antithetic: -eps ~ eps
 # (VSD is left out: its mean differs from SDS's by the particle-score term, by design.)
 
 
