@@ -112,6 +112,9 @@ class PromptEmbeds:
     by_view: dict[str, Tensor] = field(default_factory=dict)  # view tag -> [1, ...] of "prompt, <tag> view"
     prompt: str = ""  # the prompt text
     negative_prompt: str = ""  # the negative prompt text
+    modes: Optional[Tensor] = None  # [1, M, ...] one embedding per valid answer of an open prompt (ShapeWorld's
+    # "a cube": M = 8 colours), served as the mixture of those conditionals; None for an ordinary prompt
+    mode_prompts: tuple[str, ...] = ()  # the M answers' texts, in the order of `modes`
 
     def for_cameras(self, cameras: Cameras, view_dependent: bool = True) -> tuple[Tensor, Tensor]:
         """(cond [B, ...], uncond [B, ...]) for a camera batch: the view-tagged embedding of each

@@ -5,6 +5,11 @@ predicts v (v = alpha_t eps - sigma_t x), and is conditioned on the camera itsel
 azimuth, distance through its class embedding), so there is no view-dependent prompting; the
 prompt must be in ShapeWorld's grammar ("a red cube"). The schedule has zero terminal SNR
 (alpha_999 = 0), which v-prediction keeps well posed.
+
+Open prompts ("a cube": any colour; "a red shape": any shape; "an object") are set-valued: they
+are encoded as one embedding per valid answer (`PromptEmbeds.modes`) and served as the mixture of
+those conditionals (`priors/mixture.py`), one batched UNet call over views x modes; a guidance
+scale s != 1 guides the mixture against the unconditional branch.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras
 from .base import NoiseSchedule, PriorUnavailableError, PromptEmbeds, TimestepRange, as_timesteps, cfg_combine, v_to_eps
+from .mixture import mix_predictions
 
 
 class ShapeWorldPriorAdapter(nn.Module):
@@ -34,6 +40,7 @@ class ShapeWorldPriorAdapter(nn.Module):
         self.model_resolution = int(prior.resolution)
         self.model_channels = 3
         self.dtype = torch.float32
+        self.last_mode_weights: Optional[Tensor] = None  # [B, M] posterior of the modes at the last open-prompt call
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device = "cpu",
@@ -62,8 +69,19 @@ class ShapeWorldPriorAdapter(nn.Module):
 
     # ------------------------------------------------------------------ prompts / images
     def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeds:
-        """Pooled text embeddings [1, D]; `view_dependent` is ignored (the camera conditions the UNet)."""
+        """Pooled text embeddings [1, D]; `view_dependent` is ignored (the camera conditions the UNet).
+
+        An open prompt ("a cube") also gets `modes` [1, M, D], one embedding per valid answer; its
+        `cond` is then the mean of those (read only by code that does not know modes)."""
+        from ..shapeworld.vocab import OpenPrompt, parse_prompt
+
+        parsed = parse_prompt(prompt)
         with torch.no_grad():
+            if isinstance(parsed, OpenPrompt):
+                texts = [m.text for m in parsed.modes]
+                pc = self.prior.encode_prompt(texts, negative_prompt)  # cond [M, D], uncond [M, D] (all the same)
+                return PromptEmbeds(pc.cond.mean(0, keepdim=True), pc.uncond[:1], {}, prompt, negative_prompt,
+                                    modes=pc.cond[None], mode_prompts=tuple(texts))
             pc = self.prior.encode_prompt(prompt, negative_prompt)
         return PromptEmbeds(pc.cond, pc.uncond, {}, prompt, negative_prompt)
 
@@ -103,19 +121,41 @@ class ShapeWorldPriorAdapter(nn.Module):
             c = torch.cat([text.to(x_t), cam.to(x_t)], dim=-1)  # [B, D + F]
             return unet(sample, t, encoder_hidden_states=dummy, class_labels=c).sample
 
-        v = v_of(cond) if guidance_scale == 1.0 else cfg_combine(v_of(uncond), v_of(cond), guidance_scale)
+        if embeds.modes is not None:  # an open prompt: the mixture of its answers' conditionals (mixture.py)
+            v = self._mixture_v(x_t, t, embeds, cam, sample, dummy, unet)
+        else:
+            v = v_of(cond)
+        if guidance_scale != 1.0:
+            v = cfg_combine(v_of(uncond), v, guidance_scale)
         if raw:
             return v
         # v = alpha_t eps - sigma_t x  =>  eps = alpha_t v + sigma_t x_t
         return v_to_eps(v, x_t, self.schedule.alpha_t(t), self.schedule.sigma_t(t))
 
+    def _mixture_v(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cam: Tensor, sample: Tensor, dummy: Tensor,
+                   unet: nn.Module) -> Tensor:
+        """v_mix [B, 3, R, R] of an open prompt: every view under every mode in one UNet call (B M samples)."""
+        B, M = x_t.shape[0], embeds.modes.shape[1]
+        text = embeds.modes[0].to(x_t)  # [M, D]
+        c = torch.cat([text.repeat(B, 1), cam.to(x_t).repeat_interleave(M, 0)], dim=-1)  # [B M, D + F], view-major
+        v = unet(sample.repeat_interleave(M, 0), t.repeat_interleave(M), encoder_hidden_states=dummy.repeat_interleave(M, 0),
+                 class_labels=c).sample  # [B M, 3, R, R]
+        v = v.view(B, M, *v.shape[1:])  # [B, M, 3, R, R]
+        v_mix, w = mix_predictions(v, x_t, self.schedule.alpha_t(t).to(x_t), self.schedule.sigma_t(t).to(x_t))
+        self.last_mode_weights = w
+        return v_mix
+
     def predict_noise(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cameras: Cameras,
                       guidance_scale: Optional[float] = None) -> Tensor:
-        """CFG eps_hat [B, 3, R, R] through the prior's own `predict_noise` (no grad)."""
+        """CFG eps_hat [B, 3, R, R] through the prior's own `predict_noise` (no grad); an open prompt through
+        the mixture (`denoise`)."""
         from ..shapeworld.prior import PromptConditioning
 
         s = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         B = x_t.shape[0]
+        if embeds.modes is not None:
+            with torch.no_grad():
+                return self.denoise(x_t.detach(), as_timesteps(t, B, x_t.device), embeds, cameras, s).float()
         cond, uncond = embeds.for_cameras(cameras, view_dependent=False)
         pc = PromptConditioning(cond, uncond, [embeds.prompt] * B)
         with torch.no_grad():
