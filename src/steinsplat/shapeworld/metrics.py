@@ -162,7 +162,7 @@ def shipped_classifier():  # -> Optional[ShapeWorldClassifier]
 
 @torch.no_grad()
 def evaluate(
-    gaussians: Gaussians, prompt: str | Prompt, backend: str = "torch", width: int = 64, height: int = 64,
+    gaussians: Gaussians, prompt: str | Prompt | OpenPrompt, backend: str = "torch", width: int = 64, height: int = 64,
     r_precision: bool = True, shape: bool = True,
 ) -> "ShapeWorldMetrics | SetMetrics":
     """Render `gaussians` from the evaluation cameras (white background) and score them against

@@ -47,8 +47,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..cameras import object_eval_cameras
 from ..gaussians import Gaussians
-from .vocab import COLOUR_NAMES, COLOURS, ObjectPrompt, OpenPrompt, as_prompt, canonical_text, prompt_modes
+from .groundtruth import GTRender, _TorchThreads, compose_gt, gt_sums, part_albedos, render_gt
+from .metrics import (
+    _mask, _nanmean, colour_error_per_view, depth_error_per_view, mask_iou, mask_iou_per_view, psnr_per_view,
+    shipped_classifier,
+)
+from . import shape_metrics
+from .shape_metrics import (
+    SURFACE_SAMPLES, VOXEL, _distance_to_mesh, confusion_cameras, iou_3d, low_cameras, sample_surface,
+    surface_of, top_cameras, true_mesh, true_occupancy,
+)
+from .vocab import (
+    COLOUR_NAMES, COLOURS, SHAPE_NAMES, ObjectPrompt, OpenPrompt, as_prompt, canonical_text, prompt_modes,
+)
 
 HIGHER_IS_BETTER = {"mask_iou": True, "psnr": True, "colour_error": False, "depth_error": False,
                     "top_iou": True, "low_iou": True, "iou_3d": True, "chamfer_mm": False}
@@ -56,6 +69,7 @@ IMAGE_KEYS = ("mask_iou", "psnr", "colour_error", "depth_error")  # per mode, fr
 SHAPE_KEYS = ("top_iou", "low_iou", "iou_3d", "chamfer_mm")  # per shape, from shape_metrics
 MODE_RULE_SHAPE = "argmax iou_3d (ties: min chamfer_mm), then argmin colour_error among that shape's colours"
 MODE_RULE_IMAGE = "argmax mask_iou, then argmin colour_error"
+GT_SUPERSAMPLE = 4  # the ground truth's S x S rays per pixel (render_gt's default, the spec's)
 
 
 # ---------------------------------------------------------------------------- records
@@ -142,38 +156,29 @@ def majority(calls: Sequence[str]) -> tuple[str, float]:
 @lru_cache(maxsize=32)
 def eval_gt_sums(shape: str, width: int, height: int) -> Tensor:
     """`gt_sums` [B, H, W, 8] of a shape from the object evaluation rig (cached: colour-free)."""
-    from ..cameras import object_eval_cameras
-    from .groundtruth import _TorchThreads, gt_sums
-
     cams = object_eval_cameras(width, height)
     with _TorchThreads(1):  # as render_gt: the same summation order, the same bits
-        return gt_sums([shape] * len(cams), cams)
+        return gt_sums([shape] * len(cams), cams, GT_SUPERSAMPLE)
 
 
-def gt_of(mode: ObjectPrompt, width: int, height: int):  # -> GTRender
+def gt_of(mode: ObjectPrompt, width: int, height: int) -> GTRender:
     """The ground truth of one mode on the evaluation rig, from its shape's cached sums."""
-    from .groundtruth import compose_gt, part_albedos
-
     sums = eval_gt_sums(mode.shape, width, height)
     albedos = part_albedos(mode)[None].expand(len(sums), 3, 3)  # [B, 3, 3]
     with torch.no_grad():
-        return compose_gt(sums, albedos.contiguous())
+        return compose_gt(sums, albedos.contiguous(), GT_SUPERSAMPLE)
 
 
 @lru_cache(maxsize=64)
 def _rig_alpha(shape: str, rig: str) -> Tensor:
     """Ground-truth alpha [B, H, W, 1] of a shape from the top or low rig of shape_metrics (cached)."""
-    from .groundtruth import render_gt
-    from .shape_metrics import low_cameras, top_cameras
-
     cams = top_cameras() if rig == "top" else low_cameras()
     return render_gt(ObjectPrompt(COLOUR_NAMES[0], shape), cams).alpha
 
 
 @lru_cache(maxsize=16)
 def _true_surface_samples(shape: str, num: int) -> np.ndarray:
-    from .shape_metrics import sample_surface, true_mesh
-
+    """[num, 3] area samples of a shape's true surface (cached; the same as chamfer_mm draws)."""
     return sample_surface(*true_mesh(shape), num)
 
 
@@ -185,18 +190,12 @@ def set_shape_scores(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPro
     once and rendered once per rig, and compared with each shape's true occupancy, surface and
     silhouettes. The nearest shape (argmax 3D IoU; ties: min chamfer, then shape order) gives the
     top-level numbers; `per_shape` has them all and `best` the best of each metric."""
-    from ..render import render
-    from .metrics import mask_iou
-    from .shape_metrics import (
-        SURFACE_SAMPLES, VOXEL, _distance_to_mesh, carved_occupancy, confusion_cameras, iou_3d, low_cameras,
-        sample_surface, surface_of, top_cameras, true_mesh, true_occupancy,
-    )
-    from .vocab import SHAPE_NAMES
+    from ..render import render  # imported late: the renderer pulls in the backends
 
     voxel = VOXEL if voxel is None else voxel
     shapes = distinct_shapes(prompt_modes(open_prompt(prompt)))
     g = gaussians
-    occ = carved_occupancy(g, backend, voxel)
+    occ = shape_metrics.carved_occupancy(g, backend, voxel)  # once, whatever the number of shapes
     pred_mesh = surface_of(occ, voxel)
     pred_samples = sample_surface(*pred_mesh, SURFACE_SAMPLES) if len(pred_mesh[1]) else None
     rig_alpha = {}
@@ -231,8 +230,6 @@ def set_shape_scores(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPro
 def _per_view_scores(rgb: Tensor, alpha: Tensor, depth: Tensor, modes: Sequence[ObjectPrompt], width: int,
                      height: int) -> dict[str, dict[str, Tensor]]:
     """{mode text: {metric: [B] per view}} for the image metrics; mask and depth once per shape."""
-    from .metrics import colour_error_per_view, depth_error_per_view, mask_iou_per_view, psnr_per_view
-
     out: dict[str, dict[str, Tensor]] = {}
     by_shape: dict[str, dict[str, Tensor]] = {}
     for m in modes:
@@ -246,31 +243,23 @@ def _per_view_scores(rgb: Tensor, alpha: Tensor, depth: Tensor, modes: Sequence[
     return out
 
 
-def _nanmean(x: Tensor) -> float:
-    from .metrics import _nanmean as nm
-
-    return nm(x)
-
-
 def pixel_purity(rgb: Tensor, mode: ObjectPrompt, width: int, height: int) -> float:
     """Share of the pixels inside `mode`'s ground-truth mask (alpha > 0.5) whose colour is
     unambiguously the mode's: mean_c |rgb - gt_mode| < 1/2 min_{c != colour} mean_c |gt_c - gt_mode|,
     gt_c the mode's ground truth with the albedo of colour c (same shading). nan if the mask is empty.
 
     rgb: [B, H, W, 3] the prediction's evaluation views (white background)."""
-    from .groundtruth import compose_gt
-    from .metrics import _mask
-
     sums = eval_gt_sums(mode.shape, width, height)
     B = len(sums)
-    palette = torch.stack([compose_gt(sums, torch.tensor([COLOURS[c]] * 3).expand(B, 3, 3).contiguous()).rgb
+    palette = torch.stack([compose_gt(sums, torch.tensor([COLOURS[c]] * 3).expand(B, 3, 3).contiguous(),
+                                      GT_SUPERSAMPLE).rgb
                            for c in COLOUR_NAMES])  # [8, B, H, W, 3]
     own = palette[mode.colour_id]  # [B, H, W, 3]
     sep = (palette - own).abs().mean(-1)  # [8, B, H, W]
     sep[mode.colour_id] = math.inf
     radius = 0.5 * sep.min(0).values  # [B, H, W]
     err = (rgb.float() - own).abs().mean(-1)  # [B, H, W]
-    m = _mask(compose_gt(sums, torch.zeros(B, 3, 3)).alpha)  # [B, H, W]
+    m = _mask(sums[..., 7:8] / GT_SUPERSAMPLE ** 2)  # [B, H, W] the ground-truth mask (alpha = hits / S^2)
     n = int(m.sum())
     return float(((err < radius) & m).sum()) / n if n else math.nan
 
@@ -285,9 +274,7 @@ def evaluate_set(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPrompt"
     `shape` adds the shape measures (the carving: a few seconds, once whatever the modes);
     `per_mode` lists every mode's numbers; `classifier` None skips it, "shipped" loads the shipped one;
     `voxel` is the carving grid's step (default shape_metrics.VOXEL)."""
-    from ..cameras import object_eval_cameras
-    from ..render import render
-    from .metrics import shipped_classifier
+    from ..render import render  # imported late: the renderer pulls in the backends
 
     p = open_prompt(prompt)
     modes = prompt_modes(p)

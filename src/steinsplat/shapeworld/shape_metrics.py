@@ -207,7 +207,7 @@ class ShapeScores:
 
 
 @torch.no_grad()
-def shape_scores(gaussians: Gaussians, prompt: str | Prompt, backend: str = "torch", classifier=None,
+def shape_scores(gaussians: Gaussians, prompt: str | Prompt | OpenPrompt, backend: str = "torch", classifier=None,
                  voxel: float = VOXEL) -> "ShapeScores | SetShapeScores":
     """The shape-aware metrics of `gaussians` against the ground truth of an object prompt. An open
     prompt ("a red shape") is scored against each shape it allows (`set_metrics.set_shape_scores`:
