@@ -11,7 +11,7 @@ from steinsplat.gaussians import Gaussians, rgb_to_sh0
 from steinsplat.shapeworld.groundtruth import _scene, render_gt
 from steinsplat.shapeworld.metrics import compare, eval_cameras, evaluate, shipped_classifier
 from steinsplat.shapeworld.set_metrics import (
-    ModeDiversity, SetMetrics, SetShapeScores, evaluate_set, gt_of, majority, mode_diversity,
+    ModeDiversity, SetMetrics, SetShapeScores, evaluate_set, gt_of, majority, mode_diversity, scene_diversity,
 )
 from steinsplat.shapeworld import shape_metrics
 from steinsplat.shapeworld.shape_metrics import gaussians_from_solid, shape_scores
@@ -79,8 +79,9 @@ def test_a_red_cube_scores_for_a_cube_as_for_itself(cube):
     assert m.colour_error < 0.03 and m.mask_iou > 0.9
     assert m.view_purity == 1.0 and m.view_modes == ["a red cube"] * 8
     assert m.pixel_purity > 0.8
+    assert m.purity == min(v for v in (m.call_purity, m.view_purity, m.pixel_purity) if v is not None) > 0.8
     if shipped_classifier() is not None:
-        assert m.purity == m.call_purity == 1.0 and m.majority_call == "a red cube"
+        assert m.call_purity == 1.0 and m.majority_call == "a red cube"
         assert m.r_precision == own.r_precision == 1.0
 
 
@@ -123,9 +124,11 @@ def test_a_blend_of_red_and_blue_scores_worse_than_either_pure_cube(cube):
     for blend in (mixed, halves):
         assert blend.colour_error > max(p.colour_error for p in pure) + 0.03
         assert blend.pixel_purity < min(p.pixel_purity for p in pure) - 0.3
-    assert halves.view_purity <= 0.75 < min(p.view_purity for p in pure)
+        assert blend.purity < min(p.purity for p in pure) - 0.3
+    assert mixed.pixel_purity < 0.2  # no pixel is plainly one colour
+    assert halves.view_purity <= 0.75 < min(p.view_purity for p in pure)  # the views disagree
     if shipped_classifier() is not None:
-        assert halves.purity < min(p.purity for p in pure)
+        assert halves.call_purity < min(p.call_purity for p in pure)
 
 
 def test_half_a_cube_half_a_sphere_scores_worse_on_purity(cube):
@@ -138,8 +141,9 @@ def test_half_a_cube_half_a_sphere_scores_worse_on_purity(cube):
     assert [p.mode for p in pure] == ["a red cube", "a red sphere"]
     m = _cheap(half, "a red shape")
     assert m.view_purity < min(p.view_purity for p in pure)
+    assert m.purity < min(p.purity for p in pure)
     if shipped_classifier() is not None:
-        assert m.purity < min(p.purity for p in pure)
+        assert m.call_purity < min(p.call_purity for p in pure)
 
 
 def test_diversity_across_seeds():
@@ -161,6 +165,15 @@ def test_diversity_across_seeds():
         mode_diversity([{"mask_iou": 0.9}])
     with pytest.raises(ValueError, match="one object prompt"):
         mode_diversity(["a cube"])
+
+
+def test_diversity_of_scenes_counts_the_modes_they_reach():
+    g, f = _shaded("cube", spacing=0.03)  # 8 cheap scenes
+    paint = lambda c: _paint(Gaussians.from_state_tensors(g.state_tensors()), f * _albedo(c))  # noqa: E731
+    same, results = scene_diversity([paint("red") for _ in range(8)], "a cube", shape=False, classifier=None)
+    assert same.distinct == 1 and [r.mode for r in results] == ["a red cube"] * 8
+    every, _ = scene_diversity([paint(c) for c in COLOUR_NAMES], "a cube", shape=False, classifier=None)
+    assert every.distinct == 8 and every.entropy_bits == pytest.approx(3.0)
 
 
 def test_majority_ties_go_to_the_first_seen():

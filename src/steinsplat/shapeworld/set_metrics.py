@@ -15,16 +15,19 @@ Work is shared: the prediction is rendered once per rig and carved once; the gro
 once per distinct shape (`groundtruth.gt_sums`) and given each mode's albedo by `compose_gt` (a
 mode's colour changes only rgb), so a mode's numbers are bit-identical to its own ObjectPrompt's.
 
-**Mode purity** (a blend of two colours or a half-cube half-sphere must score badly), per scene:
-- `call_purity` (the headline `purity`): the shipped classifier calls (colour, shape) on each of
-  the B evaluation views; purity = #{views whose call = the majority call} / B (majority ties go to
-  the call seen first). None without the classifier;
+**Mode purity** (a blend of two colours or a half-cube half-sphere must score badly), per scene,
+each in [0, 1] (1: one mode); the headline `purity` is the least of the three that ran (a scene is
+as pure as its weakest test: each catches another way of being two modes at once):
+- `call_purity`: the shipped classifier calls (colour, shape) on each of the B evaluation views;
+  #{views whose call = the majority call} / B (majority ties go to the call seen first). None
+  without the classifier. Two halves of different colours or shapes split the views' calls;
 - `view_purity`: the same with the ground truth as the judge: each view's call is the valid mode
-  whose ground-truth image is nearest (highest PSNR of that view); classifier-free;
+  whose ground-truth image is nearest (highest PSNR of that view); needs no classifier;
 - `pixel_purity`: the share of pixels inside m*'s ground-truth mask whose colour is unambiguously
   m*'s: mean_c |rgb - gt_m*| < 1/2 min_{c != colour(m*)} mean_c |gt_c - gt_m*|, where gt_c is the
   ground truth at that pixel with the albedo of colour c (all 8 colours, shaded alike). A uniform
-  blend that no single colour explains (each Gaussian half red, half blue) fails it everywhere;
+  blend that no single colour explains (each Gaussian half red, half blue: every view looks alike,
+  the classifier calls it purple throughout) fails it almost everywhere;
 - the nearest-mode colour error itself (top-level `colour_error`).
 A uniform blend that lands near a *valid* colour (the mean of all 8 albedos is close to gray) is
 that colour as far as any image can tell; the purities cannot flag it, the colour error can.
@@ -107,7 +110,7 @@ class SetMetrics:
     mode: str = ""  # the chosen (nearest) mode, canonical text, e.g. "a red cube"
     mode_rule: str = ""  # how `mode` was chosen
     best: dict = field(default_factory=dict)  # {metric: {"value": v, "mode": text}}: the per-metric best over the modes
-    purity: Optional[float] = None  # headline mode purity = call_purity (None without the classifier)
+    purity: Optional[float] = None  # headline mode purity: min(call_purity, view_purity, pixel_purity) of those run
     call_purity: Optional[float] = None  # share of views whose classifier call is the majority call
     majority_call: Optional[str] = None  # the classifier's majority call, e.g. "a red cube" (may be invalid)
     view_purity: float = math.nan  # share of views whose nearest mode (by PSNR) is the majority one
@@ -319,8 +322,9 @@ def evaluate_set(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPrompt"
     if clf is not None:
         calls = [canonical_text(ObjectPrompt(c, s)) for c, s in clf.classify(rgb.clamp(0, 1)).names()]
         res.majority_call, res.call_purity = majority(calls)
-        res.purity = res.call_purity
         res.r_precision = sum(c in set(texts) for c in calls) / len(calls)
+    ran = [v for v in (res.call_purity, res.view_purity, res.pixel_purity) if v is not None and not math.isnan(v)]
+    res.purity = min(ran) if ran else None
     if per_mode:
         res.per_mode = [{"mode": t, **scores[t]} for t in texts]
     return res
