@@ -313,6 +313,7 @@ def cmd_generate(argv: Sequence[str]) -> int:
         return 130
     m = rec.get("metrics") or {}
     extra = f", mask IoU {m['mask_iou']:.3f}" if m.get("mask_iou") is not None else ""
+    extra += f", nearest mode {m['mode']}" if m.get("mode") else ""  # an open prompt ("a cube"): set_metrics
     console.print(f"wrote {', '.join(rec['outputs'].values())} ({rec['gaussians']:,} Gaussians, "
                   f"{rec['timings']['total_s']:.0f} s{extra})")
     return 0

@@ -55,6 +55,7 @@ TUNE_PROMPTS = ("a red cube", "a gray pyramid", "a yellow cylinder", "a green to
 EVAL_PROMPTS = ("a purple cube", "a green pyramid", "an orange cone", "a cyan torus", "a blue sphere",
                 "a yellow capsule", "a blue cylinder", "a red cone")
 METRIC_KEYS = ("iou_3d", "chamfer_mm", "top_iou", "low_iou", "mask_iou", "colour_error", "r_precision")
+SET_KEYS = ("mode", "purity", "view_purity", "pixel_purity")  # of set_metrics.SetMetrics (set_metrics.mode_diversity reads them)
 
 
 @dataclass
@@ -184,6 +185,7 @@ def run_task(task: Task, prior, est) -> Result:
     with torch.no_grad():
         m = evaluate(trainer.g, task.prompt, shape=True)
     metrics = {k: getattr(m, k) for k in METRIC_KEYS}
+    metrics.update({k: getattr(m, k) for k in SET_KEYS if hasattr(m, k)})  # open prompts: the chosen mode, its purity
     return Result(dataclasses.asdict(task), metrics, sum(step_times),
                   sorted(step_times)[len(step_times) // 2] if step_times else 0.0, len(trainer.g),
                   trainer.state.skipped, profile, code_fingerprint(),

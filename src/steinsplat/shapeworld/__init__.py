@@ -5,6 +5,7 @@ docs/shapeworld.md is the contract. This package holds
 - `world`: triangle meshes of the shapes and the room, and the shading model;
 - `groundtruth`: the ground-truth renderer (`render_gt`, open3d ray casting, 4x4 supersampling);
 - `metrics`: mask IoU, PSNR, colour and depth error, and `evaluate(gaussians, prompt)`;
+- `set_metrics`: the same for open prompts ("a cube"): nearest mode, mode purity, diversity across seeds;
 - `data`: the dataset generator (`generate`, CLI `python -m steinsplat.shapeworld.data`) and
   `ShapeWorldDataset`.
 The embedded models trained on it (weights in `assets/shapeworld/`, training with

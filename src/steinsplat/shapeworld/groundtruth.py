@@ -206,7 +206,7 @@ def render_gt(
     """
     if supersample < 1:
         raise ValueError(f"supersample must be >= 1, got {supersample}")
-    B, H, W, S = len(cameras), cameras.height, cameras.width, supersample
+    B, S = len(cameras), supersample
     if isinstance(prompt, (str, ObjectPrompt, RoomPrompt)):
         prompts = [as_prompt(prompt)] * B
     else:
@@ -215,29 +215,47 @@ def render_gt(
             raise ValueError(f"got {len(prompts)} prompts for {B} cameras: pass one prompt, or one per camera")
     with _TorchThreads(torch_threads):
         albedos = torch.stack([part_albedos(p) for p in prompts]) if B else torch.zeros(0, 3, 3)  # [B, 3, 3]
-        sums = torch.zeros(B * H * W, 8)  # per-part shading factors, normal, depth, hits: summed over hits
-        keys = [scene_key(p) for p in prompts]
-        per_cast = max(1, max_rays // (S * S))  # pixels per cast_rays call
-        for key in dict.fromkeys(keys):
-            mesh = world_mesh(key)
-            idx = torch.tensor([i for i, k in enumerate(keys) if k == key], dtype=torch.long)
-            sub = cameras[idx]
-            if cull:
-                centre, radius = mesh.bounding_sphere()
-                pix = active_pixels(sub, torch.tensor(centre, dtype=torch.float32), radius)  # [P] into len(idx)*H*W
-            else:
-                pix = torch.arange(len(idx) * H * W)
-            for p in pix.split(per_cast):
-                rays = subpixel_rays(sub, p, S)  # [p, S*S, 6]
-                gpix = idx[p // (H * W)] * (H * W) + p % (H * W)  # pixel index in the full batch
-                _accumulate(mesh, key, rays, gpix, sums)
-        sums = sums.reshape(B, H, W, 8)
-        n_hit = sums[..., 7:8]  # [B, H, W, 1] hit sub-samples per pixel
-        alpha = n_hit / (S * S)
-        background = torch.tensor(OBJECT_BACKGROUND, dtype=torch.float32)
-        rgb = torch.einsum("bhwk,bkc->bhwc", sums[..., 0:3], albedos) / (S * S) + (1.0 - alpha) * background
-        depth = torch.where(n_hit > 0, sums[..., 6:7] / n_hit.clamp_min(1.0), torch.zeros_like(n_hit))
-        nsum = sums[..., 3:6]
-        nlen = nsum.norm(dim=-1, keepdim=True)
-        normal = torch.where(nlen > 1e-12, nsum / nlen.clamp_min(1e-12), torch.zeros_like(nsum))
+        sums = gt_sums([scene_key(p) for p in prompts], cameras, S, max_rays, cull)
+        return compose_gt(sums, albedos, S)
+
+
+def gt_sums(keys: Sequence[str], cameras: Cameras, supersample: int = 4, max_rays: int = MAX_RAYS_PER_CAST,
+            cull: bool = True) -> Tensor:
+    """The colour-free part of a ground-truth render: [B, H, W, 8] sums over each pixel's hit sub-samples
+    (columns 0-2 the shading factor of the parts labelled 0, 1, 2; 3-5 the normal; 6 the depth; 7 the
+    hit count), one geometry key (shape name or "room") per camera. `compose_gt` turns them into a
+    GTRender for any albedos, so one cast serves every colour of a shape."""
+    B, H, W, S = len(cameras), cameras.height, cameras.width, supersample
+    if len(keys) != B:
+        raise ValueError(f"got {len(keys)} geometry keys for {B} cameras: pass one per camera")
+    sums = torch.zeros(B * H * W, 8)  # per-part shading factors, normal, depth, hits: summed over hits
+    per_cast = max(1, max_rays // (S * S))  # pixels per cast_rays call
+    for key in dict.fromkeys(keys):
+        mesh = world_mesh(key)
+        idx = torch.tensor([i for i, k in enumerate(keys) if k == key], dtype=torch.long)
+        sub = cameras[idx]
+        if cull:
+            centre, radius = mesh.bounding_sphere()
+            pix = active_pixels(sub, torch.tensor(centre, dtype=torch.float32), radius)  # [P] into len(idx)*H*W
+        else:
+            pix = torch.arange(len(idx) * H * W)
+        for p in pix.split(per_cast):
+            rays = subpixel_rays(sub, p, S)  # [p, S*S, 6]
+            gpix = idx[p // (H * W)] * (H * W) + p % (H * W)  # pixel index in the full batch
+            _accumulate(mesh, key, rays, gpix, sums)
+    return sums.reshape(B, H, W, 8)
+
+
+def compose_gt(sums: Tensor, albedos: Tensor, supersample: int = 4) -> GTRender:
+    """A GTRender from `gt_sums` [B, H, W, 8] and the parts' albedos [B, 3, 3] (white background):
+    rgb = sum_k factor_k albedo_k / S^2 + (1 - alpha) background, alpha = hits / S^2."""
+    S = supersample
+    n_hit = sums[..., 7:8]  # [B, H, W, 1] hit sub-samples per pixel
+    alpha = n_hit / (S * S)
+    background = torch.tensor(OBJECT_BACKGROUND, dtype=torch.float32)
+    rgb = torch.einsum("bhwk,bkc->bhwc", sums[..., 0:3], albedos) / (S * S) + (1.0 - alpha) * background
+    depth = torch.where(n_hit > 0, sums[..., 6:7] / n_hit.clamp_min(1.0), torch.zeros_like(n_hit))
+    nsum = sums[..., 3:6]
+    nlen = nsum.norm(dim=-1, keepdim=True)
+    normal = torch.where(nlen > 1e-12, nsum / nlen.clamp_min(1e-12), torch.zeros_like(nsum))
     return GTRender(rgb=rgb, alpha=alpha, depth=depth, normal=normal)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor
@@ -23,7 +23,10 @@ from torch import Tensor
 from ..cameras import Cameras, object_eval_cameras, scene_eval_cameras
 from ..gaussians import Gaussians
 from .groundtruth import GTRender, render_gt
-from .vocab import ObjectPrompt, Prompt, as_prompt
+from .vocab import ObjectPrompt, OpenPrompt, Prompt, as_prompt
+
+if TYPE_CHECKING:
+    from .set_metrics import SetMetrics
 
 MASK_THRESHOLD = 0.5
 PSNR_CAP = 100.0  # dB, the score of a perfect view (mse clamped at 1e-10)
@@ -159,17 +162,25 @@ def shipped_classifier():  # -> Optional[ShapeWorldClassifier]
 
 @torch.no_grad()
 def evaluate(
-    gaussians: Gaussians, prompt: str | Prompt, backend: str = "torch", width: int = 64, height: int = 64,
+    gaussians: Gaussians, prompt: str | Prompt | OpenPrompt, backend: str = "torch", width: int = 64, height: int = 64,
     r_precision: bool = True, shape: bool = True,
-) -> ShapeWorldMetrics:
+) -> "ShapeWorldMetrics | SetMetrics":
     """Render `gaussians` from the evaluation cameras (white background) and score them against
     the ground truth of `prompt`. R-precision (objects only) uses the shipped classifier; it is
     None for rooms, when `r_precision` is False, or when the classifier's weights are absent.
     `shape` adds the shape-aware measures for objects (top/low-view IoU, 3D IoU, chamfer, the
-    classifier's shape votes on the confusion views; a few seconds)."""
+    classifier's shape votes on the confusion views; a few seconds).
+
+    An open prompt ("a cube", OpenPrompt) is scored against each of its modes: the result is a
+    `set_metrics.SetMetrics` whose ShapeWorldMetrics keys are the nearest mode's, with the chosen
+    mode, the per-metric best and the mode purities beside them (docs: Scoring open prompts)."""
     from ..render import render  # imported late: the renderer pulls in the backends
 
     p = as_prompt(prompt)
+    if isinstance(p, OpenPrompt):
+        from .set_metrics import evaluate_set
+
+        return evaluate_set(gaussians, p, backend, width, height, r_precision=r_precision, shape=shape)
     cams = eval_cameras(p, width, height)
     out = render(gaussians, cams, background=(1.0, 1.0, 1.0), backend=backend)  # type: ignore[arg-type]
     gt = render_gt(p, cams)

@@ -26,16 +26,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
 from ..cameras import Cameras, orbit_cameras
 from ..gaussians import Gaussians
-from .vocab import SHAPE_NAMES, ObjectPrompt, Prompt, as_prompt
+from .vocab import SHAPE_NAMES, ObjectPrompt, OpenPrompt, Prompt, as_prompt
 from .groundtruth import _scene  # the cached ray-casting scene of a shape
 from .world import world_mesh
+
+if TYPE_CHECKING:
+    from .set_metrics import SetShapeScores
 
 VOXEL = 0.015  # metres between grid samples (the 1.2 m object box: 81^3 samples)
 LEVEL = 0.5  # density iso-level at which the reference cloud of `gaussians_from_solid` ends
@@ -204,14 +207,20 @@ class ShapeScores:
 
 
 @torch.no_grad()
-def shape_scores(gaussians: Gaussians, prompt: str | Prompt, backend: str = "torch", classifier=None,
-                 voxel: float = VOXEL) -> ShapeScores:
-    """The shape-aware metrics of `gaussians` against the ground truth of an object prompt."""
+def shape_scores(gaussians: Gaussians, prompt: str | Prompt | OpenPrompt, backend: str = "torch", classifier=None,
+                 voxel: float = VOXEL) -> "ShapeScores | SetShapeScores":
+    """The shape-aware metrics of `gaussians` against the ground truth of an object prompt. An open
+    prompt ("a red shape") is scored against each shape it allows (`set_metrics.set_shape_scores`:
+    the nearest shape's numbers at the top level, every shape's in `per_shape`)."""
     from ..render import render
     from .groundtruth import render_gt
     from .metrics import mask_iou
 
     p = as_prompt(prompt)
+    if isinstance(p, OpenPrompt):
+        from .set_metrics import set_shape_scores
+
+        return set_shape_scores(gaussians, p, backend, classifier, voxel)
     if not isinstance(p, ObjectPrompt):
         raise ValueError("shape metrics are defined for objects; rooms have their depth error")
     g = gaussians  # rendered where they live (Gaussians is a Module: .to() would move the caller's in place)
