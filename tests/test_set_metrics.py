@@ -11,7 +11,7 @@ from steinsplat.gaussians import Gaussians, rgb_to_sh0
 from steinsplat.shapeworld.groundtruth import _scene, render_gt
 from steinsplat.shapeworld.metrics import compare, eval_cameras, evaluate, shipped_classifier
 from steinsplat.shapeworld.set_metrics import (
-    ModeDiversity, SetMetrics, SetShapeScores, evaluate_set, gt_of, majority, mode_diversity, scene_diversity,
+    ModeDiversity, SetMetrics, SetShapeScores, best_of, evaluate_set, gt_of, majority, mode_diversity, scene_diversity,
 )
 from steinsplat.shapeworld import shape_metrics
 from steinsplat.shapeworld.shape_metrics import gaussians_from_solid, shape_scores
@@ -178,6 +178,14 @@ def test_diversity_of_scenes_counts_the_modes_they_reach():
 
 def test_majority_ties_go_to_the_first_seen():
     assert majority(["b", "a", "a", "b", "c"]) == ("b", 0.4)
+
+
+def test_the_best_of_tied_values_is_the_preferred_name_when_it_is_among_them():
+    v = {"a red cube": 0.9, "a blue cube": 0.9, "a red sphere": 0.5}
+    assert best_of(v, "iou_3d") == {"value": 0.9, "mode": "a red cube"}
+    assert best_of(v, "iou_3d", prefer="a blue cube") == {"value": 0.9, "mode": "a blue cube"}
+    assert best_of(v, "iou_3d", prefer="a red sphere")["mode"] == "a red cube"
+    assert best_of({"x": math.nan, "y": 3.0}, "chamfer_mm", "shape") == {"value": 3.0, "shape": "y"}
 
 
 def test_object_prompts_keep_their_numbers_and_rooms_are_refused(cube):

@@ -142,9 +142,12 @@ def _lower_first(key: str, v: float) -> float:
     return -v if HIGHER_IS_BETTER[key] else v
 
 
-def best_of(values: dict[str, float], key: str, label: str = "mode") -> dict:
-    """{"value": v, label: name}: the best of {name: value} for metric `key` (first on ties, nan worst)."""
+def best_of(values: dict[str, float], key: str, label: str = "mode", prefer: Optional[str] = None) -> dict:
+    """{"value": v, label: name}: the best of {name: value} for metric `key` (nan worst). On ties `prefer`
+    wins if it is among the best (the chosen mode: a shape measure ties over a shape's colours), else the first."""
     name = min(values, key=lambda n: _lower_first(key, values[n]))  # min is stable: the first best wins
+    if prefer in values and _lower_first(key, values[prefer]) == _lower_first(key, values[name]):
+        name = prefer
     return {"value": values[name], label: name}
 
 
@@ -225,7 +228,7 @@ def set_shape_scores(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPro
         rgb = render(g, cams, background=(1.0, 1.0, 1.0), backend=backend).rgb.detach().float().cpu().clamp(0, 1)  # type: ignore[arg-type]
         ids = classifier.classify(rgb).shape_ids.tolist()
         votes = {SHAPE_NAMES[i]: ids.count(i) / len(ids) for i in sorted(set(ids))}
-    best = {k: best_of({s: per_shape[s][k] for s in shapes}, k, "shape") for k in SHAPE_KEYS}
+    best = {k: best_of({s: per_shape[s][k] for s in shapes}, k, "shape", nearest) for k in SHAPE_KEYS}
     return SetShapeScores(shape_votes=votes, shape=nearest, per_shape=per_shape, best=best, **per_shape[nearest])
 
 
@@ -305,7 +308,7 @@ def evaluate_set(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPrompt"
         chosen = min(texts, key=lambda t: (-scores[t]["mask_iou"], _lower_first("colour_error", scores[t]["colour_error"])))
         rule = MODE_RULE_IMAGE
     keys = IMAGE_KEYS + (SHAPE_KEYS if sc is not None else ())
-    best = {k: best_of({t: scores[t][k] for t in texts}, k) for k in keys}
+    best = {k: best_of({t: scores[t][k] for t in texts}, k, prefer=chosen) for k in keys}
     # the ground truth as the judge of each view: the mode whose image is nearest (highest PSNR)
     psnr_bv = torch.stack([views[t]["psnr"] for t in texts], 1)  # [B, M]
     view_modes = [texts[i] for i in psnr_bv.argmax(1).tolist()]  # argmax: the first mode on ties
