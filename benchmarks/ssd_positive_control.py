@@ -13,7 +13,8 @@ these units, per budget), at short budgets, on `prompts` x `seeds` (units). A re
 when the eps-oracle gains >= 0.02 nearest-mode 3D IoU or lowers the nearest-mode colour error by
 >= 15 %, with the paired 95 % bootstrap interval (units resampled by prompt) above 0.
 Runs are the study's (`bench/study.py` Task / run_task, stored one JSON each under OUT/runs and
-reused); the regime sets the prior's guidance scale (mixture: 1, mixture-guided: --guided-scale).
+reused); the regime (`steinsplat.bench.regimes`) sets the prompts, the prior's camera branch and
+its guidance scale.
 Writes OUT/control.json and prints the gate.
 """
 
@@ -55,6 +56,7 @@ def clustered_paired_interval(diffs: dict[tuple[str, int], float], reps: int = 2
 
 def main() -> None:
     from steinsplat.bench.convergence import code_fingerprint
+    from steinsplat.bench.regimes import apply_regime, regime_prompt
     from steinsplat.bench.run import machine, prompt_list
     from steinsplat.bench.study import Task, load_results, run_task, save_result
     from steinsplat.estimators import ShapeWorldEstimatorAdapter
@@ -63,13 +65,12 @@ def main() -> None:
     from steinsplat.priors import ShapeWorldPriorAdapter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--regime", default="mixture", choices=["mixture", "mixture-guided", "single"])
+    ap.add_argument("--regime", default="mixture", help="a name of steinsplat.bench.regimes.REGIMES")
     ap.add_argument("--out", type=Path, default=None, help="default docs/bench/gates/control-REGIME")
     ap.add_argument("--prompts", default="a cube;a red shape;a pyramid;a blue shape")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--budgets", type=int, nargs="+", default=[25, 50])
     ap.add_argument("--lr-mults", type=float, nargs="+", default=[4.0, 8.0])
-    ap.add_argument("--guided-scale", type=float, default=3.0)
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--no-run", action="store_true", help="only summarise the stored runs")
@@ -77,10 +78,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = args.out or Path(f"docs/bench/gates/control-{args.regime}")
     prompts = prompt_list(args.prompts)
-    if args.regime == "single":
-        from steinsplat.shapeworld.vocab import prompt_modes
-
-        prompts = [prompt_modes(p)[0].text for p in prompts]
+    prompts = [regime_prompt(args.regime, p) for p in prompts]
     arms = [("sds", args.views), ("sds-eps4", args.views), ("sds", 2 * args.views)]
     tasks = [Task(m, p, s, S, lr, v, args.resolution) for S in args.budgets for lr in args.lr_mults for m, v in arms
              for p in prompts for s in args.seeds]
@@ -90,8 +88,7 @@ def main() -> None:
     t_start = time.perf_counter()
     if todo and not args.no_run:
         prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
-        if args.regime == "mixture-guided":
-            prior.guidance_scale = args.guided_scale
+        apply_regime(prior, args.regime)
         for i, t in enumerate(todo):
             r = run_task(t, prior, est)
             save_result(out / "runs", r)

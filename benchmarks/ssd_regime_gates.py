@@ -1,15 +1,13 @@
 """Gate 1 of the SSD regime search (screening, minutes): is a regime's gradient noise eps-dominated?
 
     python benchmarks/ssd_regime_gates.py [--out docs/bench/gates/screen.json]
-        [--regimes mixture mixture-guided single] [--prompts "a cube;a red shape;a pyramid;a blue shape"]
+        [--regimes mixture mixture-guided single blind blind-mixture] [--prompts "a cube;a red shape;a pyramid;a blue shape"]
         [--steps 100] [--point 0.5] [--lr-mult 4] [--design 6 4 4] [--draws 32] [--fresh]
 
-A regime is a kind of prompt and a guidance scale:
-    single          ordinary prompts ("a red cube"), s = 1: the regime of the earlier study (the control)
-    mixture         open prompts ("a cube": any of 8 colours), the mixture of the conditionals, s = 1
-    mixture-guided  the same mixture guided against the unconditional branch, s = --guided-scale
-For each regime and prompt (a single-regime prompt is the open prompt's first answer, "a cube" ->
-"a red cube"), at the snapshot `point * steps` of an SDS run with generation's defaults and the
+A regime (`steinsplat.bench.regimes`: single, mixture, mixture-guided, blind, blind-mixture) is a
+kind of prompt, a camera branch of the prior and a guidance scale. For each regime and prompt (the
+ordinary-prompt regimes run the open prompt's first answer, "a cube" -> "a red cube"), at the
+snapshot `point * steps` of an SDS run with generation's defaults and the
 learning rates x `lr_mult` (x4 is the study's tuned multiplier at 100 steps):
   1. the camera / timestep / noise shares of SDS's parameter-gradient variance with fresh cameras
      (`bench/decomposition.py`, nested K x T x E design);
@@ -41,13 +39,6 @@ GATE_SSD_RATIO = 0.7  # the SSD / SDS variance ratio a regime needs (fresh camer
 METHODS = ("sds", "ssd", "ssd-depth", "sds-eps4")
 
 
-def regime_prompt(regime: str, prompt: str) -> str:
-    """The prompt a regime runs: single -> the open prompt's first answer."""
-    from steinsplat.shapeworld.vocab import prompt_modes
-
-    return prompt_modes(prompt)[0].text if regime == "single" else prompt
-
-
 def main() -> None:
     from steinsplat.bench.convergence import bench_trainer, code_fingerprint
     from steinsplat.bench.decomposition import bootstrap_mean, measure_decomposition
@@ -58,13 +49,13 @@ def main() -> None:
     from steinsplat.gaussians import Gaussians
     from steinsplat.generate import versions
     from steinsplat.priors import ShapeWorldPriorAdapter
+    from steinsplat.bench.regimes import REGIMES, apply_regime, regime_prompt
     from steinsplat.bench.study import scaled_optim
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("docs/bench/gates/screen.json"))
     ap.add_argument("--regimes", nargs="+", default=["mixture", "mixture-guided", "single"])
     ap.add_argument("--prompts", default="a cube;a red shape;a pyramid;a blue shape")
-    ap.add_argument("--guided-scale", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--point", type=float, default=0.5)
@@ -79,17 +70,16 @@ def main() -> None:
     prompts = prompt_list(args.prompts)
     at = max(1, round(args.point * args.steps))
     settings = {"seed": args.seed, "steps": args.steps, "step": at, "lr_mult": args.lr_mult, "design": list(args.design),
-                "draws": args.draws, "views": args.views, "resolution": args.resolution, "methods": list(METHODS),
-                "guided_scale": args.guided_scale}
+                "draws": args.draws, "views": args.views, "resolution": args.resolution, "methods": list(METHODS)}
     stored = json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
     rows = {(r["regime"], r["prompt"]): r for r in stored.get("rows", []) if r.get("settings") == settings}
     prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
-    default_scale = prior.guidance_scale
     t_start = time.perf_counter()
+    unknown = [r for r in args.regimes if r not in REGIMES]
+    if unknown:  # one clear error before minutes of work
+        raise SystemExit(f"unknown regime(s) {', '.join(unknown)}: choose from {', '.join(REGIMES)}")
     for regime in args.regimes:
-        if regime not in ("single", "mixture", "mixture-guided"):
-            raise SystemExit(f"unknown regime {regime!r}: use single, mixture or mixture-guided")
-        prior.guidance_scale = args.guided_scale if regime == "mixture-guided" else default_scale
+        apply_regime(prior, regime)
         for i, p in enumerate(prompts):
             prompt = regime_prompt(regime, p)
             if (regime, prompt) in rows:
@@ -111,6 +101,7 @@ def main() -> None:
             ratios = {cams: {r.method: r.ratio_vs_sds for r in var if r.cameras == cams} for cams in ("fresh", "same")}
             mean_z = {r.method: r.mean_z_vs_sds for r in var if r.cameras == "same"}
             row = {"regime": regime, "prompt": prompt, "settings": settings, "guidance_scale": prior.guidance_scale,
+                   "camera_blind": prior.camera_blind,
                    "t_range": list(t_range), "decomposition": dataclasses.asdict(dec), "ratio_vs_sds": ratios,
                    "mean_z_vs_sds_same": mean_z, "variance": [dataclasses.asdict(r) for r in var],
                    "seconds": time.perf_counter() - t0, "code": code_fingerprint()}

@@ -26,11 +26,15 @@ from .mixture import mix_predictions
 
 
 class ShapeWorldPriorAdapter(nn.Module):
-    camera_conditioned = True  # the UNet sees (el, az, d) through its class embedding
+    camera_conditioned = True  # the UNet sees (el, az, d) through its class embedding (unless camera_blind)
     prediction_type = "v_prediction"
 
-    def __init__(self, prior, guidance_scale: Optional[float] = None, timesteps: Optional[TimestepRange] = None) -> None:
+    def __init__(self, prior, guidance_scale: Optional[float] = None, timesteps: Optional[TimestepRange] = None,
+                 camera_blind: bool = False) -> None:
         super().__init__()
+        # camera_blind: serve the prior's camera-dropped branch (features zeroed, as in its classifier-free
+        # training): a view-blind prior like Stable Diffusion's, whose posterior mixes every azimuth
+        self.camera_blind = bool(camera_blind)
         self.prior = prior  # a steinsplat.shapeworld.prior.ShapeWorldPrior (frozen)
         self.prior.requires_grad_(False)
         self.prior.eval()
@@ -113,7 +117,7 @@ class ShapeWorldPriorAdapter(nn.Module):
         B = x_t.shape[0]
         t = as_timesteps(t, B, x_t.device)
         cond, uncond = embeds.for_cameras(cameras, view_dependent=False)  # [B, D] each
-        cam = self.prior.camera_features(cameras).to(x_t.device)  # [B, F]
+        cam = self._camera_features(cameras).to(x_t.device)  # [B, F]
         dummy = x_t.new_zeros(B, 1, self.prior.config.cross_attention_dim)  # unused: no attention blocks
         sample = self.prior.unet_input(x_t, cam)  # [B, 3 (+ 6 ray channels), R, R]
 
@@ -131,6 +135,11 @@ class ShapeWorldPriorAdapter(nn.Module):
             return v
         # v = alpha_t eps - sigma_t x  =>  eps = alpha_t v + sigma_t x_t
         return v_to_eps(v, x_t, self.schedule.alpha_t(t), self.schedule.sigma_t(t))
+
+    def _camera_features(self, cameras: Cameras) -> Tensor:
+        """The prior's camera features [B, F]; all zeros (a dropped camera) when camera_blind."""
+        cam = self.prior.camera_features(cameras)
+        return torch.zeros_like(cam) if self.camera_blind else cam
 
     def _mixture_v(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cam: Tensor, sample: Tensor, dummy: Tensor,
                    unet: nn.Module) -> Tensor:
@@ -159,4 +168,5 @@ class ShapeWorldPriorAdapter(nn.Module):
         cond, uncond = embeds.for_cameras(cameras, view_dependent=False)
         pc = PromptConditioning(cond, uncond, [embeds.prompt] * B)
         with torch.no_grad():
-            return self.prior.predict_noise(x_t.detach(), as_timesteps(t, B, x_t.device), pc, cameras, s).float()
+            cams = self._camera_features(cameras) if self.camera_blind else cameras
+            return self.prior.predict_noise(x_t.detach(), as_timesteps(t, B, x_t.device), pc, cams, s).float()
