@@ -154,3 +154,45 @@ def test_eps_oracle_has_sds_mean_and_a_kth_of_its_eps_variance():
         SDS(prior, SDSConfig(eps_draws=0))
     with pytest.raises(ValueError, match="antithetic"):
         SDS(prior, SDSConfig(eps_draws=2, antithetic=True))
+
+
+# ---------------------------------------------------------------------------- the regimes
+def test_camera_blind_serves_the_camera_dropped_branch(tiny_shapeworld):
+    prior = tiny_shapeworld
+    B = 2
+    cams = orbit_cameras([20.0, 40.0], [0.0, 90.0], 1.8, fovy=40.0, width=8, height=8)
+    x_t = torch.randn(B, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([300, 600])
+    emb = prior.encode_prompt("a red cube")
+    seeing = prior.predict_noise(x_t, t, emb, cams, 1.0)
+    try:
+        prior.camera_blind = True
+        blind = prior.predict_noise(x_t, t, emb, cams, 1.0)
+        blind_open = prior.predict_noise(x_t, t, prior.encode_prompt("a cube"), cams, 1.0)
+    finally:
+        prior.camera_blind = False
+    from steinsplat.shapeworld.prior import PromptConditioning
+
+    pc = PromptConditioning(emb.cond.expand(B, -1), emb.uncond.expand(B, -1), ["a red cube"] * B)
+    zero = torch.zeros(B, prior.prior.config.camera_dim)
+    with torch.no_grad():
+        expected = prior.prior.predict_noise(x_t, t, pc, zero, 1.0)
+    assert torch.allclose(blind, expected, atol=1e-6) and not torch.allclose(blind, seeing, atol=1e-4)
+    assert not torch.allclose(blind_open, prior.predict_noise(x_t, t, prior.encode_prompt("a cube"), cams, 1.0), atol=1e-4)
+
+
+def test_regimes_set_the_prior_and_the_prompt(tiny_shapeworld):
+    from steinsplat.bench.regimes import REGIMES, apply_regime, regime_prompt
+
+    prior = tiny_shapeworld
+    try:
+        apply_regime(prior, "blind-mixture")
+        assert prior.camera_blind and prior.guidance_scale == 1.0
+        apply_regime(prior, "mixture-guided")
+        assert not prior.camera_blind and prior.guidance_scale == REGIMES["mixture-guided"].guidance_scale > 1
+    finally:
+        apply_regime(prior, "single")
+    assert regime_prompt("single", "a cube") == "a red cube" and regime_prompt("mixture", "a cube") == "a cube"
+    assert regime_prompt("blind", "a blue pyramid") == "a blue pyramid"
+    with pytest.raises(ValueError, match="choose from"):
+        apply_regime(prior, "nuisance")
