@@ -34,6 +34,11 @@ The estimator, step by step (one code path; the parts live in their own modules)
        Adam), then this step's data enter the fit
     5. the guard (guard.py): per timestep bin, SDS's grad instead for the first updates and
        wherever the fitted mu has shown a larger second moment than SDS's on later steps
+    6. (`sham=True`, the negative control "ssd-sham") steps 1-5 run as above, with their full cost
+       (the same prior call, baselines, mu fit and guard bookkeeping), and then the served mu is
+       frozen at SDS's (1, 0, ..., 0): grad = w(t) (eps_hat - eps), exactly SDS's gradient for the
+       same t, eps and cameras. A study that finds SSD ahead of SDS must find the sham tied with
+       SDS: what the sham's runs differ by is the cost of SSD's bookkeeping, never its variance.
 With mu_0 = 1 and mu_k = 0 this is exactly SDS. Whatever mu (as long as it does not depend on
 this step's eps), E[grad] = E[w eps_hat]: only the variance changes. mu minimises E||grad||^2
 (which, the mean being fixed, is the variance). On the Gaussian toy (tests/test_guidance.py) the
@@ -162,4 +167,7 @@ class SSD(Guidance):
         if cfg.guard and cfg.constant_term and cfg.mu_mode != "fixed":  # step 5 (the fit's counts include this step)
             grad = self.guard.apply(grad, w * (eps_hat - eps), self.fit.bins(t), self.fit.state.n, update_state)
         phi = torch.stack(phis, 1) if phis else None
+        if cfg.sham:  # step 6: everything above was paid for; serve SDS's mu = (1, 0, ..., 0)
+            grad = w * (eps_hat - eps)  # [B, C, h, w]
+            mu = self.fit.initial_mu(x.device).unsqueeze(0).expand(len(t), -1, *mu.shape[2:])  # [B, K, *s]
         return Estimate(grad=grad, x_t=x_t, phi=phi, mu=mu.flatten(2).mean((0, 2)).detach())

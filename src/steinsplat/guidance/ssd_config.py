@@ -39,6 +39,7 @@ class SSDConfig(GuidanceConfig):
     guard_decay: float = 0.9  # step 5: EMA decay of the paired differences of second moments (it judges the current fit)
     guard_z: float = 1.0  # step 5: SDS's mu where the fit's excess second moment is above guard_z standard errors
     guard_pool: int = 8  # step 5: the second moments are of the gradient average-pooled over f x f blocks (1: per element)
+    sham: bool = False  # the negative control ("ssd-sham"): every step of SSD runs (baselines, fit, guard), then SDS's gradient is served (step 6 of ssd.py)
 
 
 def steinsplat_preset() -> SSDConfig:
