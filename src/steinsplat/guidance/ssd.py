@@ -68,7 +68,7 @@ from ..priors.base import DiffusionPrior, PromptEmbeds
 from ..render.common import RenderOutput
 from .base import Estimate, Guidance, weighting
 from .baselines import Baseline, BaselineContext
-from .guard import Guard
+from .guard import Guard, render_pullback
 from .mu_fit import MuFit
 from .noise_cv import NoiseFeatures, noise_maps, noise_shifts, num_noise_maps
 from .ssd_config import SSDConfig
@@ -133,6 +133,23 @@ class SSD(Guidance):
                 bl.load_state_tensors({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
 
     # ---- the estimator
+    def step(self, x: Tensor, embeds: PromptEmbeds, cameras: Cameras, render: Optional[RenderOutput] = None,
+             **kw):
+        """Guidance.step, keeping x's graph for the guard's "render" proxy (step 5; x itself is used detached)."""
+        self._x_graph = x if x.requires_grad else None
+        try:
+            return super().step(x, embeds, cameras, render=render, **kw)
+        finally:
+            self._x_graph = None  # never keep a step's graph alive
+
+    def _pullback(self, render: Optional[RenderOutput]):
+        """Step 5's "render" proxy for this step, or None (no graph to the render's 2D means: the pooled proxy)."""
+        x = getattr(self, "_x_graph", None)
+        m2 = None if render is None else render.info.get("means2d")
+        if self.config.guard_proxy != "render" or x is None or not isinstance(m2, Tensor) or not m2.requires_grad:
+            return None
+        return render_pullback(x, m2)
+
     def _estimate(self, x: Tensor, t: Tensor, eps: Tensor, embeds: PromptEmbeds, cameras: Cameras,
                   render: Optional[RenderOutput], update_state: bool) -> Estimate:
         prior, cfg = self.prior, self.config
@@ -165,7 +182,8 @@ class SSD(Guidance):
             if fitting:
                 self.fit.update(eps_hat, cv_b, w, t, noise=noise, residual=residual)
         if cfg.guard and cfg.constant_term and cfg.mu_mode != "fixed":  # step 5 (the fit's counts include this step)
-            grad = self.guard.apply(grad, w * (eps_hat - eps), self.fit.bins(t), self.fit.state.n, update_state)
+            grad = self.guard.apply(grad, w * (eps_hat - eps), self.fit.bins(t), self.fit.state.n, update_state,
+                                    pullback=self._pullback(render) if update_state else None)
         phi = torch.stack(phis, 1) if phis else None
         if cfg.sham:  # step 6: everything above was paid for; serve SDS's mu = (1, 0, ..., 0)
             grad = w * (eps_hat - eps)  # [B, C, h, w]
