@@ -134,11 +134,11 @@ class SSD(Guidance):
 
     # ---- the estimator
     def step(self, x: Tensor, embeds: PromptEmbeds, cameras: Cameras, render: Optional[RenderOutput] = None,
-             **kw):
+             *args, **kw):
         """Guidance.step, keeping x's graph for the guard's "render" proxy (step 5; x itself is used detached)."""
         self._x_graph = x if x.requires_grad else None
         try:
-            return super().step(x, embeds, cameras, render=render, **kw)
+            return super().step(x, embeds, cameras, render, *args, **kw)
         finally:
             self._x_graph = None  # never keep a step's graph alive
 
@@ -147,6 +147,8 @@ class SSD(Guidance):
         x = getattr(self, "_x_graph", None)
         m2 = None if render is None else render.info.get("means2d")
         if self.config.guard_proxy != "render" or x is None or not isinstance(m2, Tensor) or not m2.requires_grad:
+            return None
+        if m2.dim() != 3 or m2.shape[0] != x.shape[0]:  # packed (gsplat's [nnz, 2]): no per-view means, pool instead
             return None
         return render_pullback(x, m2)
 
