@@ -73,13 +73,16 @@ def main() -> None:
     ap.add_argument("--lr-mults", type=float, nargs="+", default=[4.0, 8.0])
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--methods", nargs="*", default=[],
+                    help="more methods run like SDS (4 views, each at its own tuned multiplier), e.g. ssd ssd-sham: "
+                         "a first, in-sample look at them on the control's units")
     ap.add_argument("--no-run", action="store_true", help="only summarise the stored runs")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = args.out or Path(f"docs/bench/gates/control-{args.regime}")
     prompts = prompt_list(args.prompts)
     prompts = [regime_prompt(args.regime, p) for p in prompts]
-    arms = [("sds", args.views), ("sds-eps4", args.views), ("sds", 2 * args.views)]
+    arms = [("sds", args.views), ("sds-eps4", args.views), ("sds", 2 * args.views)] + [(m, args.views) for m in args.methods]
     tasks = [Task(m, p, s, S, lr, v, args.resolution) for S in args.budgets for lr in args.lr_mults for m, v in arms
              for p in prompts for s in args.seeds]
     results = load_results(out / "runs")

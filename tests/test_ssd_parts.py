@@ -165,14 +165,24 @@ def test_guard_state_round_trips_and_old_checkpoints_start_fresh():
     grad = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     guard.apply(2 * grad, grad, torch.tensor([0, 3]), torch.full((4,), 9), update_state=True)
     saved = guard.state_tensors()
-    assert set(saved) == {"ssd.guard"} and saved["ssd.guard"].shape == (3, 4) and float(saved["ssd.guard"][2].sum()) == 2
+    assert set(saved) == {"ssd.guard", "ssd.guard.counts", "ssd.guard.calls"} and saved["ssd.guard"].shape == (3, 4)
+    assert float(saved["ssd.guard"][2].sum()) == 2 and saved["ssd.guard.counts"].shape == (5, 4)
+    assert guard.summary()["views"] == 2 and guard.summary()["fit_vs_sds"] == pytest.approx(4.0)  # (2 g)^2 / g^2
     back = _guard()
-    back.load_state_tensors({"ssd.guard": saved["ssd.guard"].clone()}, "cpu")
-    assert torch.equal(back.state.stats, saved["ssd.guard"])
+    back.load_state_tensors({k: v.clone() for k, v in saved.items()}, "cpu")
+    assert torch.equal(back.state.stats, saved["ssd.guard"]) and torch.equal(back.state.counts, saved["ssd.guard.counts"])
+    back.load_state_tensors({"ssd.guard": saved["ssd.guard"].clone()}, "cpu")  # a checkpoint from before the counts
+    assert torch.equal(back.state.stats, saved["ssd.guard"]) and float(back.state.counts.abs().sum()) == 0
     back.load_state_tensors({}, "cpu")
     assert torch.equal(back.state.stats, GuardState.zeros(4, "cpu").stats)
+    with pytest.raises(ValueError, match="same timestep_bins"):
+        back.load_state_tensors({"ssd.guard": torch.zeros(3, 10)}, "cpu")
     with pytest.raises(ValueError, match="guard_pool must be at least 1"):
         Guard(SSDConfig(guard_pool=0))
+    with pytest.raises(ValueError, match="guard_alpha"):
+        Guard(SSDConfig(guard_alpha=0.0))
+    with pytest.raises(ValueError, match="guard_proxy"):
+        Guard(SSDConfig(guard_proxy="image"))
 
 
 # ---------------------------------------------------------------------------- the baselines

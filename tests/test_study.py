@@ -13,17 +13,31 @@ from steinsplat.bench import study, study_stats
 from steinsplat.bench.study import Result, StudyConfig, Task
 
 
-def test_reach_steps_interpolates_between_budgets_and_from_the_initial_state():
-    B = [100, 200, 400]
-    assert study_stats.reach_steps(B, [0.5, 0.7, 0.9], 0.3, 0.8, True) == pytest.approx(300.0)
-    assert study_stats.reach_steps(B, [0.5, 0.7, 0.9], 0.3, 0.4, True) == pytest.approx(50.0)  # from (0, q_init)
-    assert study_stats.reach_steps(B, [0.5, 0.7, 0.9], 0.3, 0.95, True) == math.inf  # censored
-    # lower is better (chamfer): 40 -> 20 -> 10 -> 5 mm; 15 mm is reached half-way from 200 to 400
-    assert study_stats.reach_steps(B, [20.0, 10.0, 5.0], 40.0, 7.5, False) == pytest.approx(300.0)
-    # already at the target in the initial state: zero steps
-    assert study_stats.reach_steps(B, [0.5, 0.7, 0.9], 0.6, 0.55, True) == 0.0
-    # a dip does not count as reached: the first budget at or past the target decides
-    assert study_stats.reach_steps(B, [0.9, 0.5, 0.95], 0.3, 0.8, True) == pytest.approx(0 + 0.5 / 0.6 * 100)
+def test_reach_steps_reads_thresholds_from_the_evaluated_points_only():
+    pts = [(100, 0.5), (200, 0.7), (400, 0.9)]
+    assert study_stats.reach_steps(pts, 0.8, True) == pytest.approx(300.0)  # between two evaluations
+    assert study_stats.reach_steps(list(reversed(pts)), 0.8, True) == pytest.approx(300.0)  # any order
+    # below the first evaluation: that evaluation's steps (an upper bound), never a line from step 0
+    assert study_stats.reach_steps(pts, 0.4, True) == 100.0
+    assert study_stats.reach_steps(pts, 0.95, True) == math.inf  # censored
+    # lower is better (chamfer): 20 -> 10 -> 5 mm; 7.5 mm is reached half-way from 200 to 400
+    assert study_stats.reach_steps([(100, 20.0), (200, 10.0), (400, 5.0)], 7.5, False) == pytest.approx(300.0)
+    # a dip does not count as reached: the first evaluation at or past the target decides
+    assert study_stats.reach_steps([(100, 0.9), (200, 0.5), (400, 0.95)], 0.8, True) == 100.0
+    assert study_stats.reach_steps([(50, 0.3), (100, 0.9), (200, 0.5)], 0.8, True) == pytest.approx(50 + 0.5 / 0.6 * 50)
+
+
+def test_a_runs_trajectory_and_the_curve_prefer_the_run_made_for_that_many_steps():
+    t = Task("sds", "a red cube", 0, 400, 1.0, 4, 64, evals=[0.25, 0.5])
+    assert t.evals == (0.25, 0.5) and t.eval_steps() == [100, 200] and t.key() == Task("sds", "a red cube", 0, 400, 1.0, 4, 64).key()
+    r = _result(t, 0.9)
+    r.trajectory = [{"step": 100, "seconds": 1.0, "metrics": {"iou_3d": 0.5}}, {"step": 200, "seconds": 2.0, "metrics": {"iou_3d": 0.7}}]
+    assert study_stats.trajectory(r, "iou_3d") == [(100, 0.5), (200, 0.7), (400, 0.9)]
+    old = _result(Task("sds", "a red cube", 0, 200, 1.0, 4, 64), 0.8)  # a stored run from before: its end only
+    assert study_stats.trajectory(old, "iou_3d") == [(200, 0.8)]
+    tab = study_stats.Table([("a red cube", 0)], {}, {"sds": {200: {("a red cube", 0): [(200, 0.8)]},
+                                                           400: {("a red cube", 0): [(100, 0.5), (200, 0.7), (400, 0.9)]}}}, {})
+    assert study_stats.curve(tab, "sds", (200, 400), [("a red cube", 0)]) == [(100, 0.5), (200, 0.8), (400, 0.9)]
 
 
 def test_percentile_nearest_rank_with_infinities_last():
@@ -43,33 +57,50 @@ def _cfg(**kw) -> StudyConfig:
     return StudyConfig(**base)
 
 
-def _result(task: Task, iou: float, seconds_per_step: float = 0.1) -> Result:
-    metrics = {k: None for k in study.METRIC_KEYS}
-    metrics.update(iou_3d=iou, chamfer_mm=50.0 * (1 - iou), top_iou=iou)
-    return Result(vars(task).copy(), metrics, seconds_per_step * task.steps, seconds_per_step, 100, 0, None, "test", "now")
+def _result(task: Task, iou: float, seconds_per_step: float = 0.1, curve=None) -> Result:
+    """A stored run; with `curve` (steps -> 3D IoU), also its evaluations at the task's eval_steps."""
+    def metrics(q):
+        m = {k: None for k in study.METRIC_KEYS}
+        m.update(iou_3d=q, chamfer_mm=50.0 * (1 - q), top_iou=q)
+        return m
+
+    traj = None
+    if curve is not None and task.evals:
+        traj = [{"step": s, "seconds": seconds_per_step * s, "metrics": metrics(curve(s))} for s in task.eval_steps()]
+    return Result(vars(task).copy(), metrics(iou), seconds_per_step * task.steps, seconds_per_step, 100, 0, None, "test",
+                  "now", traj)
 
 
 def _curve(S: float) -> float:
-    """A saturating quality curve of the steps: 0.3 at 0, approaching 0.9."""
+    """A saturating quality curve of the steps: 0.3 at 0, approaching a plateau at 0.9."""
     return 0.9 - 0.6 * math.exp(-S / 150.0)
 
 
-def _synthetic(cfg: StudyConfig, speedup: dict[str, float], lr_best: float = 1.0, noise: float = 0.0) -> dict:
-    """Stored results in which method m at S steps reaches the quality SDS reaches at speedup[m] * S
-    (at its best multiplier; the others are worse), with per-unit noise shared by a unit's runs."""
+def _synthetic(cfg: StudyConfig, speedup: dict[str, float], lr_best: float = 1.0, noise: float = 0.0,
+               prompt_noise: float = 0.0, prompt_speedup: dict | None = None, run_noise: float = 0.0) -> dict:
+    """Stored results in which method m after s steps of any run has the quality SDS has after
+    speedup[m] * s (at its best multiplier; the others are worse), with noise per unit (`noise`) and
+    per prompt (`prompt_noise`), shared by a unit's runs of every method (common random numbers), and
+    per (method, unit) (`run_noise`, what two equal methods differ by);
+    prompt_speedup[(m, prompt)] overrides speedup[m] for one prompt. The evaluation runs carry their
+    trajectories at cfg.eval_fractions."""
     rng = random.Random(0)
     out = {}
+    prompt_off = {p: rng.gauss(0.0, prompt_noise) for p in cfg.tune_prompts + cfg.eval_prompts}
     units = [(p, s) for p in cfg.tune_prompts + cfg.eval_prompts for s in (*cfg.tune_seeds, *cfg.eval_seeds)]
     for p, s in units:
-        off = rng.gauss(0.0, noise)
+        off = rng.gauss(0.0, noise) + prompt_off[p]
         out[Task("init", p, s, 0, 1.0, cfg.views, cfg.resolution).key()] = _result(
             Task("init", p, s, 0, 1.0, cfg.views, cfg.resolution), _curve(0) + off)
         for m, k in speedup.items():
+            k = (prompt_speedup or {}).get((m, p), k)
+            off_m = off + rng.gauss(0.0, run_noise)
             for S in cfg.budgets:
                 for lr in cfg.lr_mults:
-                    t = Task(m, p, s, S, lr, cfg.views, cfg.resolution)
+                    t = Task(m, p, s, S, lr, cfg.views, cfg.resolution, evals=cfg.eval_fractions if p in cfg.eval_prompts else ())
                     penalty = 0.0 if lr == lr_best else 0.05
-                    out[t.key()] = _result(t, _curve(k * S) + off - penalty)
+                    out[t.key()] = _result(t, _curve(k * S) + off_m - penalty,
+                                           curve=lambda st, k=k, o=off_m, penalty=penalty: _curve(k * st) + o - penalty)
     return out
 
 
@@ -85,32 +116,69 @@ def test_tune_picks_the_best_multiplier_and_skips_incomplete_ones():
     assert study_stats.tune(flat, _cfg(methods=("sds",)))["sds", 100] == 1.0
 
 
-def test_a_method_twice_as_fast_needs_half_the_time_and_the_interval_says_so():
+def test_a_method_twice_as_fast_on_a_plateau_needs_half_the_time_and_the_interval_says_so():
     cfg = _cfg()
     res = _synthetic(cfg, {"sds": 1.0, "ssd": 2.0}, noise=0.02)
     tuned = study_stats.tune(res, cfg)
     rep = study_stats.report(res, cfg, tuned)
     d = rep["metrics"]["iou_3d"]
     assert d["units"] == 8
-    r = d["estimate"]["reach"]["ssd"]
-    # SSD at S = SDS at 2S: SDS's quality at 400 steps is SSD's at 200 (interpolated linearly in between: close)
-    assert r["sds_quality_steps"] == pytest.approx(200.0, rel=0.05)
-    assert r["sds_quality_time_ratio"] == pytest.approx(0.5, rel=0.05)
+    est = d["estimate"]
+    r, r_sds = est["reach"]["ssd"], est["reach"]["sds"]
+    # 95 % of SDS's gain (0.3 -> 0.858 at 400 steps) is 0.830: SDS's curve reaches it at ~322 steps, SSD's at ~161,
+    # both read between evaluated points of their runs (the 400-step runs' evaluations at 100 and 200 steps, the ends)
+    assert est["sds_target"] == pytest.approx(0.3 + 0.95 * (_curve(400) - 0.3), abs=0.01)
+    assert r_sds["sds_quality_steps"] == pytest.approx(322, rel=0.1) and r["sds_quality_steps"] == pytest.approx(161, rel=0.1)
+    assert r["sds_quality_time_ratio"] == pytest.approx(0.5, abs=0.05)
+    assert r_sds["sds_quality_time_ratio"] == pytest.approx(1.0)  # SDS against itself
     lo, hi = d["interval"]["reach.ssd.sds_quality_time_ratio"]
     assert lo <= r["sds_quality_time_ratio"] <= hi < 1.0
     (target,) = rep["targets"]
     assert target["met"] and "0.5" in target["measured"]
-    # SDS reaching its own final quality: ratio 1 by construction
-    assert d["estimate"]["reach"]["sds"]["sds_quality_time_ratio"] == pytest.approx(1.0)
+    assert "clustered by prompt" in study_stats.markdown(rep)
 
 
-def test_an_equal_method_does_not_meet_the_target():
+def test_two_equal_methods_give_an_interval_that_contains_one_not_never():
     cfg = _cfg()
-    res = _synthetic(cfg, {"sds": 1.0, "ssd": 1.0}, noise=0.02)
+    res = _synthetic(cfg, {"sds": 1.0, "ssd": 1.0}, noise=0.02, run_noise=0.01)
+    for r in res.values():  # what the SSD runs' guard recorded
+        if r.task["method"] == "ssd":
+            r.guard = {"views": 400, "served_fit_fraction": 0.5, "fit_vs_sds": 0.98, "served_vs_sds": 0.99}
     rep = study_stats.report(res, cfg, study_stats.tune(res, cfg))
+    assert {(g["method"], g["steps"], g["runs"], g["served_fit_fraction"]) for g in rep["guard"]} == {("ssd", S, 8, 0.5) for S in cfg.budgets}
+    assert "## What SSD's guard did" in study_stats.markdown(rep)
+    est = rep["metrics"]["iou_3d"]["estimate"]
+    # on the plateau SSD's final mean is a hair below SDS's: SDS's final quality itself is never reached by it,
+    # while 95 % of SDS's gain is reached alike
+    assert est["means"]["ssd"][-1] < est["means"]["sds"][-1]
+    assert study_stats.reach_steps(study_stats.curve(study_stats.eval_table(res, _cfg(), study_stats.tune(res, cfg), "iou_3d"),
+                                                     "ssd", cfg.budgets, [(p, s) for p in cfg.eval_prompts for s in cfg.eval_seeds]),
+                                   est["means"]["sds"][-1], True) == math.inf
+    d = rep["metrics"]["iou_3d"]
     (target,) = rep["targets"]
-    assert not target["met"]
-    assert rep["metrics"]["iou_3d"]["estimate"]["reach"]["ssd"]["sds_quality_time_ratio"] == pytest.approx(1.0)
+    assert not target["met"] and "never" not in target["measured"]
+    v = d["estimate"]["reach"]["ssd"]["sds_quality_time_ratio"]
+    lo, hi = d["interval"]["reach.ssd.sds_quality_time_ratio"]
+    assert v == pytest.approx(1.0, abs=0.05) and lo <= 1.0 <= hi and math.isfinite(hi)
+
+
+def test_the_cluster_bootstrap_is_wider_than_the_unit_bootstrap_when_prompts_differ():
+    """Prompts that differ strongly (a shared offset per prompt, and SSD 2x faster on half of them, 1x on the
+    others): the seeds of a prompt are not independent evidence, and resampling prompts shows it."""
+    cfg = _cfg(eval_seeds=(0, 1, 2, 3), bootstrap=400)
+    fast = {("ssd", p): (2.0 if i % 2 == 0 else 1.0) for i, p in enumerate(cfg.eval_prompts)}
+    res = _synthetic(cfg, {"sds": 1.0, "ssd": 1.5}, noise=0.005, prompt_noise=0.05, prompt_speedup=fast)
+    tuned = study_stats.tune(res, cfg)
+    tab = study_stats.eval_table(res, cfg, tuned, "iou_3d")
+    assert len(tab.units) == 16
+    clu = study_stats.bootstrap(tab, cfg, True, cluster=True)
+    uni = study_stats.bootstrap(tab, cfg, True, cluster=False)
+    width = lambda ci, k: ci[k][1] - ci[k][0]  # noqa: E731
+    for k in ("means.sds.2", "reach.ssd.sds_quality_time_ratio"):
+        assert width(clu, k) > 1.3 * width(uni, k), k
+    # a cluster resample keeps every seed of a drawn prompt together
+    rs = study_stats.resample(tab.units, random.Random(0))
+    assert len(rs) == len(tab.units) and all(sum(1 for u in rs if u[0] == p) % 4 == 0 for p in {u[0] for u in rs})
 
 
 def test_incomplete_units_are_left_out_and_reported_missing():
@@ -175,7 +243,7 @@ def test_seconds_come_from_the_side_by_side_cost_not_from_the_runs_own_times():
     own = study_stats.report(res, cfg, tuned)["metrics"]["iou_3d"]["estimate"]["reach"]["ssd"]
     cost = {"seconds_per_step": {"sds@4": 0.1, "ssd@4": 0.1}, "date": "today"}
     rep = study_stats.report(res, cfg, tuned, cost)
-    assert own["gap_time_ratio"] == pytest.approx(0.5)
+    assert own["gap_time_ratio"] == pytest.approx(0.5) and own["sds_quality_time_ratio"] == pytest.approx(0.5)
     assert rep["metrics"]["iou_3d"]["estimate"]["reach"]["ssd"]["gap_time_ratio"] == pytest.approx(1.0)
     assert "measured side by side on today" in study_stats.markdown(rep)
 
@@ -259,12 +327,18 @@ def test_one_real_run_is_timed_profiled_and_leaves_the_prior_as_it_was():
 
     prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
     render_before = train.render
-    r = study.run_task(Task("sds", "a red cube", 0, 3, 2.0, 2, 32, profile=True), prior, est)
+    r = study.run_task(Task("ssd", "a red cube", 0, 4, 2.0, 2, 32, profile=True, evals=(0.5,)), prior, est)
     assert "predict_noise" not in vars(prior) and train.render is render_before
+    # evaluated part-way (untimed: the step-2 seconds are the first two steps'), and the guard's record
+    (mid,) = r.trajectory
+    assert mid["step"] == 2 and 0 < mid["seconds"] < r.seconds and 0 <= mid["metrics"]["iou_3d"] <= 1
+    assert set(r.guard) >= {"views", "served_fit_fraction", "fit_vs_sds", "served_vs_sds"} and r.guard["views"] == 8
+    assert r.guard["proxy"] == "render"
     assert set(r.profile) == {"prior", "render", "rest"} and all(v >= 0 for v in r.profile.values())
     assert sum(r.profile.values()) == pytest.approx(r.seconds, rel=1e-6) and r.profile["prior"] > 0
     assert 0 <= r.metrics["iou_3d"] <= 1 and r.metrics["chamfer_mm"] > 0 and r.gaussians > 0
     init = study.run_task(Task("init", "a red cube", 0, 0, 1.0, 2, 32), prior, est)
+    assert init.trajectory is None and init.guard is None
     assert init.seconds == 0.0 and init.metrics["iou_3d"] != r.metrics["iou_3d"]
 
 
@@ -286,6 +360,8 @@ def test_scaled_optim_scales_every_learning_rate():
     (["--tune-prompts", "a room with blue walls and a gray floor"], "rooms"),
     (["--eval-prompts", "a corgi"], "corgi"),
     (["--gap", "1.5"], "--gap"),
+    (["--sds-gap", "0"], "--sds-gap"),
+    (["--eval-fractions", "1.0"], "--eval-fractions"),
     (["--view-options", "0"], "--view-options"),
     (["--report-name", "../x"], "--report-name"),
     (["--probe-steps", "-1"], "--probe-steps"),

@@ -13,6 +13,8 @@ Main methods (issue "Evidence"):
     sds-antithetic          SDS with eps paired with -eps (two prior calls per view)
     sds-eps4                the eps-oracle: SDS averaged over 4 independent eps per view (4 prior calls per
                             view; the ceiling of any eps control variate: the positive control)
+    ssd-sham                the negative control: "ssd" with its full cost (same baselines, mu fit, prior
+                            calls and guard bookkeeping) serving SDS's gradient (SSDConfig(sham=True))
 Ablations (variance only), all on the paper's family unless named otherwise:
     mu-scalar / mu-channel / mu-pixel       mu shared over everything / per channel / per element (depth)
     mu-optimizer                            Adam on ||grad||^2 instead of running least squares (depth)
@@ -31,9 +33,11 @@ from ..guidance import (
 )
 
 
-def _ssd_default(prior, est, mode):
+def _ssd_default(prior, est, mode, sham: bool = False):
     baselines = [DepthBaseline(est)] if mode == "scene" else []
-    return SSD(prior, baselines, SSD_PRESETS["steinsplat"]())
+    cfg = SSD_PRESETS["steinsplat"]()
+    cfg.sham = sham
+    return SSD(prior, baselines, cfg)
 
 
 METHODS: dict[str, Callable] = {  # name -> builder(prior, estimator, mode) -> Guidance
@@ -47,6 +51,7 @@ METHODS: dict[str, Callable] = {  # name -> builder(prior, estimator, mode) -> G
     "ssd-filter-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)], SSD_PRESETS["steinsplat"]()),
     "sds-antithetic": lambda prior, est, mode: SDS(prior, SDSConfig(antithetic=True)),
     "sds-eps4": lambda prior, est, mode: SDS(prior, SDSConfig(eps_draws=4)),
+    "ssd-sham": lambda prior, est, mode: _ssd_default(prior, est, mode, sham=True),
 }
 
 ABLATIONS: dict[str, Callable] = {
@@ -64,7 +69,7 @@ ABLATIONS: dict[str, Callable] = {
 DEFAULT_METHODS = ("sds", "vsd", "ssd", "ssd-depth", "ssd-normal")
 
 SAME_MEAN_AS_SDS = ("ssd", "ssd-depth", "ssd-normal", "ssd-depth-pixel", "ssd-normal-pixel", "ssd-filter-depth-pixel",
-                    "sds-antithetic", "sds-eps4", *ABLATIONS)  # Stein: E[SSD] = E[SDS] for any mu, phi; antithetic: -eps ~ eps
+                    "sds-antithetic", "sds-eps4", "ssd-sham", *ABLATIONS)  # Stein: E[SSD] = E[SDS] for any mu, phi; antithetic: -eps ~ eps
 # (VSD is left out: its mean differs from SDS's by the particle-score term, by design.)
 
 

@@ -16,9 +16,14 @@ the learning-rate decay, the timestep annealing and the densification are fracti
      (V views x S steps against `views` views x S*V/views steps, both budgets of the study): more
      views lower the variance, fewer buy more steps;
   5. evaluation: every method at its tuned multiplier x budget on the held-out prompts x seeds,
-     evaluated once; `study_stats` turns these into steps and seconds to reach 90 % of the gap
-     between the initial and the best result, and the time SSD needs to reach SDS's quality at the
-     largest budget, with bootstrap intervals over (prompt, seed).
+     evaluated at the end and part-way, at `eval_fractions` of the run (the 3D IoU, chamfer and
+     colour error along the run: thresholds below a budget's final quality are read from these
+     evaluations; each costs one evaluation, ~4-9 s on the 2-core machine, not counted in the run's
+     seconds); `study_stats` turns these into steps and seconds to reach 90 % of the gap between the
+     initial and the best result, and the time ratio to SDS at 95 % of SDS's gain at the largest
+     budget, with a paired bootstrap clustered by prompt. Every SSD run also records what its guard
+     did (the share of views served the fitted gradient, the in-run second-moment ratio to SDS's in
+     the guard's proxy: `guidance/guard.py`, `Guard.summary`).
 
 Times: runs made in different sessions ran on differently loaded machines (10-30 % apart, more under
 load), so the report does not compare the runs' own times. Before it runs anything, each invocation
@@ -78,6 +83,8 @@ class StudyConfig:
     max_minutes: float = 115.0  # start no new run after this many minutes (the report covers what exists)
     bootstrap: int = 2000  # bootstrap resamples of (prompt, seed) for the intervals
     gap: float = 0.9  # share of the gap between the initial and the best result that counts as reached
+    sds_gap: float = 0.95  # the time ratio to SDS is taken at this share of SDS's gain (initial -> SDS at the largest budget)
+    eval_fractions: tuple[float, ...] = (0.25, 0.5)  # the evaluation runs are also evaluated at these fractions of their steps (one evaluation each); empty: the end only
     run: bool = True  # run what is missing (--no-run: only write the report from the stored runs)
     probe_steps: int = 40  # steps of each cost-probe run (every method x views side by side, see above); 0: use the runs' own times
     report_name: str = "report"  # the report's files OUT/NAME.md and OUT/NAME.json (a study of other methods can share OUT's runs and keep the main report)
@@ -87,7 +94,7 @@ class StudyConfig:
 def quick_config(cfg: StudyConfig) -> StudyConfig:
     return dataclasses.replace(cfg, budgets=(6, 12), lr_mults=(1.0, 2.0), tune_prompts=("a red cube", "a gray pyramid"),
                                eval_prompts=("a blue sphere", "a green cube"), eval_seeds=(0, 1), views=2, oracle_views=4, view_options=(4,), probe_steps=4,
-                               resolution=32, bootstrap=200)
+                               resolution=32, bootstrap=200, eval_fractions=(0.5,))
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,14 @@ class Task:
     views: int
     resolution: int
     profile: bool = False  # also record where a step's time goes
+    evals: tuple[float, ...] = ()  # also evaluate at these fractions of the steps (the trajectory; not part of the key)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "evals", tuple(float(f) for f in self.evals))  # JSON gives a list
+
+    def eval_steps(self) -> list[int]:
+        """The steps strictly inside the run at which `evals` asks for an evaluation."""
+        return sorted({round(f * self.steps) for f in self.evals} & set(range(1, self.steps)))
 
     def key(self) -> str:
         from ..batch import slugify
@@ -123,6 +138,8 @@ class Result:
     profile: Optional[dict]  # {"prior": s, "render": s, "rest": s} summed over the run (profiled runs only)
     code: str  # fingerprint of steinsplat's source that made the run
     date: str
+    trajectory: Optional[list] = None  # [{"step", "seconds", "metrics"}] at the task's eval_steps (None: runs from before)
+    guard: Optional[dict] = None  # SSD: Guard.summary() at the end (share of views served the fit, in-run second-moment ratios)
 
     @property
     def key(self) -> str:
@@ -162,6 +179,8 @@ def run_task(task: Task, prior, est) -> Result:
                             task.views, task.resolution, lambda optim: scaled_optim(optim, task.lr_mult))
     step_times: list[float] = []
     profile = None
+    traj: list[dict] = []
+    at = set(task.eval_steps()) if task.steps > 0 else set()
     if task.steps > 0:
         timers = {}
         if task.profile:  # the prior's calls and the rasteriser, timed where the trainer and guidance reach them
@@ -174,6 +193,11 @@ def run_task(task: Task, prior, est) -> Result:
                 t0 = time.perf_counter()
                 trainer.step()
                 step_times.append(time.perf_counter() - t0)
+                if trainer.state.step in at:  # part-way: the study's metrics (not timed)
+                    with torch.no_grad():
+                        mm = evaluate(trainer.g, task.prompt, shape=True, r_precision=False)
+                    traj.append({"step": trainer.state.step, "seconds": sum(step_times),
+                                 "metrics": {k: getattr(mm, k) for k in METRIC_KEYS if k != "r_precision"}})
         finally:
             if task.profile:
                 del prior.predict_noise  # back to the class's method
@@ -186,10 +210,12 @@ def run_task(task: Task, prior, est) -> Result:
         m = evaluate(trainer.g, task.prompt, shape=True)
     metrics = {k: getattr(m, k) for k in METRIC_KEYS}
     metrics.update({k: getattr(m, k) for k in SET_KEYS if hasattr(m, k)})  # open prompts: the chosen mode, its purity
+    guard = getattr(trainer.guidance, "guard", None)
     return Result(dataclasses.asdict(task), metrics, sum(step_times),
                   sorted(step_times)[len(step_times) // 2] if step_times else 0.0, len(trainer.g),
                   trainer.state.skipped, profile, code_fingerprint(),
-                  datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                  datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  traj if at else None, guard.summary() if guard is not None and task.steps > 0 else None)
 
 
 # ---------------------------------------------------------------------------- storage
@@ -253,8 +279,8 @@ def views_tasks(cfg: StudyConfig, tuned: dict[tuple[str, int], float]) -> list[T
 
 def eval_tasks(cfg: StudyConfig, tuned: dict[tuple[str, int], float]) -> list[Task]:
     """Seed-major (then prompt), so that a run cut short by --max-minutes leaves whole units missing."""
-    return [Task(m, p, s, S, tuned[m, S], cfg.views, cfg.resolution) for s in cfg.eval_seeds for p in cfg.eval_prompts
-            for m in cfg.methods for S in cfg.budgets if (m, S) in tuned]
+    return [Task(m, p, s, S, tuned[m, S], cfg.views, cfg.resolution, evals=cfg.eval_fractions) for s in cfg.eval_seeds
+            for p in cfg.eval_prompts for m in cfg.methods for S in cfg.budgets if (m, S) in tuned]
 
 
 # ---------------------------------------------------------------------------- cost, side by side
@@ -416,8 +442,10 @@ def check_config(cfg: StudyConfig) -> None:
     if cfg.views <= 0 or cfg.oracle_views < 0 or cfg.resolution < 8 or cfg.jobs <= 0 or cfg.bootstrap < 10 or cfg.probe_steps < 0:
         raise config.ConfigError("--views and --jobs must be positive, --oracle-views and --probe-steps >= 0, --resolution >= 8, "
                                  "--bootstrap >= 10")
-    if not 0 < cfg.gap <= 1 or not cfg.max_minutes > 0:
-        raise config.ConfigError("--gap must be in (0, 1] and --max-minutes positive")
+    if not 0 < cfg.gap <= 1 or not 0 < cfg.sds_gap <= 1 or not cfg.max_minutes > 0:
+        raise config.ConfigError("--gap and --sds-gap must be in (0, 1] and --max-minutes positive")
+    if any(not 0 < f < 1 for f in cfg.eval_fractions):
+        raise config.ConfigError("--eval-fractions: fractions of a run strictly between 0 and 1, e.g. 0.25 0.5")
     if not cfg.tune_prompts or not cfg.eval_prompts or not cfg.tune_seeds or not cfg.eval_seeds:
         raise config.ConfigError("the study needs tuning and evaluation prompts and seeds")
     for p in (*cfg.tune_prompts, *cfg.eval_prompts):

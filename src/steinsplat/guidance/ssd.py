@@ -34,6 +34,11 @@ The estimator, step by step (one code path; the parts live in their own modules)
        Adam), then this step's data enter the fit
     5. the guard (guard.py): per timestep bin, SDS's grad instead for the first updates and
        wherever the fitted mu has shown a larger second moment than SDS's on later steps
+    6. (`sham=True`, the negative control "ssd-sham") steps 1-5 run as above, with their full cost
+       (the same prior call, baselines, mu fit and guard bookkeeping), and then the served mu is
+       frozen at SDS's (1, 0, ..., 0): grad = w(t) (eps_hat - eps), exactly SDS's gradient for the
+       same t, eps and cameras. A study that finds SSD ahead of SDS must find the sham tied with
+       SDS: what the sham's runs differ by is the cost of SSD's bookkeeping, never its variance.
 With mu_0 = 1 and mu_k = 0 this is exactly SDS. Whatever mu (as long as it does not depend on
 this step's eps), E[grad] = E[w eps_hat]: only the variance changes. mu minimises E||grad||^2
 (which, the mean being fixed, is the variance). On the Gaussian toy (tests/test_guidance.py) the
@@ -63,7 +68,7 @@ from ..priors.base import DiffusionPrior, PromptEmbeds
 from ..render.common import RenderOutput
 from .base import Estimate, Guidance, weighting
 from .baselines import Baseline, BaselineContext
-from .guard import Guard
+from .guard import Guard, render_pullback
 from .mu_fit import MuFit
 from .noise_cv import NoiseFeatures, noise_maps, noise_shifts, num_noise_maps
 from .ssd_config import SSDConfig
@@ -128,6 +133,25 @@ class SSD(Guidance):
                 bl.load_state_tensors({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
 
     # ---- the estimator
+    def step(self, x: Tensor, embeds: PromptEmbeds, cameras: Cameras, render: Optional[RenderOutput] = None,
+             *args, **kw):
+        """Guidance.step, keeping x's graph for the guard's "render" proxy (step 5; x itself is used detached)."""
+        self._x_graph = x if x.requires_grad else None
+        try:
+            return super().step(x, embeds, cameras, render, *args, **kw)
+        finally:
+            self._x_graph = None  # never keep a step's graph alive
+
+    def _pullback(self, render: Optional[RenderOutput]):
+        """Step 5's "render" proxy for this step, or None (no graph to the render's 2D means: the pooled proxy)."""
+        x = getattr(self, "_x_graph", None)
+        m2 = None if render is None else render.info.get("means2d")
+        if self.config.guard_proxy != "render" or x is None or not isinstance(m2, Tensor) or not m2.requires_grad:
+            return None
+        if m2.dim() != 3 or m2.shape[0] != x.shape[0]:  # packed (gsplat's [nnz, 2]): no per-view means, pool instead
+            return None
+        return render_pullback(x, m2)
+
     def _estimate(self, x: Tensor, t: Tensor, eps: Tensor, embeds: PromptEmbeds, cameras: Cameras,
                   render: Optional[RenderOutput], update_state: bool) -> Estimate:
         prior, cfg = self.prior, self.config
@@ -160,6 +184,10 @@ class SSD(Guidance):
             if fitting:
                 self.fit.update(eps_hat, cv_b, w, t, noise=noise, residual=residual)
         if cfg.guard and cfg.constant_term and cfg.mu_mode != "fixed":  # step 5 (the fit's counts include this step)
-            grad = self.guard.apply(grad, w * (eps_hat - eps), self.fit.bins(t), self.fit.state.n, update_state)
+            grad = self.guard.apply(grad, w * (eps_hat - eps), self.fit.bins(t), self.fit.state.n, update_state,
+                                    pullback=self._pullback(render) if update_state else None)
         phi = torch.stack(phis, 1) if phis else None
+        if cfg.sham:  # step 6: everything above was paid for; serve SDS's mu = (1, 0, ..., 0)
+            grad = w * (eps_hat - eps)  # [B, C, h, w]
+            mu = self.fit.initial_mu(x.device).unsqueeze(0).expand(len(t), -1, *mu.shape[2:])  # [B, K, *s]
         return Estimate(grad=grad, x_t=x_t, phi=phi, mu=mu.flatten(2).mean((0, 2)).detach())

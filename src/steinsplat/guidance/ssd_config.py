@@ -37,8 +37,11 @@ class SSDConfig(GuidanceConfig):
     guard: bool = True  # step 5: per timestep bin, SDS's mu wherever the fitted mu has shown a larger second moment out of sample
     guard_min_updates: int = 2  # step 5: updates a bin needs before its fitted mu is used (and measured); SDS before
     guard_decay: float = 0.9  # step 5: EMA decay of the paired differences of second moments (it judges the current fit)
-    guard_z: float = 1.0  # step 5: SDS's mu where the fit's excess second moment is above guard_z standard errors
-    guard_pool: int = 8  # step 5: the second moments are of the gradient average-pooled over f x f blocks (1: per element)
+    guard_alpha: float = 0.04  # step 5: the level of the one-sided t-test "the fit's second moment exceeds SDS's" (measured: a neutral fit refused on 3-4 % of its views)
+    guard_proxy: Literal["render", "pooled"] = "render"  # step 5: the parameters' gradient proxy: pulled back onto the 2D means (2 vector-Jacobian products per step), or the pooled image (the fallback without a render graph)
+    guard_every: int = 2  # step 5, "render" proxy: measure every n-th step (its 2 vector-Jacobian products cost ~15 % of an SSD step at n = 2 on the CPU)
+    guard_pool: int = 8  # step 5, "pooled" proxy: the gradient average-pooled over f x f blocks (1: per element)
+    sham: bool = False  # the negative control ("ssd-sham"): every step of SSD runs (baselines, fit, guard), then SDS's gradient is served (step 6 of ssd.py)
 
 
 def steinsplat_preset() -> SSDConfig:
