@@ -10,7 +10,8 @@ Checks, each one summary line `PASS|FAIL|SKIP name (seconds): detail`:
                      (without CUDA: the torch rasteriser against the dense reference, the CPU part);
   4. cuda-tests      the tests marked `cuda` (pytest -m cuda);
   5. tiny-sd-cuda    a tiny Stable Diffusion built here (random weights, no download) run end to
-                     end on CUDA through the real gsplat with an fp16 prior and the sd-object recipe;
+                     end on CUDA through the real gsplat with an fp16 prior and the sd-object recipe
+                     (its SSD, without the depth estimator: no weights to fetch);
                      its refinements (Gaussian counts, share over the threshold) are in the detail;
   6. tiny-sd-cpu     the same run on the CPU at 16x16 (a stand-in that exercises this script, only
                      without CUDA);
@@ -128,7 +129,7 @@ def check_tiny_sd(model: Path, work: Path, device: str, quick: bool) -> Result:
     sched = ["--optim.densify.start", str(n // 12), "--optim.densify.stop", str(n - n // 12),
              "--optim.densify.interval", str(max(1, n // 6))]
     argv = ["a corgi in a spacesuit", "--config", "sd-object", "--model", str(model), "--device", device,
-            "--dtype", dtype, "--guidance", "sds", "--steps", steps, "--resolution", size, "--views", "4",
+            "--dtype", dtype, "--guidance", "ssd", "--estimator", "none", "--steps", steps, "--resolution", size, "--views", "4",
             "--init-gaussians", init, "--checkpoint-every", "0", "--preview-every", str(max(1, n // 2)),
             "--out", str(out), *sched]
     r = _run([sys.executable, "-c", CLI, *argv], timeout=240)

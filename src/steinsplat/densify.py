@@ -148,7 +148,8 @@ class Densifier:
     unscaled (x.backward(grad), no 1/B), so with gsplat's statistic the same per-view gradient reads
     B times larger at B views. `per_view=True` drops the factor (the strategy is told n_cameras = 1):
     s_iv = || dL_v/d mu2d_iv * (W/2, H/2) ||, one view's own gradient, the same at any B (docs/gpu.md,
-    section Densification). `per_view=False` keeps gsplat's statistic (ShapeWorld's tuned default).
+    section Units of the densification statistic). `per_view=False` keeps gsplat's statistic
+    (ShapeWorld's tuned default).
     Each refinement appends {"step", "before", "after", "over"} to `history`: the counts and the
     fraction of Gaussians whose statistic was over the threshold (before the cap raised it).
     """
