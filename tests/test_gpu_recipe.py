@@ -15,6 +15,7 @@ locally, renders through gsplat's own rasterization() where the densification st
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -260,3 +261,53 @@ def test_sd_timesteps_reach_their_end_by_40_percent_and_shapeworld_keeps_its_sch
     assert prior.timestep_range(0.4) == prior.timestep_range(0.5) == prior.timestep_range(1.0) == (20, 500)
     plain = TimestepRange()
     assert plain.anneal_until == 1.0 and plain.at(0.5, 1000) == (20, round(0.74 * 999))
+
+
+def test_large_gaussians_are_pruned_from_prune_big_after_not_from_reset_every():
+    from steinsplat.render import render
+
+    def refine(prune_big_after):
+        g = _scene(50)
+        with torch.no_grad():
+            g.splats["scales"][:5] = torch.log(torch.tensor(0.5))  # 5 Gaussians of world size 0.5 > 0.72 x 0.5
+        opt = per_param_optimizers(g, dict(means=1e-3, scales=1e-3, quats=1e-3, opacities=1e-3, sh0=1e-3, shN=1e-3))
+        cfg = DensifyConfig(strategy="default", start=0, stop=10, interval=1, grow_grad2d=1e9, prune_scale3d=0.72,
+                            prune_big_after=prune_big_after)  # reset_every stays 3,000
+        d = Densifier(cfg, g, opt, scene_scale=0.5)
+        out = render(g, orbit_cameras([20.0], [0.0], 1.8, width=16, height=16), background=(1.0, 1.0, 1.0))
+        d.pre_backward(1, out.info)
+        out.rgb.sum().backward()
+        d.post_backward(1, out.info)
+        return len(g)
+
+    assert refine(None) == 50  # gsplat's rule: only after reset_every
+    assert refine(0) == 45
+
+
+def test_gpu_check_prints_one_line_per_check_and_fails_on_a_failure(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", mod)  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    R = mod.Result
+    monkeypatch.setattr(mod, "check_cuda", lambda: R("cuda", "SKIP", "no CUDA device"))
+    monkeypatch.setattr(mod, "check_kernels", lambda cuda: R("gsplat-kernels", "SKIP", "no CUDA"))
+    monkeypatch.setattr(mod, "check_parity", lambda cuda: R("parity", "PASS", "cpu part"))
+    monkeypatch.setattr(mod, "tiny_sd", lambda folder: folder)
+    monkeypatch.setattr(mod, "check_tiny_sd", lambda *a: R("tiny-sd-cpu", "PASS", "ok"))
+    monkeypatch.setattr(mod, "check_sd_speed", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    for k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):  # main sets them: restored after the test
+        monkeypatch.setenv(k, "1")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    js = tmp_path / "r.json"
+    assert mod.main(["--keep", str(tmp_path / "w"), "--json", str(js)]) == 1  # sd-speed raised: a FAIL, no traceback
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [ln.split(" ")[1] for ln in lines[:-1]]
+    assert names == ["cuda", "gsplat-kernels", "parity", "cuda-tests", "tiny-sd-cuda", "tiny-sd-cpu", "sd-speed",
+                     "shapeworld-cuda"]
+    assert lines[6].startswith("FAIL sd-speed") and "RuntimeError: boom" in lines[6]
+    assert "1 failed (sd-speed)" in lines[-1] and "no GPU" in lines[-1]
+    assert json.loads(js.read_text())["results"][6]["status"] == "FAIL"
