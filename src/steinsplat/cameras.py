@@ -177,11 +177,11 @@ def orbit_cameras(
     elevation: Tensor | Sequence[float],
     azimuth: Tensor | Sequence[float],
     distance: Tensor | Sequence[float] | float,
-    fovy: float = 40.0,
+    fovy: float | Tensor = 40.0,
     width: int = 64,
     height: int = 64,
 ) -> Cameras:
-    """Cameras on a sphere around the origin, looking at it, up +Z."""
+    """Cameras on a sphere around the origin, looking at it, up +Z (fovy: one value, or one per camera [B])."""
     el = torch.as_tensor(elevation, dtype=torch.float32).reshape(-1)
     az = torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1)
     d = torch.as_tensor(distance, dtype=torch.float32).reshape(-1).expand(el.shape[0]).clone()
@@ -238,9 +238,10 @@ class OrbitSampler:
     elevation: tuple[float, float] = (-10.0, 60.0)  # degrees, uniform
     azimuth: tuple[float, float] = (0.0, 360.0)  # degrees, uniform in [lo, hi)
     distance: tuple[float, float] = (1.6, 2.0)  # metres, uniform
-    fovy: float = 40.0  # vertical field of view, degrees
+    fovy: float = 40.0  # vertical field of view, degrees (when fovy_range is None)
     width: int = 64
     height: int = 64
+    fovy_range: Optional[tuple[float, float]] = None  # degrees, uniform per camera, drawn after the other draws (None: fovy)
 
     def sample(self, batch: int, generator: Optional[torch.Generator] = None, stratified: bool = False) -> Cameras:
         """`batch` cameras; stratified: azimuths evenly spaced around the circle from one random offset
@@ -250,12 +251,20 @@ class OrbitSampler:
             el = self.elevation[0] + u[:, 0] * (self.elevation[1] - self.elevation[0])
             az = self.azimuth[0] + stratified_circle(batch, generator) * (self.azimuth[1] - self.azimuth[0])
             d = self.distance[0] + u[:, 1] * (self.distance[1] - self.distance[0])
-            return orbit_cameras(el, az % 360.0, d, self.fovy, self.width, self.height)
+            return orbit_cameras(el, az % 360.0, d, self._fovy(batch, generator), self.width, self.height)
         u = torch.rand(batch, 3, generator=generator)
         el = self.elevation[0] + u[:, 0] * (self.elevation[1] - self.elevation[0])
         az = self.azimuth[0] + u[:, 1] * (self.azimuth[1] - self.azimuth[0])
         d = self.distance[0] + u[:, 2] * (self.distance[1] - self.distance[0])
-        return orbit_cameras(el, az % 360.0, d, self.fovy, self.width, self.height)
+        return orbit_cameras(el, az % 360.0, d, self._fovy(batch, generator), self.width, self.height)
+
+    def _fovy(self, batch: int, generator: Optional[torch.Generator]) -> float | Tensor:
+        """The fixed fovy, or [B] uniform in fovy_range (no draw at all without a range: the fixed-fovy
+        runs consume the generator exactly as before)."""
+        if self.fovy_range is None:
+            return self.fovy
+        lo, hi = self.fovy_range
+        return lo + torch.rand(batch, generator=generator) * (hi - lo)  # [B]
 
 
 @dataclass

@@ -49,6 +49,8 @@ class DensifyConfig:
     prune_opa: float = 0.005  # default: prune below this opacity
     prune_scale3d: float = 0.1  # default: prune larger than this (x scene scale), after reset_every
     reset_every: Schedule = 3_000  # default: gsplat's opacity-reset period (integer steps, or a fraction of --steps that may exceed 1); gsplat 1.5 never resets (its test has an operator-precedence slip), it only prunes too-large Gaussians after this point
+    per_view: bool = False  # default: the statistic is each view's own screen-space gradient (gsplat's factor n_cameras dropped); see `Densifier` (False: gsplat's statistic, B x a view's gradient here, kept for ShapeWorld)
+    prune_big_after: Optional[Schedule] = None  # default: prune Gaussians larger than prune_scale3d x scene scale at refinements after this point (None: after reset_every, gsplat's rule)
     mcmc_noise_lr: float = 5e5  # mcmc: scale of the position noise (times the means learning rate)
     mcmc_min_opacity: float = 0.005  # mcmc: relocate Gaussians below this opacity
 
@@ -58,6 +60,8 @@ class DensifyConfig:
         for name, lo_open, hi in (("start", False, 1.0), ("stop", False, 1.0), ("interval", True, 1.0),
                                   ("reset_every", True, math.inf)):
             _check_schedule(name, getattr(self, name), lo_open, hi)
+        if self.prune_big_after is not None:
+            _check_schedule("prune_big_after", self.prune_big_after, False, 1.0)
         if self.cap <= 0:
             raise ValueError("densify cap must be positive")
 
@@ -84,6 +88,7 @@ class DensifySchedule:
     stop: int  # refine_stop_iter: refinement only at steps < stop
     interval: int  # refine_every: refinement only at multiples of this
     reset_every: int  # reset_every
+    prune_big_after: Optional[int] = None  # too-large Gaussians pruned at refinements after this step (None: after reset_every)
 
     def refine_steps(self, steps: int) -> list[int]:
         """The steps of a `steps`-step run (0 .. steps-1) at which the strategy refines."""
@@ -115,7 +120,8 @@ def resolve_schedule(cfg: DensifyConfig, steps: Optional[int]) -> DensifySchedul
             k0, k1 = ks[0], ks[-1]
             start = min(max(start, (k0 - 1) * interval), k0 * interval - 1)
             stop = min(max(stop, k1 * interval + 1), (k1 + 1) * interval)
-    return DensifySchedule(start, stop, interval, reset)
+    big = None if cfg.prune_big_after is None else conv(cfg.prune_big_after)
+    return DensifySchedule(start, stop, interval, reset, big)
 
 
 def for_mode(cfg: DensifyConfig, mode: str) -> DensifyConfig:
@@ -134,6 +140,18 @@ class Densifier:
     Call `pre_backward(step, info)` before `loss.backward()` and `post_backward(step, info, lr)`
     after it (lr: the current learning rate of the means, used by MCMC's noise).
     steps: the run's step budget, which turns the schedule's fractions into steps (`resolve_schedule`).
+
+    The growth statistic (strategy "default"). gsplat accumulates, per Gaussian i and per view v in
+    which it is visible, s_iv = n_cameras * || dL/d mu2d_iv * (W/2, H/2) || (screen units of [-1, 1]),
+    and grows i when mean_v s_iv > grow_grad2d. The factor n_cameras = B undoes the 1/B of a
+    photometric loss averaged over the B views; steinsplat's guidance applies each view's gradient
+    unscaled (x.backward(grad), no 1/B), so with gsplat's statistic the same per-view gradient reads
+    B times larger at B views. `per_view=True` drops the factor (the strategy is told n_cameras = 1):
+    s_iv = || dL_v/d mu2d_iv * (W/2, H/2) ||, one view's own gradient, the same at any B (docs/gpu.md,
+    section Units of the densification statistic). `per_view=False` keeps gsplat's statistic
+    (ShapeWorld's tuned default).
+    Each refinement appends {"step", "before", "after", "over"} to `history`: the counts and the
+    fraction of Gaussians whose statistic was over the threshold (before the cap raised it).
     """
 
     def __init__(self, cfg: DensifyConfig, gaussians: Gaussians, optimizers: dict[str, torch.optim.Optimizer],
@@ -159,6 +177,7 @@ class Densifier:
                 refine_stop_iter=sch.stop,
                 refine_every=sch.interval,
                 reset_every=sch.reset_every,
+                prune_big_after=sch.prune_big_after,
             )
             self.state = self.strategy.initialize_state(scene_scale=scene_scale)
         elif cfg.strategy == "mcmc":
@@ -180,6 +199,12 @@ class Densifier:
     def enabled(self) -> bool:
         return self.strategy is not None
 
+    def _strategy_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        """`info` as the strategy should read it: with `per_view`, n_cameras = 1 (class docstring)."""
+        if self.cfg.per_view and self.cfg.strategy == "default":
+            return {**info, "n_cameras": 1}
+        return info
+
     def pre_backward(self, step: int, info: dict[str, Any]) -> None:
         if self.strategy is not None:
             self.strategy.step_pre_backward(self.gaussians.splats, self.optimizers, self.state, step, info)
@@ -193,13 +218,19 @@ class Densifier:
         if isinstance(m2d, Tensor) and m2d.retains_grad and m2d.grad is None:  # nothing visible: no screen-space gradient
             m2d.grad = torch.zeros_like(m2d)
         if self.cfg.strategy == "default":
-            self.strategy.step_post_backward(self.gaussians.splats, self.optimizers, self.state, step, info, packed=packed)
+            self.strategy.last_over = None
+            self.strategy.step_post_backward(self.gaussians.splats, self.optimizers, self.state, step,
+                                             self._strategy_info(info), packed=packed)
         else:
             with _cpu_mcmc_ops(self.gaussians.device):
                 self.strategy.step_post_backward(self.gaussians.splats, self.optimizers, self.state, step, info, lr=lr)
         after = len(self.gaussians)
         if self._is_refine_step(step):
-            self.history.append({"step": step, "before": before, "after": after})
+            row: dict[str, Any] = {"step": step, "before": before, "after": after}
+            over = getattr(self.strategy, "last_over", None)
+            if over is not None:
+                row["over"] = over
+            self.history.append(row)
 
     def _is_refine_step(self, step: int) -> bool:
         c = self.schedule
@@ -220,11 +251,14 @@ def _capped_default_strategy() -> type:
         """
 
         cap: int = 1_000_000
+        prune_big_after: Optional[int] = None  # too-large Gaussians pruned after this step (None: after reset_every)
+        last_over: Optional[float] = None  # fraction of Gaussians over grow_grad2d at the last refinement
 
         def _grow_gs(self, params, optimizers, state, step):  # type: ignore[override]
             original = self.grow_grad2d
             budget = self.cap - len(params["means"])
             grads = state["grad2d"] / state["count"].clamp_min(1)  # [N] mean screen-space gradient
+            self.last_over = float((grads > original).float().mean()) if grads.numel() else 0.0
             if int((grads > original).sum()) > max(budget, 0):
                 if budget <= 0:
                     self.grow_grad2d = float("inf")
@@ -234,6 +268,18 @@ def _capped_default_strategy() -> type:
                 return super()._grow_gs(params, optimizers, state, step)
             finally:
                 self.grow_grad2d = original
+
+        def _prune_gs(self, params, optimizers, state, step):  # type: ignore[override]
+            # gsplat prunes too-large Gaussians only at steps > reset_every; prune_big_after moves that
+            # point without touching the opacity-reset period
+            if self.prune_big_after is None:
+                return super()._prune_gs(params, optimizers, state, step)
+            original = self.reset_every
+            self.reset_every = self.prune_big_after
+            try:
+                return super()._prune_gs(params, optimizers, state, step)
+            finally:
+                self.reset_every = original
 
     return CappedDefaultStrategy
 

@@ -58,6 +58,7 @@ class GenerateConfig:
     resolution: int = 64  # render size (square)
     views: int = 4  # cameras per step
     init_gaussians: Optional[int] = None  # initial number of Gaussians; default 1000 for objects (densification grows them), 8000 for scenes (no densification)
+    init_color: Literal["random", "grey"] = "random"  # object init colours: uniform random (ShapeWorld's measured default) or mid-grey 0.5 (the SD presets, as DreamGaussian and threestudio-3dgs start; docs/gpu.md)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
     resume: Optional[Path] = None  # a checkpoint file or a run folder (its latest checkpoint)
     mesh: Optional[Path] = None  # also write a mesh: .ply, .obj or .glb
@@ -177,6 +178,9 @@ def init_gaussians(cfg: GenerateConfig, device: torch.device):
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.mode == "object":
         g = Gaussians.random_ball(cfg.init_gaussians or 1000, radius=0.45, opacity=0.1, generator=gen)
+        if cfg.init_color == "grey":  # the same draws, then every colour 0.5 (SH DC coefficient 0)
+            with torch.no_grad():
+                g.splats["sh0"].zero_()
     else:
         # The room-scale init: discs lying on the walls of the ShapeWorld room box, half opaque.
         # Every scene camera sits at one point (docs/shapeworld.md, Cameras), so no pair of views gives parallax:
@@ -360,6 +364,36 @@ def load_checkpoint(trainer: Trainer, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the run
+def run_header(cfg: GenerateConfig, prior_name: str, prior, guidance, trainer: Trainer, run_dir: Path) -> list[str]:
+    """What a run says before its first step, so that its first minutes can be judged (docs/gpu.md,
+    section The first run): the guidance and its CFG scale, the background, the densification rule and
+    where the previews go."""
+    scale = getattr(getattr(guidance, "config", None), "guidance_scale", None)
+    if scale is None:  # the prior's own (SD keeps it in its config, the ShapeWorld adapter on itself)
+        scale = getattr(getattr(prior, "config", None), "guidance_scale", None) or getattr(prior, "guidance_scale", None)
+    lines = [f"{prior_name} prior, {cfg.guidance} guidance at CFG {scale if scale is not None else 'default'}, "
+             f"{cfg.views} views of {cfg.resolution}x{cfg.resolution}, training background {trainer.background_mode}"]
+    d = trainer.densifier
+    if d.enabled and d.cfg.strategy == "default":
+        refine = d.schedule.refine_steps(trainer.cfg.steps)
+        stat = "per-view gradient" if d.cfg.per_view else f"gsplat's statistic ({cfg.views} x a view's gradient)"
+        lines.append(f"densify: {stat} over {d.cfg.grow_grad2d:g}, cap {d.cfg.cap:,}, at steps "
+                     f"{', '.join(map(str, refine)) or 'none in this run'}")
+    elif d.enabled:
+        lines.append(f"densify: {d.cfg.strategy}, cap {d.cfg.cap:,}")
+    else:
+        lines.append("densify: off")
+    if cfg.preview_every:
+        lines.append(f"previews every {cfg.preview_every} steps: {run_dir / 'previews'}/step_NNNNNN.png")
+    return lines
+
+
+def refine_line(row: dict[str, Any], threshold: float) -> str:
+    """One refinement as a GPU owner reads it: the counts and the share over the threshold."""
+    over = f" ({100 * row['over']:.1f} % over the threshold {threshold:g})" if row.get("over") is not None else ""
+    return f"refine at step {row['step']}: {row['before']:,} -> {row['after']:,} Gaussians{over}"
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -436,9 +470,16 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
         live.push(trainer.g)
     t_loaded = time.perf_counter()
     ckpt_dir = run_dir / "checkpoints"
+    for line in run_header(cfg, prior_name, prior, guidance, trainer, run_dir):
+        say(line)
+    refines_seen = len(trainer.densifier.history)
 
     def on_step(log: Optional[StepLog], tr: Trainer) -> None:
+        nonlocal refines_seen
         s = tr.state.step
+        for row in tr.densifier.history[refines_seen:]:
+            say(refine_line(row, tr.densifier.cfg.grow_grad2d))
+        refines_seen = len(tr.densifier.history)
         if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < optim.steps:
             save_checkpoint(tr, ckpt_dir, options=options)
         if cfg.preview_every and s % cfg.preview_every == 0:
@@ -540,6 +581,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
                 "steps": trainer.state.step,
                 "skipped_steps": trainer.state.skipped,
                 "gaussians": n_written,
+                "densify": trainer.densifier.history,  # one row per refinement: step, before, after, over
                 "outputs": outputs,
                 "metrics": metrics,
                 "final_loss": trainer.state.history[-1].loss if trainer.state.history else None,

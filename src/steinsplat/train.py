@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -43,6 +43,9 @@ class OptimConfig:
     lr_opacities: float = 2.5e-2
     lr_sh0: float = 1e-2
     lr_shN: float = 5e-4
+    background: Literal["auto", "white", "black", "random", "white_black"] = "auto"  # behind the splats in training: random = a uniform random colour per view, white_black = white or black at random per view (DreamGaussian's invert_bg_prob 0.5); auto: white for objects, random for scenes (docs/shapeworld.md, Backgrounds)
+    orbit_distance: Optional[tuple[float, float]] = None  # objects: camera distance range in metres (None: the sampler's 1.6-2.0, ShapeWorld's training range)
+    orbit_fovy: Optional[tuple[float, float]] = None  # objects: vertical field of view range in degrees, uniform per view (None: the sampler's fixed 40)
     stratify: bool = False  # stratify the views of a step: azimuths evenly spaced from one random offset, timesteps one per stratum of the annealed range (each view still uniform: same mean, less spread across the views)
     # densification schedule as fractions of `steps` (at 500 steps: refine at 150, 200, ..., 350; reset_every
     # 6.0: never within the run), so that a shorter run is the same run compressed
@@ -81,10 +84,25 @@ class Trainer:
         # section Backgrounds), so by default a scene is trained on a fresh random colour per view:
         # a hole in the walls then shows an arbitrary colour that no room image has, and the prior
         # closes it.
+        # cfg.background "white" / "black" fix it, "random" / "white_black" draw one per view and step
+        # (`training_background`); previews keep the fixed one (white for objects).
         self.background = background if background is not None else ((1.0, 1.0, 1.0) if mode == "object" else (0.0, 0.0, 0.0))
-        self.random_background = (mode == "scene") if random_background is None else random_background
-        sampler_cls = OrbitSampler if mode == "object" else InsideOutSampler
-        self.sampler = sampler_cls(width=cfg.resolution, height=cfg.resolution)
+        if random_background is None and cfg.background in ("white", "black"):
+            self.background = (1.0, 1.0, 1.0) if cfg.background == "white" else (0.0, 0.0, 0.0)
+        if random_background is None:
+            random_background = cfg.background in ("random", "white_black") or (cfg.background == "auto" and mode == "scene")
+        self.random_background = random_background
+        self.background_mode = ("white_black" if cfg.background == "white_black" else "random") if random_background else (
+            "white" if self.background == (1.0, 1.0, 1.0) else "fixed " + ",".join(f"{c:g}" for c in self.background))
+        if mode == "object":
+            framing: dict[str, Any] = {}
+            if cfg.orbit_distance is not None:
+                framing["distance"] = tuple(cfg.orbit_distance)
+            if cfg.orbit_fovy is not None:
+                framing["fovy_range"] = tuple(cfg.orbit_fovy)
+            self.sampler = OrbitSampler(width=cfg.resolution, height=cfg.resolution, **framing)
+        else:
+            self.sampler = InsideOutSampler(width=cfg.resolution, height=cfg.resolution)
         self.generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # gsplat's split draws its samples from torch's global RNG (torch.randn)
         lrs = dict(means=cfg.lr_means, scales=cfg.lr_scales, quats=cfg.lr_quats, opacities=cfg.lr_opacities,
@@ -101,12 +119,21 @@ class Trainer:
         p = step / max(1, self.cfg.steps - 1)
         return self.cfg.lr_means * (self.cfg.lr_means_final / self.cfg.lr_means) ** p
 
+    def training_background(self, views: int) -> Tensor | tuple[float, float, float]:
+        """The background of this step's views: the fixed colour, or [B, 3] drawn from the run's generator
+        (random: uniform colours; white_black: each view white or black with probability 1/2)."""
+        if not self.random_background:
+            return self.background
+        if self.background_mode == "white_black":
+            return (torch.rand(views, 1, generator=self.generator) < 0.5).float().expand(views, 3).clone()  # [B, 3]
+        return torch.rand(views, 3, generator=self.generator)  # [B, 3]
+
     def step(self) -> Optional[StepLog]:
         s, cfg = self.state.step, self.cfg
         lr = self.lr_means(s)
         self.optimizers["means"].param_groups[0]["lr"] = lr
         cams = self.sampler.sample(cfg.views, self.generator, stratified=cfg.stratify).to(self.g.device)  # 1.
-        bg = torch.rand(len(cams), 3, generator=self.generator) if self.random_background else self.background  # [B, 3]
+        bg = self.training_background(len(cams))  # [B, 3] or a fixed (r, g, b)
         out: RenderOutput = render(self.g, cams, background=bg)  # 2. [B, H, W, 3] ...
         x = self.prior.encode_images(out.rgb)  # 3. [B, C, h, w]
         self.densifier.pre_backward(s, out.info)

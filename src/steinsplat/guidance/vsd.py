@@ -20,13 +20,23 @@ of the flattened camera-to-world matrix [B, 16] is added to the copy's timestep 
 (zero-initialised, so eps_psi starts as the prior), with the camera dropped with probability
 `camera_dropout` while training.
 
+With the camera given through that embedding, eps_psi is prompted with the plain prompt, not
+the view-tagged ones (`lora_view_prompts=False`, as threestudio's ProlificDreamer: the LoRA sees
+the camera once, as a camera, while the frozen prior keeps its view-dependent prompts).
+
 The LoRA layers (peft `LoraConfig`) go on the attention projections when the UNet has attention
 (SD), else on its conv / linear layers (the ShapeWorld UNet has no attention).
+
+Defaults that depend on the prior: `guidance_scale` and `lora_lr` left None are taken from the
+prior's `vsd_defaults` (SD: CFG 7.5 and 1e-4, ProlificDreamer's in threestudio, docs/gpu.md); a
+prior without them (ShapeWorld, the tiny test priors) gets its own CFG scale and 1e-3, the values
+its runs were measured with.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional, Protocol
 
@@ -47,10 +57,25 @@ class VSDConfig(GuidanceConfig):
     lora_rank: int = 4  # LoRA rank r
     lora_alpha: float = 4.0  # LoRA scaling numerator (scale = alpha / r)
     lora_target: Literal["auto", "attention", "conv_linear"] = "auto"  # auto: attention if any, else conv/linear
-    lora_lr: float = 1e-3  # AdamW learning rate of eps_psi (LoRA + camera embedding)
+    lora_lr: Optional[float] = None  # AdamW learning rate of eps_psi (LoRA + camera embedding); None: the prior's vsd_defaults, else 1e-3
     lora_steps: int = 1  # eps_psi updates per guidance step
     lora_guidance_scale: float = 1.0  # CFG scale of eps_psi (1 = conditional only, as ProlificDreamer)
     camera_dropout: float = 0.1  # probability of dropping the camera when training eps_psi (added embedding only)
+    lora_view_prompts: bool = False  # eps_psi also sees the view-tagged prompts when the camera comes through the added embedding (False: the plain prompt, threestudio's ProlificDreamer)
+
+
+DEFAULT_LORA_LR = 1e-3  # eps_psi's learning rate on a prior without vsd_defaults (ShapeWorld, tiny priors)
+
+
+def resolve_vsd_config(prior: DiffusionPrior, config: VSDConfig) -> VSDConfig:
+    """`config` with guidance_scale and lora_lr left None filled from `prior.vsd_defaults` (module docstring)."""
+    defaults = dict(getattr(prior, "vsd_defaults", None) or {})
+    fill = {}
+    if config.guidance_scale is None and defaults.get("guidance_scale") is not None:
+        fill["guidance_scale"] = float(defaults["guidance_scale"])
+    if config.lora_lr is None:
+        fill["lora_lr"] = float(defaults.get("lora_lr", DEFAULT_LORA_LR))
+    return dataclasses.replace(config, **fill) if fill else config
 
 
 class ParticleScore(Protocol):
@@ -121,7 +146,8 @@ class LoRAParticleScore(nn.Module):
         # LoRA / embedding weights in float32 even if the copy runs in fp16 (peft's autocast_adapter_dtype)
         for p in params:
             p.data = p.data.float()
-        self.optimizer = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=0.0)
+        lr = config.lora_lr if config.lora_lr is not None else DEFAULT_LORA_LR
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.unet.parameters() if p.requires_grad]
@@ -154,14 +180,23 @@ class LoRAParticleScore(nn.Module):
             c = torch.where(drop[:, None], torch.zeros_like(c), c)
         return c
 
+    def lora_embeds(self, embeds: PromptEmbeds) -> PromptEmbeds:
+        """The prompts eps_psi sees: without the view tags when the camera comes through the added
+        embedding (unless lora_view_prompts), else the prior's own."""
+        if self.camera_embed and not self.config.lora_view_prompts and embeds.by_view:
+            return dataclasses.replace(embeds, by_view={})
+        return embeds
+
     @torch.no_grad()
     def predict(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cameras: Cameras) -> Tensor:
         prior = self.prior[0]
+        embeds = self.lora_embeds(embeds)
         return prior.denoise(x_t, t, embeds, cameras, self.config.lora_guidance_scale, unet=self.unet,
                              class_labels=self._class_labels(cameras)).float()
 
     def update(self, x: Tensor, embeds: PromptEmbeds, cameras: Cameras, generator: Optional[torch.Generator]) -> float:
         prior = self.prior[0]
+        embeds = self.lora_embeds(embeds)
         B = x.shape[0]
         loss_val = 0.0
         for _ in range(self.config.lora_steps):
@@ -186,7 +221,7 @@ class VSD(Guidance):
 
     def __init__(self, prior: DiffusionPrior, config: Optional[VSDConfig] = None,
                  particle_score: Optional[ParticleScore] = None) -> None:
-        super().__init__(prior, config or VSDConfig())
+        super().__init__(prior, resolve_vsd_config(prior, config or VSDConfig()))
         self.config: VSDConfig
         self.particle_score: ParticleScore = particle_score or LoRAParticleScore(prior, self.config)
         self._generator: Optional[torch.Generator] = None

@@ -73,6 +73,7 @@ class TimestepRange:
     Fractions of T. At training progress p in [0, 1] the range is interpolated between the
     `*_start` and `*_end` values: linearly (`anneal="linear"`), by sqrt(p) (`"sqrt"`, shrinks
     early, as DreamTime-like schedules do) or not at all (`"none"`: the start values throughout).
+    With `anneal_until` = u < 1 the annealing runs on p / u and the end values hold from p = u on.
     """
 
     min_start: float = 0.02  # t_min / T at the start of training
@@ -80,10 +81,11 @@ class TimestepRange:
     min_end: float = 0.02  # t_min / T at the end of training
     max_end: float = 0.50  # t_max / T at the end of training (lower: finer detail late on)
     anneal: Literal["none", "linear", "sqrt"] = "linear"  # how the range moves from start to end
+    anneal_until: float = 1.0  # fraction of the run by which the end values are reached and then held (1: the whole run)
 
     def at(self, progress: float, num_train_timesteps: int) -> tuple[int, int]:
         """Integer [t_min, t_max] (inclusive) at training progress `progress` in [0, 1]."""
-        p = min(max(float(progress), 0.0), 1.0)
+        p = min(max(float(progress) / max(self.anneal_until, 1e-9), 0.0), 1.0)
         f = {"none": 0.0, "linear": p, "sqrt": math.sqrt(p)}[self.anneal]
         lo = self.min_start + f * (self.min_end - self.min_start)
         hi = self.max_start + f * (self.max_end - self.max_start)

@@ -77,7 +77,7 @@ class StableDiffusionPriorConfig:
     negative_prompt: str = ""  # default negative prompt ("" = unconditional)
     view_dependent: bool = True  # append ", front/side/back/overhead view" per camera
     perp_neg: float = 0.0  # Perp-Neg weight of the other views' prompts (0: off; e.g. 1-3 against Janus faces; needs view_dependent)
-    timesteps: TimestepRange = field(default_factory=TimestepRange)  # [t_min, t_max] and its annealing
+    timesteps: TimestepRange = field(default_factory=lambda: TimestepRange(anneal_until=0.4))  # [t_min, t_max] and its annealing: t_max from 0.98 T down to 0.50 T by 40 % of the run, then held (GaussianDreamer: 0.55 from 42 %; docs/gpu.md)
     attention_slicing: bool = False  # UNet attention in slices of half the heads (diffusers' sliced processor instead of the default SDPA; less memory only where SDPA has no fused kernel, slower)
     vae_slicing: bool = False  # VAE encodes / decodes the B views one at a time (lower transient peak; what the backward pass keeps shrinks only with vae_checkpointing)
     vae_checkpointing: bool = False  # recompute the VAE's activations in the backward pass instead of keeping them (~2.5 GB less per 512x512 view, one more encoder forward per step)
@@ -92,6 +92,10 @@ class StableDiffusionPrior(nn.Module):
     """A frozen SD-family latent diffusion model implementing `DiffusionPrior`."""
 
     camera_conditioned = False  # SD sees the camera only through view-dependent prompts
+    # VSD's own settings for this prior (guidance/vsd.py fills the VSDConfig fields left None from
+    # here): threestudio's ProlificDreamer with SD 2.1-base runs CFG 7.5 and a LoRA learning rate of
+    # 1e-4 (configs/prolificdreamer.yaml); docs/gpu.md, section VSD
+    vsd_defaults = {"guidance_scale": 7.5, "lora_lr": 1e-4}
 
     def __init__(self, config: Optional[StableDiffusionPriorConfig] = None, **overrides) -> None:
         super().__init__()
@@ -201,7 +205,9 @@ class StableDiffusionPrior(nn.Module):
         if rgb.dim() != 4 or rgb.shape[-1] != 3:
             raise ValueError(f"rgb must be [B, H, W, 3] in [0, 1], got {tuple(rgb.shape)}")
         R = self.model_resolution
-        img = rgb.permute(0, 3, 1, 2)  # [B, 3, H, W]
+        # clamped as DreamGaussian and threestudio do: a render over a background can leave [0, 1]
+        # (SH colours are unbounded), and the VAE was trained on images in [-1, 1] only
+        img = rgb.clamp(0.0, 1.0).permute(0, 3, 1, 2)  # [B, 3, H, W]
         if img.shape[-2:] != (R, R):
             img = F.interpolate(img, size=(R, R), mode="bilinear", align_corners=False)
         img = (2.0 * img - 1.0).to(self.device, self.vae.dtype)
@@ -258,7 +264,8 @@ class StableDiffusionPrior(nn.Module):
             cl = None if class_labels is None else torch.cat([class_labels, class_labels])
             both = unet(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]), encoder_hidden_states=torch.cat([uncond, cond]),
                         class_labels=cl).sample  # [2B, 4, h, w]
-            out_u, out_c = both.chunk(2)
+            out_u, out_c = both.float().chunk(2)  # float32 before combining: s (pred_c - pred_u) at s = 100
+            # would multiply fp16's rounding of each prediction by 100 (threestudio casts first too)
             # CFG on the raw output; the maps to eps are affine in it with the same x_t, so this
             # equals CFG on eps.
             out = cfg_combine(out_u, out_c, guidance_scale)
@@ -290,6 +297,7 @@ class StableDiffusionPrior(nn.Module):
         outs = unet(torch.cat([x_in] * n), torch.cat([t_in] * n), encoder_hidden_states=torch.cat([uncond, cond, *negs]),
                     class_labels=cl).sample.chunk(n)  # n x [B, 4, h, w]
         # On the raw output, as CFG: the map to eps is affine with the same x_t, and projections commute with it.
+        outs = tuple(o.float() for o in outs)  # combined in float32, as plain CFG above
         return perp_neg_combine(outs[0], outs[1], torch.stack(outs[2:]), weights.to(outs[0].device), guidance_scale)
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeds: PromptEmbeds, cameras: Cameras,
