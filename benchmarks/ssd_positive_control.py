@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=[],
                     help="more methods run like SDS (4 views, each at its own tuned multiplier), e.g. ssd ssd-sham: "
                          "a first, in-sample look at them on the control's units")
+    ap.add_argument("--only-methods", action="store_true",
+                    help="run only the --methods arms (another process runs the control's own arms)")
     ap.add_argument("--no-run", action="store_true", help="only summarise the stored runs")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -86,8 +88,10 @@ def main() -> None:
     tasks = [Task(m, p, s, S, lr, v, args.resolution) for S in args.budgets for lr in args.lr_mults for m, v in arms
              for p in prompts for s in args.seeds]
     results = load_results(out / "runs")
-    todo = [t for t in tasks if t.key() not in results]
-    print(f"{len(tasks)} runs, {len(tasks) - len(todo)} stored, {len(todo)} to run", flush=True)
+    todo = [t for t in tasks if t.key() not in results
+            and (not args.only_methods or (t.method, t.views) in [(m, args.views) for m in args.methods])]
+    stored = sum(t.key() in results for t in tasks)
+    print(f"{len(tasks)} runs, {stored} stored, {len(todo)} to run here", flush=True)
     t_start = time.perf_counter()
     if todo and not args.no_run:
         prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
