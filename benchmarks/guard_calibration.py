@@ -14,7 +14,8 @@ parameter space that the old 8x8-pooled proxy let through.
      SDS's. The fit trades low-frequency noise for high-frequency noise: better in the pooled image,
      worse for the Gaussians. Checked on fresh draws, then both guards judge it over `--steps` steps;
      the same for a neutral fit (SDS's gradient at an independent eps);
-  3. cost: seconds per training step of "ssd" with the render proxy and with the pooled one.
+  3. cost: seconds per training step of SDS and of "ssd" with the pooled and the render proxy, stepped
+     in turn (`--cost-steps` each, the median after 10).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--t", type=int, default=700)
     ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--target", type=float, default=1.13)
+    ap.add_argument("--cost-steps", type=int, default=60)
     ap.add_argument("--out", default="docs/bench/guard_calibration.json")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -182,25 +184,28 @@ def main() -> None:
             print(kind, name, guards[f"{kind} | {name}"])
     rep["guards_on_the_snapshot"] = guards
 
-    # ---- 3. cost per training step
-    cost = {}
-    for proxy in ("pooled", "render"):
-        import steinsplat.bench.methods as methods
+    # ---- 3. cost per training step: SDS, SSD with the pooled proxy, SSD with the render proxy, stepped in
+    # turn (interleaved: a machine whose load changes slows all three alike), the median after 10 steps
+    from steinsplat.guidance import SSD, SSD_PRESETS
 
-        tr = bench_trainer("sds", "a red cube", 0, 60, prior, est, 4, 64)
-        from steinsplat.guidance import SSD, SSD_PRESETS
-
-        c = SSD_PRESETS["steinsplat"]()
-        c.guard_proxy = proxy
-        tr.guidance = SSD(prior, [], c)
-        times = []
-        while tr.state.step < 60:
+    trainers = {}
+    for name in ("sds", "pooled", "render"):
+        tr = bench_trainer("sds", "a red cube", 0, 200, prior, est, 4, 64)
+        if name != "sds":
+            c = SSD_PRESETS["steinsplat"]()
+            c.guard_proxy = name
+            tr.guidance = SSD(prior, [], c)
+        trainers[name] = tr
+    times: dict = {k: [] for k in trainers}
+    for _ in range(a.cost_steps):
+        for k, tr in trainers.items():
             t0 = time.perf_counter()
             tr.step()
-            times.append(time.perf_counter() - t0)
-        cost[proxy] = sorted(times[10:])[len(times[10:]) // 2]
-        del methods
+            times[k].append(time.perf_counter() - t0)
+    cost = {k: sorted(v[10:])[len(v[10:]) // 2] for k, v in times.items()}
     cost["render_over_pooled"] = cost["render"] / cost["pooled"]
+    cost["pooled_over_sds"] = cost["pooled"] / cost["sds"]
+    cost["steps"] = a.cost_steps
     rep["cost_seconds_per_step_median"] = cost
     print(cost)
     rep["seconds"] = time.perf_counter() - t_start
