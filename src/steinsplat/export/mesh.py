@@ -120,7 +120,8 @@ def tsdf_mesh(gaussians: Gaussians, cfg: MeshConfig):  # -> open3d.geometry.Tria
 
 
 def cleanup(mesh, cfg: MeshConfig):  # open3d TriangleMesh -> the same, cleaned
-    """Drop floaters (pieces much smaller than the largest), decimate above `max_triangles`, add normals."""
+    """Drop floaters (pieces much smaller than the largest), decimate above `max_triangles`, then remove
+    degenerate triangles and unused vertices and add unit normals (`mesh_repair.py`)."""
     # 4. drop floaters: connected components much smaller than the largest
     labels, counts, _ = mesh.cluster_connected_triangles()
     labels, counts = np.asarray(labels), np.asarray(counts)
@@ -129,15 +130,44 @@ def cleanup(mesh, cfg: MeshConfig):  # open3d TriangleMesh -> the same, cleaned
     mesh.remove_unreferenced_vertices()
     if cfg.max_triangles and len(mesh.triangles) > cfg.max_triangles:
         mesh = mesh.simplify_quadric_decimation(target_number_of_triangles=cfg.max_triangles)
-    mesh.compute_vertex_normals()
-    return mesh
+    # 5. what decimation leaves behind: unused vertices (open3d gives them zero normals), triangles without area
+    from .mesh_repair import repair_open3d
+
+    return repair_open3d(mesh)
+
+
+MESH_MATERIAL = {
+    # The vertex colours are the splats' appearance as rendered (lighting baked in), not an albedo to light again:
+    # KHR_materials_unlit shows them as they are; a reader without it falls back to a rough dielectric (glTF's
+    # default material would be fully metallic, which is black without an environment map).
+    "name": "vertex colour: baked appearance, unlit",
+    "pbrMetallicRoughness": {"baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 1.0},
+    "extensions": {"KHR_materials_unlit": {}},
+    "extras": {"vertexColors": "COLOR_0 holds the colour steinsplat renders for each vertex (display sRGB), decoded "
+                               "to linear as glTF's COLOR_0 is; with the unlit material a viewer shows it unchanged"},
+}
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] -> linear (IEC 61966-2-1), the colour space of glTF's COLOR_0."""
+    c = np.clip(c, 0.0, 1.0)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """The inverse of `srgb_to_linear`."""
+    c = np.clip(c, 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
 
 
 def glb_bytes(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, normals: np.ndarray) -> bytes:
-    """A binary glTF 2.0 file of one triangle mesh with vertex colours and normals.
+    """A binary glTF 2.0 file of one triangle mesh with vertex colours and normals, which Khronos's
+    glTF-Validator accepts without errors (tests/test_gltf.py runs it): pass a mesh from `mesh_repair.repair_mesh`
+    (every vertex used, unit normals; refused otherwise).
 
     glTF is +Y up and ours is +Z up, so positions and normals are rotated: (x, y, z) -> (x, z, -y).
-    Layout: 12-byte header ("glTF", version 2, length), a JSON chunk (space-padded to 4 bytes) and a
+    Colours: ours are display sRGB in [0, 1]; COLOR_0 is linear, so they are decoded; the material (MESH_MATERIAL)
+    is unlit. Layout: 12-byte header ("glTF", version 2, length), a JSON chunk (space-padded to 4 bytes) and a
     BIN chunk (zero-padded) holding positions, normals, colours (float32 VEC3) and uint32 indices.
     """
     import json
@@ -146,8 +176,13 @@ def glb_bytes(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, n
     def up(a: np.ndarray) -> np.ndarray:
         return np.stack([a[:, 0], a[:, 2], -a[:, 1]], 1).astype("<f4")
 
+    length = np.linalg.norm(np.asarray(normals, np.float64), axis=1)
+    if len(vertices) == 0 or len(triangles) == 0 or not (np.abs(length - 1.0) < 1e-4).all() \
+            or not np.isfinite(vertices).all():
+        raise ExportError("glb_bytes: the mesh has no triangles, non-finite positions or normals that are not unit "
+                          "vectors; pass it through steinsplat.export.mesh_repair.repair_mesh first")
     pos, nrm = up(vertices), up(normals)
-    col = np.clip(colors, 0, 1).astype("<f4")
+    col = srgb_to_linear(np.asarray(colors, np.float64)).astype("<f4")
     idx = triangles.astype("<u4").reshape(-1)
     blobs = [pos.tobytes(), nrm.tobytes(), col.tobytes(), idx.tobytes()]
     views, offset = [], 0
@@ -155,10 +190,15 @@ def glb_bytes(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, n
         views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(b), "target": 34963 if i == 3 else 34962})
         offset += len(b)  # every blob is a multiple of 4 bytes
     n = len(pos)
+    from .. import __version__
+
     doc = {
-        "asset": {"version": "2.0", "generator": "steinsplat"},
+        "asset": {"version": "2.0", "generator": f"steinsplat {__version__}"},
+        "extensionsUsed": ["KHR_materials_unlit"],
         "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2}, "indices": 3, "mode": 4}]}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2}, "indices": 3, "mode": 4,
+                                    "material": 0}]}],
+        "materials": [MESH_MATERIAL],
         "buffers": [{"byteLength": offset}],
         "bufferViews": views,
         "accessors": [
@@ -178,24 +218,33 @@ def glb_bytes(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, n
 
 
 def write_mesh(path: str | Path, mesh) -> int:
-    """Write an open3d TriangleMesh to .ply / .obj / .glb atomically; returns the triangle count."""
+    """Write an open3d TriangleMesh to .ply / .obj / .glb atomically; returns the triangle count.
+
+    The mesh is repaired first (`mesh_repair.py`: no degenerate or repeated triangles, no unused vertices, unit
+    normals), so every file is one that strict readers (glTF-Validator, engines) accept.
+    """
     import open3d as o3d
 
     from .atomic import atomic_path, atomic_write_bytes
+    from .mesh_repair import repair_open3d
 
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in MESH_EXTENSIONS:
         raise ExportError(f"cannot write a mesh to '{path}': unsupported extension '{ext}'; use one of "
                           f"{', '.join(MESH_EXTENSIONS)}")
+    if path.name.lower().endswith(".splats.glb"):
+        raise ExportError(f"cannot write a mesh to '{path}': NAME.splats.glb means Gaussians as glTF "
+                          "(KHR_gaussian_splatting) here; name the mesh NAME.glb")
+    mesh = repair_open3d(mesh)
     if ext == ".glb":  # open3d 0.20 writes .glb files that it (assimp) cannot read back: our own writer
-        if not mesh.has_vertex_normals():
-            mesh.compute_vertex_normals()
-        atomic_write_bytes(path, glb_bytes(np.asarray(mesh.vertices), np.asarray(mesh.triangles),
-                                           np.asarray(mesh.vertex_colors), np.asarray(mesh.vertex_normals)))
+        colors = np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else np.ones((len(mesh.vertices), 3))
+        atomic_write_bytes(path, glb_bytes(np.asarray(mesh.vertices), np.asarray(mesh.triangles), colors,
+                                           np.asarray(mesh.vertex_normals)))
         return len(mesh.triangles)
     with atomic_path(path) as tmp:  # open3d writes by file name (and picks the format from the extension)
-        ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_ascii=False)
+        ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_vertex_normals=True,
+                                        write_ascii=False)
         if not ok:
             raise ExportError(f"open3d could not write '{path}'")
         if ext == ".obj":  # open3d writes the material beside the .obj under the temporary name
