@@ -31,6 +31,7 @@ import torch
 
 from ..cameras import Cameras, inside_out_cameras, orbit_cameras
 from ..gaussians import Gaussians
+from .colour import linear_to_srgb, srgb_to_linear  # noqa: F401 (linear_to_srgb: for readers of our .glb)
 from .errors import ExportError
 
 MESH_EXTENSIONS = (".ply", ".obj", ".glb")
@@ -51,6 +52,7 @@ class MeshConfig:
     sigma_cutoff: float = 3.0  # density: a Gaussian contributes only within this many standard deviations
     min_scale_voxels: float = 0.5  # density: std devs clamped to >= this many voxels, so thin splats fall on samples
     fill_cavities: bool = True  # density, objects only: fill pockets enclosed by the shell (no inward inner surface)
+    up: str = "z"  # up axis of a .ply / .obj mesh: z (ours), y or -y (export/axes.py); a .glb is always +Y up (glTF)
 
 
 def fusion_cameras(cfg: MeshConfig) -> Cameras:
@@ -148,18 +150,6 @@ MESH_MATERIAL = {
 }
 
 
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear (IEC 61966-2-1), the colour space of glTF's COLOR_0."""
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    """The inverse of `srgb_to_linear`."""
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
-
-
 def glb_bytes(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, normals: np.ndarray) -> bytes:
     """A binary glTF 2.0 file of one triangle mesh with vertex colours and normals, which Khronos's
     glTF-Validator accepts without errors (tests/test_gltf.py runs it): pass a mesh from `mesh_repair.repair_mesh`
@@ -167,61 +157,42 @@ def glb_bytes(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, n
 
     glTF is +Y up and ours is +Z up, so positions and normals are rotated: (x, y, z) -> (x, z, -y).
     Colours: ours are display sRGB in [0, 1]; COLOR_0 is linear, so they are decoded; the material (MESH_MATERIAL)
-    is unlit. Layout: 12-byte header ("glTF", version 2, length), a JSON chunk (space-padded to 4 bytes) and a
-    BIN chunk (zero-padded) holding positions, normals, colours (float32 VEC3) and uint32 indices.
+    is unlit. Layout (`glb.py`): the GLB header, a JSON chunk and a BIN chunk holding positions, normals, colours
+    (float32 VEC3) and uint32 indices.
     """
-    import json
-    import struct
+    from .. import __version__
+    from .glb import BinaryBuilder, pack_glb
 
     def up(a: np.ndarray) -> np.ndarray:
-        return np.stack([a[:, 0], a[:, 2], -a[:, 1]], 1).astype("<f4")
+        return np.stack([a[:, 0], a[:, 2], -a[:, 1]], 1)
 
     length = np.linalg.norm(np.asarray(normals, np.float64), axis=1)
     if len(vertices) == 0 or len(triangles) == 0 or not (np.abs(length - 1.0) < 1e-4).all() \
             or not np.isfinite(vertices).all():
         raise ExportError("glb_bytes: the mesh has no triangles, non-finite positions or normals that are not unit "
                           "vectors; pass it through steinsplat.export.mesh_repair.repair_mesh first")
-    pos, nrm = up(vertices), up(normals)
-    col = srgb_to_linear(np.asarray(colors, np.float64)).astype("<f4")
-    idx = triangles.astype("<u4").reshape(-1)
-    blobs = [pos.tobytes(), nrm.tobytes(), col.tobytes(), idx.tobytes()]
-    views, offset = [], 0
-    for i, b in enumerate(blobs):
-        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(b), "target": 34963 if i == 3 else 34962})
-        offset += len(b)  # every blob is a multiple of 4 bytes
-    n = len(pos)
-    from .. import __version__
-
+    b = BinaryBuilder()
+    attributes = {"POSITION": b.add(up(vertices), "VEC3", min_max=True), "NORMAL": b.add(up(normals), "VEC3"),
+                  "COLOR_0": b.add(srgb_to_linear(np.asarray(colors, np.float64)), "VEC3")}
+    indices = b.add(np.asarray(triangles).reshape(-1), "SCALAR", component=5125, target=34963)  # uint32, index buffer
     doc = {
         "asset": {"version": "2.0", "generator": f"steinsplat {__version__}"},
         "extensionsUsed": ["KHR_materials_unlit"],
         "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2}, "indices": 3, "mode": 4,
-                                    "material": 0}]}],
+        "meshes": [{"primitives": [{"attributes": attributes, "indices": indices, "mode": 4, "material": 0}]}],
         "materials": [MESH_MATERIAL],
-        "buffers": [{"byteLength": offset}],
-        "bufferViews": views,
-        "accessors": [
-            {"bufferView": 0, "componentType": 5126, "count": n, "type": "VEC3",
-             "min": pos.min(0).tolist(), "max": pos.max(0).tolist()},
-            {"bufferView": 1, "componentType": 5126, "count": n, "type": "VEC3"},
-            {"bufferView": 2, "componentType": 5126, "count": n, "type": "VEC3"},
-            {"bufferView": 3, "componentType": 5125, "count": len(idx), "type": "SCALAR"},
-        ],
+        "bufferViews": b.views,
+        "accessors": b.accessors,
     }
-    js = json.dumps(doc, separators=(",", ":")).encode()
-    js += b" " * (-len(js) % 4)
-    binary = b"".join(blobs)
-    total = 12 + 8 + len(js) + 8 + len(binary)
-    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(js), b"JSON") + js
-            + struct.pack("<I4s", len(binary), b"BIN\x00") + binary)
+    return pack_glb(doc, b.binary())
 
 
-def write_mesh(path: str | Path, mesh) -> int:
+def write_mesh(path: str | Path, mesh, up: str = "z") -> int:
     """Write an open3d TriangleMesh to .ply / .obj / .glb atomically; returns the triangle count.
 
     The mesh is repaired first (`mesh_repair.py`: no degenerate or repeated triangles, no unused vertices, unit
-    normals), so every file is one that strict readers (glTF-Validator, engines) accept.
+    normals), so every file is one that strict readers (glTF-Validator, engines) accept. up: the up axis of a
+    .ply / .obj ("z" ours, "y", "-y": vertices and normals rotated, `axes.py`); a .glb is +Y up whatever it says.
     """
     import open3d as o3d
 
@@ -242,6 +213,12 @@ def write_mesh(path: str | Path, mesh) -> int:
         atomic_write_bytes(path, glb_bytes(np.asarray(mesh.vertices), np.asarray(mesh.triangles), colors,
                                            np.asarray(mesh.vertex_normals)))
         return len(mesh.triangles)
+    if up != "z":
+        from .axes import up_rotation
+
+        R = up_rotation(up)
+        mesh.vertices = o3d.utility.Vector3dVector(np.asarray(mesh.vertices) @ R.T)
+        mesh.vertex_normals = o3d.utility.Vector3dVector(np.asarray(mesh.vertex_normals) @ R.T)
     with atomic_path(path) as tmp:  # open3d writes by file name (and picks the format from the extension)
         ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_vertex_normals=True,
                                         write_ascii=False)
@@ -262,4 +239,5 @@ def _fix_obj_material(tmp: Path, final: Path) -> None:
 
 
 def export_mesh(path: str | Path, gaussians: Gaussians, cfg: MeshConfig | None = None) -> int:
-    return write_mesh(path, gaussians_to_mesh(gaussians, cfg))
+    cfg = cfg or MeshConfig()
+    return write_mesh(path, gaussians_to_mesh(gaussians, cfg), up=cfg.up)
