@@ -39,6 +39,7 @@ class ExportArgs:
     to: Optional[Path] = None  # output file; the extension picks the format (.splats.glb: glTF KHR_gaussian_splatting; .viser: a viser scene recording)
     html: Optional[Path] = None  # also/instead write a folder that shows the splats in a browser, no Python needed
     sh_degree: Optional[int] = None  # PLY and .splats.glb: write this SH degree (0 or 3 for most viewers); default: as stored
+    display_filter: Optional[int] = None  # bake the 0.3 px low-pass of training renders this many pixels high (steinsplat's object runs: 64) into the output, so it looks at display size as in training (export/display_filter.py)
     up: Optional[Literal["z", "y", "-y"]] = None  # the output's up axis: z (steinsplat's, the default), y (three.js, Babylon, Unity), -y (3DGS captures, SuperSplat); .splats.glb is always y
 
 
@@ -67,7 +68,14 @@ def cmd_export(argv: Sequence[str]) -> int:
             require_viser()
         except ViewerError as exc:
             raise UserError(str(exc)) from None
+    if args.display_filter is not None and (args.display_filter < 8 or args.to is None):
+        raise UserError("--display-filter RES: the training resolution in pixels (>= 8; 64 for steinsplat's object "
+                        "runs), with --to OUT")
     g = load_gaussians(args.input)
+    if args.display_filter is not None:
+        from .export.display_filter import DisplayFilterConfig, bake_display_filter
+
+        g = bake_display_filter(g, DisplayFilterConfig(resolution=args.display_filter, fovy=40.0))
     if args.to is not None:
         if viser_out:
             from .viewer import write_viser

@@ -61,6 +61,7 @@ class GenerateConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
     resume: Optional[Path] = None  # a checkpoint file or a run folder (its latest checkpoint)
     mesh: Optional[Path] = None  # also write a mesh: .ply, .obj or .glb
+    display_filter: bool = False  # bake the training renders' 0.3 px low-pass into the splat file (export/display_filter.py): solid and full-size at display resolution; run.json's metrics stay those of the trained splats
     up: Literal["z", "y", "-y"] = "z"  # up axis of the splat file and a .ply/.obj mesh: z (ours), y (three.js, Babylon), -y (3DGS captures); glTF files are always +Y up
     mesh_method: Literal["tsdf", "density"] = "tsdf"  # --mesh by TSDF fusion of rendered views, or density-grid marching cubes
     video: Optional[Path] = None  # also write a turntable: .mp4 or .gif
@@ -509,7 +510,12 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     try:
         with exports:
             outputs = {"splats": str(out)}
-            n_written = export_gaussians(out, trainer.g, up=None if cfg.up == "z" else cfg.up)
+            splats = trainer.g
+            if cfg.display_filter:
+                from .export.display_filter import DisplayFilterConfig, bake_display_filter
+
+                splats = bake_display_filter(trainer.g, DisplayFilterConfig.of_sampler(trainer.sampler, cfg.mode))
+            n_written = export_gaussians(out, splats, up=None if cfg.up == "z" else cfg.up)
             stop_here()
             if live is not None:
                 say(f"to look at the result again: steinsplat view {out}")
