@@ -106,7 +106,8 @@ def repair_open3d(mesh):  # open3d TriangleMesh -> a new open3d TriangleMesh, re
 
     r = repair_mesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles),
                     np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else None)
-    out = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(r.vertices), o3d.utility.Vector3iVector(r.triangles.astype(np.int32)))
+    out = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(r.vertices),
+                                    o3d.utility.Vector3iVector(r.triangles.astype(np.int32)))
     if len(r.colors):
         out.vertex_colors = o3d.utility.Vector3dVector(r.colors)
     out.vertex_normals = o3d.utility.Vector3dVector(r.normals)
