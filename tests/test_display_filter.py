@@ -86,5 +86,8 @@ def test_generate_display_filter_bakes_the_trained_splats(tmp_path: Path) -> Non
     assert main(["a red cube", "--out", str(tmp_path / "b" / "baked.ply"), "--display-filter", *common]) == 0
     expected = bake_display_filter(read_ply(tmp_path / "a" / "plain.ply"), DisplayFilterConfig(resolution=16, fovy=40.0))
     got = read_ply(tmp_path / "b" / "baked.ply")
-    assert np.allclose(covariance(got), covariance(expected), rtol=1e-4, atol=1e-10)
-    assert torch.allclose(got.means, expected.means)
+    # the same to float32 round-off (two trainings in one process agree to ~1e-7, not always bit for bit)
+    c_got, c_exp = covariance(got), covariance(expected)
+    assert np.abs(c_got - c_exp).max() <= 1e-4 * np.abs(c_exp).max()
+    assert torch.allclose(got.means, expected.means, atol=1e-5)
+    assert not np.allclose(c_exp, covariance(read_ply(tmp_path / "a" / "plain.ply")), rtol=0.05)  # it did bake
