@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The web tools tests/test_web_formats.py checks our files in: Spark 2.x (+ three.js) and PlayCanvas's
-# splat-transform, at the versions pinned in .web/package.json / package-lock.json, installed into
-# .web/node_modules (gitignored) with `npm ci`. Node.js and npm come from apt-get where they are missing.
+# The web tools the tests check our files in: Spark 2.x (+ three.js) and PlayCanvas's splat-transform
+# (tests/test_web_formats.py) and Khronos's glTF-Validator (tests/test_gltf.py), at the versions pinned
+# in .web/package.json / package-lock.json, installed into .web/node_modules (gitignored) with `npm ci`.
+# Node.js and npm come from apt-get where they are missing.
 # Outside CI a machine without them gets a warning (those tests then skip); in CI (CI set) it is an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."

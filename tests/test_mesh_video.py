@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from steinsplat.export.errors import ExportError
-from steinsplat.export.mesh import MeshConfig, export_mesh, glb_bytes
+from steinsplat.export.mesh import MeshConfig, export_mesh, glb_bytes, linear_to_srgb
 from steinsplat.export.video import VideoConfig, export_video, write_video
 from steinsplat.gaussians import Gaussians
 
@@ -46,8 +46,10 @@ def test_mesh_is_the_sphere_with_its_colour(mesh_files, ext):
     assert abs(r.mean() - 0.36) < 0.02 and r.std() < 0.03  # the sphere (plus the splats' thickness)
     lo, hi = v.min(0), v.max(0)
     assert np.allclose((lo + hi) / 2, 0.0, atol=0.02) and np.allclose(hi - lo, 0.76, atol=0.05)  # centred, 2r across
-    c = np.asarray(m.vertex_colors).mean(0)
-    assert np.allclose(c, RED, atol=0.04)
+    c = np.asarray(m.vertex_colors)
+    if ext == ".glb":  # glTF's COLOR_0 is linear: back to our sRGB
+        c = linear_to_srgb(c)
+    assert np.allclose(c.mean(0), RED, atol=0.04)
     assert not list(paths[ext].parent.glob(".*"))  # no temporary files left behind
 
 
@@ -151,7 +153,8 @@ def test_density_mesh_of_a_shell_reads_back(tmp_path, ext):
     # at a distance h: the level 0.5 is h = 0.041 outside (and inside, but the hollow inside is filled)
     r = np.linalg.norm(v, axis=1)
     assert abs(r.mean() - 0.391) < 0.01 and r.min() > 0.37 and r.max() < 0.41
-    assert np.allclose(np.asarray(m.vertex_colors).mean(0), RED, atol=0.02)
+    c = np.asarray(m.vertex_colors)
+    assert np.allclose((linear_to_srgb(c) if ext == ".glb" else c).mean(0), RED, atol=0.02)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 

@@ -1,7 +1,7 @@
 """The `steinsplat` command: one explicit mapping from subcommand names to entry points.
 
-    steinsplat export IN.ply --to OUT.splat|OUT.spz|OUT.ply|OUT.viser [--sh-degree 3] [--html DIR]
-    steinsplat info FILE.ply|FILE.splat|FILE.spz
+    steinsplat export IN.ply --to OUT.splat|OUT.spz|OUT.ply|OUT.splats.glb|OUT.viser [--sh-degree 3] [--up z|y|-y] [--html DIR]
+    steinsplat info FILE.ply|FILE.splat|FILE.spz|FILE.glb
     steinsplat view FILE.ply|FILE.splat|FILE.spz [--port 8080] [--host 127.0.0.1]
     steinsplat fit-demo [--out runs/demo] [--steps 600]
 
@@ -17,7 +17,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -33,12 +33,14 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------- export / info
 @dataclass
 class ExportArgs:
-    """Convert splats between formats (by extension: .ply, .splat, .spz, .viser), or write an offline web view."""
+    """Convert splats between formats (by extension: .ply, .splat, .spz, .splats.glb, .viser) or write a web view."""
 
-    input: Positional[Path]  # a 3DGS .ply, .splat or .spz file
-    to: Optional[Path] = None  # output file; the extension picks the format (.viser: a viser scene recording)
+    input: Positional[Path]  # a 3DGS .ply, .splat or .spz file, or a .glb with KHR_gaussian_splatting
+    to: Optional[Path] = None  # output file; the extension picks the format (.splats.glb: glTF KHR_gaussian_splatting; .viser: a viser scene recording)
     html: Optional[Path] = None  # also/instead write a folder that shows the splats in a browser, no Python needed
-    sh_degree: Optional[int] = None  # PLY only: write this SH degree (0 or 3 for most viewers); default: as stored
+    sh_degree: Optional[int] = None  # PLY and .splats.glb: write this SH degree (0 or 3 for most viewers); default: as stored
+    display_filter: Optional[int] = None  # bake the 0.3 px low-pass of training renders this many pixels high (steinsplat's object runs: 64) into the output, so it looks at display size as in training (export/display_filter.py)
+    up: Optional[Literal["z", "y", "-y"]] = None  # the output's up axis: z (steinsplat's, the default), y (three.js, Babylon, Unity), -y (3DGS captures, SuperSplat); .splats.glb is always y
 
 
 def cmd_export(argv: Sequence[str]) -> int:
@@ -47,11 +49,15 @@ def cmd_export(argv: Sequence[str]) -> int:
 
     args = config.parse(ExportArgs, argv, prog="steinsplat export", description=ExportArgs.__doc__)
     if args.to is None and args.html is None:
-        raise UserError("say where to write: --to OUT.ply|OUT.splat|OUT.spz|OUT.viser and/or --html FOLDER")
+        raise UserError("say where to write: --to OUT.ply|OUT.splat|OUT.spz|OUT.splats.glb|OUT.viser and/or --html FOLDER")
     viser_out = args.to is not None and args.to.suffix.lower() == ".viser"
     kw = {"sh_degree": args.sh_degree} if args.sh_degree is not None else {}
-    if kw and (args.to is None or args.to.suffix.lower() != ".ply"):
-        raise UserError("--sh-degree applies to .ply output only")
+    if kw and (args.to is None or not (args.to.suffix.lower() == ".ply" or args.to.name.lower().endswith(".splats.glb"))):
+        raise UserError("--sh-degree applies to .splats.glb and .ply output only")
+    if args.up is not None and (args.to is None or viser_out):
+        raise UserError("--up applies to --to OUT.ply|OUT.splat|OUT.spz|OUT.splats.glb (the web views are +Z up as steinsplat)")
+    if args.up is not None:
+        kw["up"] = args.up
     if args.html is not None and args.html.exists() and not args.html.is_dir():
         raise UserError(f"--html '{args.html}' is a file; give a folder (created if missing)")
     if viser_out or args.html is not None:
@@ -62,7 +68,14 @@ def cmd_export(argv: Sequence[str]) -> int:
             require_viser()
         except ViewerError as exc:
             raise UserError(str(exc)) from None
+    if args.display_filter is not None and (args.display_filter < 8 or args.to is None):
+        raise UserError("--display-filter RES: the training resolution in pixels (>= 8; 64 for steinsplat's object "
+                        "runs), with --to OUT")
     g = load_gaussians(args.input)
+    if args.display_filter is not None:
+        from .export.display_filter import DisplayFilterConfig, bake_display_filter
+
+        g = bake_display_filter(g, DisplayFilterConfig(resolution=args.display_filter, fovy=40.0))
     if args.to is not None:
         if viser_out:
             from .viewer import write_viser
@@ -107,22 +120,24 @@ def cmd_view(argv: Sequence[str]) -> int:
 
 @dataclass
 class InfoArgs:
-    """Show what a splat file holds: count, bounds, SH degree, opacity and scale statistics."""
+    """Show what a splat file holds: count, up axis, bounds (in steinsplat's +Z-up frame), SH degree, opacity and
+    scale statistics."""
 
-    file: Positional[Path]  # a 3DGS .ply, .splat or .spz file
+    file: Positional[Path]  # a 3DGS .ply, .splat or .spz file, or a .glb with KHR_gaussian_splatting
 
 
 def cmd_info(argv: Sequence[str]) -> int:
     from rich.table import Table
 
     from . import config
-    from .export import load_gaussians
+    from .export import file_up_axis, load_gaussians
 
     args = config.parse(InfoArgs, argv, prog="steinsplat info", description=InfoArgs.__doc__)
     g = load_gaussians(args.file)
     t = Table(title=str(args.file), show_header=False)
     t.add_row("splats", f"{len(g):,}")
     t.add_row("SH degree", str(g.sh_degree))
+    t.add_row("up axis in the file", file_up_axis(args.file))
     if len(g):
         m, o, s = g.means.detach(), g.opacities.detach(), g.scales.detach().max(-1).values
         lo, hi = m.min(0).values.tolist(), m.max(0).values.tolist()
@@ -467,8 +482,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "generate": Command(cmd_generate, "text to 3D (the default: `steinsplat PROMPT --out FILE`)"),
     "batch": Command(cmd_batch, "a prompt list, models loaded once, resumable; --ray for a cluster"),
-    "export": Command(cmd_export, "convert splats: .ply <-> .splat <-> .spz, SH degree; .viser / --html DIR web views"),
-    "info": Command(cmd_info, "count, bounds, SH degree and opacity statistics of a splat file"),
+    "export": Command(cmd_export, "convert splats: .ply <-> .splat <-> .spz <-> .splats.glb (glTF), SH degree, --up; .viser / --html DIR web views"),
+    "info": Command(cmd_info, "count, up axis, bounds, SH degree and opacity statistics of a splat file"),
     "view": Command(cmd_view, "show a splat file in the browser (viser); export --html for an offline copy"),
     "fit-demo": Command(cmd_fit_demo, "fit Gaussians to views of a demo object (engine self-test), export it"),
     "bench": Command(cmd_bench, "measure SDS / VSD / SSD: variance, convergence, cost; report (JSON, Markdown, plots)"),

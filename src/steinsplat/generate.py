@@ -62,6 +62,8 @@ class GenerateConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
     resume: Optional[Path] = None  # a checkpoint file or a run folder (its latest checkpoint)
     mesh: Optional[Path] = None  # also write a mesh: .ply, .obj or .glb
+    display_filter: bool = False  # bake the training renders' 0.3 px low-pass into the splat file (export/display_filter.py): solid and full-size at display resolution; run.json's metrics stay those of the trained splats
+    up: Literal["z", "y", "-y"] = "z"  # up axis of the splat file and a .ply/.obj mesh: z (ours), y (three.js, Babylon), -y (3DGS captures); glTF files are always +Y up
     mesh_method: Literal["tsdf", "density"] = "tsdf"  # --mesh by TSDF fusion of rendered views, or density-grid marching cubes
     video: Optional[Path] = None  # also write a turntable: .mp4 or .gif
     checkpoint_every: int = 100  # steps between checkpoints (0: only on Ctrl-C)
@@ -196,10 +198,15 @@ def default_out(prompt: str) -> Path:
 
 def validate_outputs(cfg: GenerateConfig) -> Path:
     out = cfg.out or default_out(cfg.prompt)
-    if out.suffix.lower() not in (".ply", ".splat", ".spz"):
-        raise GenerationError(f"--out '{out}': the extension decides the format; use .ply, .splat or .spz")
-    if cfg.mesh is not None and cfg.mesh.suffix.lower() not in (".ply", ".obj", ".glb"):
-        raise GenerationError(f"--mesh '{cfg.mesh}': use .ply, .obj or .glb")
+    gltf_out = out.name.lower().endswith(".splats.glb")
+    if out.suffix.lower() not in (".ply", ".splat", ".spz") and not gltf_out:
+        raise GenerationError(f"--out '{out}': the extension decides the format; use .ply, .splat or .spz, or "
+                              "NAME.splats.glb for glTF (a plain .glb is the --mesh)")
+    if cfg.mesh is not None and (cfg.mesh.suffix.lower() not in (".ply", ".obj", ".glb")
+                                 or cfg.mesh.name.lower().endswith(".splats.glb")):
+        raise GenerationError(f"--mesh '{cfg.mesh}': use .ply, .obj or .glb (NAME.splats.glb is for --out: Gaussians)")
+    if cfg.up not in ("z", "y") and gltf_out:
+        raise GenerationError(f"--up {cfg.up} with --out '{out}': glTF is +Y up by definition; drop --up or write .ply")
     if cfg.video is not None and cfg.video.suffix.lower() not in (".mp4", ".gif"):
         raise GenerationError(f"--video '{cfg.video}': use .mp4 or .gif")
     for p, flag in [(out, "--out"), (cfg.mesh, "--mesh"), (cfg.video, "--video")]:
@@ -544,14 +551,19 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     try:
         with exports:
             outputs = {"splats": str(out)}
-            n_written = export_gaussians(out, trainer.g)
+            splats = trainer.g
+            if cfg.display_filter:
+                from .export.display_filter import DisplayFilterConfig, bake_display_filter
+
+                splats = bake_display_filter(trainer.g, DisplayFilterConfig.of_sampler(trainer.sampler, cfg.mode))
+            n_written = export_gaussians(out, splats, up=None if cfg.up == "z" else cfg.up)
             stop_here()
             if live is not None:
                 say(f"to look at the result again: steinsplat view {out}")
             if cfg.mesh is not None:
                 from .export.mesh import MeshConfig, export_mesh
 
-                export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode, method=cfg.mesh_method))
+                export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode, method=cfg.mesh_method, up=cfg.up))
                 outputs["mesh"] = str(cfg.mesh)
                 stop_here()
             if cfg.video is not None:

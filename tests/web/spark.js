@@ -7,6 +7,14 @@ const width = Number(q.get("w"));
 const height = Number(q.get("h"));
 
 function threeCamera() {
+  if (q.has("eye")) {
+    // A camera at `eye` looking at `target` (the file's coordinates) with three.js's default up vector, +Y.
+    const camera = new THREE.PerspectiveCamera(Number(q.get("fovy")), width / height, 0.01, 100);
+    camera.position.set(...q.get("eye").split(",").map(Number));
+    camera.lookAt(...q.get("target").split(",").map(Number));
+    camera.updateMatrixWorld(true);
+    return camera;
+  }
   // Ours: OpenCV axes (x right, y down, z forward). three.js: x right, y up, looking down -z.
   // So the three.js camera-to-world is ours times diag(1, -1, -1): a rotation (det +1), no scale.
   const c2w = new THREE.Matrix4().set(...q.get("c2w").split(",").map(Number));

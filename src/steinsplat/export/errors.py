@@ -17,3 +17,7 @@ class SplatError(ExportError):
 
 class SpzError(ExportError):
     """A `.spz` file is malformed, truncated or of an unsupported version."""
+
+
+class GltfError(ExportError):
+    """A glTF (.glb) file is malformed, truncated or holds no Gaussian splats we can read."""

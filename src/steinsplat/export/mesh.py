@@ -31,6 +31,7 @@ import torch
 
 from ..cameras import Cameras, inside_out_cameras, orbit_cameras
 from ..gaussians import Gaussians
+from .colour import linear_to_srgb, srgb_to_linear  # noqa: F401 (linear_to_srgb: for readers of our .glb)
 from .errors import ExportError
 
 MESH_EXTENSIONS = (".ply", ".obj", ".glb")
@@ -51,6 +52,7 @@ class MeshConfig:
     sigma_cutoff: float = 3.0  # density: a Gaussian contributes only within this many standard deviations
     min_scale_voxels: float = 0.5  # density: std devs clamped to >= this many voxels, so thin splats fall on samples
     fill_cavities: bool = True  # density, objects only: fill pockets enclosed by the shell (no inward inner surface)
+    up: str = "z"  # up axis of a .ply / .obj mesh: z (ours), y or -y (export/axes.py); a .glb is always +Y up (glTF)
 
 
 def fusion_cameras(cfg: MeshConfig) -> Cameras:
@@ -120,7 +122,8 @@ def tsdf_mesh(gaussians: Gaussians, cfg: MeshConfig):  # -> open3d.geometry.Tria
 
 
 def cleanup(mesh, cfg: MeshConfig):  # open3d TriangleMesh -> the same, cleaned
-    """Drop floaters (pieces much smaller than the largest), decimate above `max_triangles`, add normals."""
+    """Drop floaters (pieces much smaller than the largest), decimate above `max_triangles`, then remove
+    degenerate triangles and unused vertices and add unit normals (`mesh_repair.py`)."""
     # 4. drop floaters: connected components much smaller than the largest
     labels, counts, _ = mesh.cluster_connected_triangles()
     labels, counts = np.asarray(labels), np.asarray(counts)
@@ -129,73 +132,96 @@ def cleanup(mesh, cfg: MeshConfig):  # open3d TriangleMesh -> the same, cleaned
     mesh.remove_unreferenced_vertices()
     if cfg.max_triangles and len(mesh.triangles) > cfg.max_triangles:
         mesh = mesh.simplify_quadric_decimation(target_number_of_triangles=cfg.max_triangles)
-    mesh.compute_vertex_normals()
-    return mesh
+    # 5. what decimation leaves behind: unused vertices (open3d gives them zero normals), triangles without area
+    from .mesh_repair import repair_open3d
+
+    return repair_open3d(mesh)
+
+
+MESH_MATERIAL = {
+    # The vertex colours are the splats' appearance as rendered (lighting baked in), not an albedo to light again:
+    # KHR_materials_unlit shows them as they are; a reader without it falls back to a rough dielectric (glTF's
+    # default material would be fully metallic, which is black without an environment map).
+    "name": "vertex colour: baked appearance, unlit",
+    "pbrMetallicRoughness": {"baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 1.0},
+    "extensions": {"KHR_materials_unlit": {}},
+    "extras": {"vertexColors": "COLOR_0 holds the colour steinsplat renders for each vertex (display sRGB), decoded "
+                               "to linear as glTF's COLOR_0 is; with the unlit material a viewer shows it unchanged"},
+}
 
 
 def glb_bytes(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, normals: np.ndarray) -> bytes:
-    """A binary glTF 2.0 file of one triangle mesh with vertex colours and normals.
+    """A binary glTF 2.0 file of one triangle mesh with vertex colours and normals, which Khronos's
+    glTF-Validator accepts without errors (tests/test_gltf.py runs it): pass a mesh from `mesh_repair.repair_mesh`
+    (every vertex used, unit normals; refused otherwise).
 
     glTF is +Y up and ours is +Z up, so positions and normals are rotated: (x, y, z) -> (x, z, -y).
-    Layout: 12-byte header ("glTF", version 2, length), a JSON chunk (space-padded to 4 bytes) and a
-    BIN chunk (zero-padded) holding positions, normals, colours (float32 VEC3) and uint32 indices.
+    Colours: ours are display sRGB in [0, 1]; COLOR_0 is linear, so they are decoded; the material (MESH_MATERIAL)
+    is unlit. Layout (`glb.py`): the GLB header, a JSON chunk and a BIN chunk holding positions, normals, colours
+    (float32 VEC3) and uint32 indices.
     """
-    import json
-    import struct
+    from .. import __version__
+    from .glb import BinaryBuilder, pack_glb
 
     def up(a: np.ndarray) -> np.ndarray:
-        return np.stack([a[:, 0], a[:, 2], -a[:, 1]], 1).astype("<f4")
+        return np.stack([a[:, 0], a[:, 2], -a[:, 1]], 1)
 
-    pos, nrm = up(vertices), up(normals)
-    col = np.clip(colors, 0, 1).astype("<f4")
-    idx = triangles.astype("<u4").reshape(-1)
-    blobs = [pos.tobytes(), nrm.tobytes(), col.tobytes(), idx.tobytes()]
-    views, offset = [], 0
-    for i, b in enumerate(blobs):
-        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(b), "target": 34963 if i == 3 else 34962})
-        offset += len(b)  # every blob is a multiple of 4 bytes
-    n = len(pos)
+    length = np.linalg.norm(np.asarray(normals, np.float64), axis=1)
+    if len(vertices) == 0 or len(triangles) == 0 or not (np.abs(length - 1.0) < 1e-4).all() \
+            or not np.isfinite(vertices).all():
+        raise ExportError("glb_bytes: the mesh has no triangles, non-finite positions or normals that are not unit "
+                          "vectors; pass it through steinsplat.export.mesh_repair.repair_mesh first")
+    b = BinaryBuilder()
+    attributes = {"POSITION": b.add(up(vertices), "VEC3", min_max=True), "NORMAL": b.add(up(normals), "VEC3"),
+                  "COLOR_0": b.add(srgb_to_linear(np.asarray(colors, np.float64)), "VEC3")}
+    indices = b.add(np.asarray(triangles).reshape(-1), "SCALAR", component=5125, target=34963)  # uint32, index buffer
     doc = {
-        "asset": {"version": "2.0", "generator": "steinsplat"},
+        "asset": {"version": "2.0", "generator": f"steinsplat {__version__}"},
+        "extensionsUsed": ["KHR_materials_unlit"],
         "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2}, "indices": 3, "mode": 4}]}],
-        "buffers": [{"byteLength": offset}],
-        "bufferViews": views,
-        "accessors": [
-            {"bufferView": 0, "componentType": 5126, "count": n, "type": "VEC3",
-             "min": pos.min(0).tolist(), "max": pos.max(0).tolist()},
-            {"bufferView": 1, "componentType": 5126, "count": n, "type": "VEC3"},
-            {"bufferView": 2, "componentType": 5126, "count": n, "type": "VEC3"},
-            {"bufferView": 3, "componentType": 5125, "count": len(idx), "type": "SCALAR"},
-        ],
+        "meshes": [{"primitives": [{"attributes": attributes, "indices": indices, "mode": 4, "material": 0}]}],
+        "materials": [MESH_MATERIAL],
+        "bufferViews": b.views,
+        "accessors": b.accessors,
     }
-    js = json.dumps(doc, separators=(",", ":")).encode()
-    js += b" " * (-len(js) % 4)
-    binary = b"".join(blobs)
-    total = 12 + 8 + len(js) + 8 + len(binary)
-    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(js), b"JSON") + js
-            + struct.pack("<I4s", len(binary), b"BIN\x00") + binary)
+    return pack_glb(doc, b.binary())
 
 
-def write_mesh(path: str | Path, mesh) -> int:
-    """Write an open3d TriangleMesh to .ply / .obj / .glb atomically; returns the triangle count."""
+def write_mesh(path: str | Path, mesh, up: str = "z") -> int:
+    """Write an open3d TriangleMesh to .ply / .obj / .glb atomically; returns the triangle count.
+
+    The mesh is repaired first (`mesh_repair.py`: no degenerate or repeated triangles, no unused vertices, unit
+    normals), so every file is one that strict readers (glTF-Validator, engines) accept. up: the up axis of a
+    .ply / .obj ("z" ours, "y", "-y": vertices and normals rotated, `axes.py`); a .glb is +Y up whatever it says.
+    """
     import open3d as o3d
 
     from .atomic import atomic_path, atomic_write_bytes
+    from .mesh_repair import repair_open3d
 
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in MESH_EXTENSIONS:
         raise ExportError(f"cannot write a mesh to '{path}': unsupported extension '{ext}'; use one of "
                           f"{', '.join(MESH_EXTENSIONS)}")
+    if path.name.lower().endswith(".splats.glb"):
+        raise ExportError(f"cannot write a mesh to '{path}': NAME.splats.glb means Gaussians as glTF "
+                          "(KHR_gaussian_splatting) here; name the mesh NAME.glb")
+    mesh = repair_open3d(mesh)
     if ext == ".glb":  # open3d 0.20 writes .glb files that it (assimp) cannot read back: our own writer
-        if not mesh.has_vertex_normals():
-            mesh.compute_vertex_normals()
-        atomic_write_bytes(path, glb_bytes(np.asarray(mesh.vertices), np.asarray(mesh.triangles),
-                                           np.asarray(mesh.vertex_colors), np.asarray(mesh.vertex_normals)))
+        colors = np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else np.ones((len(mesh.vertices), 3))
+        atomic_write_bytes(path, glb_bytes(np.asarray(mesh.vertices), np.asarray(mesh.triangles), colors,
+                                           np.asarray(mesh.vertex_normals)))
         return len(mesh.triangles)
+    if up != "z":
+        from .axes import up_rotation
+
+        R = up_rotation(up)
+        mesh.vertices = o3d.utility.Vector3dVector(np.asarray(mesh.vertices) @ R.T)
+        mesh.vertex_normals = o3d.utility.Vector3dVector(np.asarray(mesh.vertex_normals) @ R.T)
     with atomic_path(path) as tmp:  # open3d writes by file name (and picks the format from the extension)
-        ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_ascii=False)
+        ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True, write_vertex_normals=True,
+                                        write_ascii=False)
         if not ok:
             raise ExportError(f"open3d could not write '{path}'")
         if ext == ".obj":  # open3d writes the material beside the .obj under the temporary name
@@ -213,4 +239,5 @@ def _fix_obj_material(tmp: Path, final: Path) -> None:
 
 
 def export_mesh(path: str | Path, gaussians: Gaussians, cfg: MeshConfig | None = None) -> int:
-    return write_mesh(path, gaussians_to_mesh(gaussians, cfg))
+    cfg = cfg or MeshConfig()
+    return write_mesh(path, gaussians_to_mesh(gaussians, cfg), up=cfg.up)

@@ -97,19 +97,46 @@ def _drop_nonfinite(rows: np.ndarray, what: str) -> np.ndarray:
     return rows
 
 
-def _write_array(f: BinaryIO, vertices: np.ndarray) -> None:
+UP_LABELS = {"z": "+Z", "y": "+Y", "-y": "-Y"}  # the header line `comment up +Y` of a file written with --up y
+
+
+def _write_array(f: BinaryIO, vertices: np.ndarray, comments: Optional[list[str]] = None) -> None:
     """Write the vertex records [M] (one little-endian float32 field per property) as a PLY, through plyfile."""
-    PlyData([PlyElement.describe(vertices, "vertex")], byte_order="<").write(f)
+    PlyData([PlyElement.describe(vertices, "vertex")], byte_order="<", comments=comments or []).write(f)
 
 
-def write_ply(path: PathLike, gaussians: Gaussians, sh_degree: Optional[int] = None) -> int:
+def read_ply_up(path: PathLike) -> Optional[str]:
+    """The up axis a PLY's header records ("z", "y" or "-y" from a line `comment up +Y`), or None if it says none.
+
+    Only the header is read (at most 64 kB); a file that is not a PLY gives None.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return None
+    end = head.find(b"end_header")
+    for line in head[: end if end >= 0 else 0].decode("ascii", "replace").splitlines():
+        words = line.strip().split()
+        if len(words) == 3 and words[:2] == ["comment", "up"]:
+            for key, label in UP_LABELS.items():
+                if words[2].upper() == label:
+                    return key
+    return None
+
+
+def write_ply(path: PathLike, gaussians: Gaussians, sh_degree: Optional[int] = None, up: Optional[str] = None) -> int:
     """Write `gaussians` as a reference 3DGS PLY; returns the number of Gaussians written.
 
     sh_degree: the SH degree to write (0..3); default the Gaussians' own. Missing
     bands are written as zeros (e.g. degree 3 for Unity's importer), extra ones
     are dropped. Rows with NaN/inf are left out with a warning; if none is left,
     ExportError (an empty export is useless). The file is written atomically.
+    up: record this up axis ("z", "y", "-y") in a header line `comment up +Y`; the Gaussians must already be in
+    that convention (`export_gaussians(..., up=...)` rotates them). None: no line (INRIA's bytes exactly).
     """
+    if up is not None and up not in UP_LABELS:
+        raise ExportError(f"cannot write '{path}': up must be one of {', '.join(UP_LABELS)}, got {up!r}")
     degree = gaussians.sh_degree if sh_degree is None else int(sh_degree)
     if not 0 <= degree <= MAX_SH_DEGREE:
         raise ExportError(f"cannot write '{path}': sh_degree must be 0..{MAX_SH_DEGREE}, got {sh_degree}")
@@ -119,7 +146,10 @@ def write_ply(path: PathLike, gaussians: Gaussians, sh_degree: Optional[int] = N
     names = ply_property_names(degree)
     vertices = rows.astype("<f4", copy=False).view(np.dtype([(n, "<f4") for n in names])).reshape(-1)  # [M]
     with atomic_open(path, "wb") as f:
-        _write_array(f, vertices)
+        if up is None:
+            _write_array(f, vertices)
+        else:
+            _write_array(f, vertices, [f"up {UP_LABELS[up]}"])
     return len(vertices)
 
 
