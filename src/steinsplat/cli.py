@@ -88,6 +88,8 @@ class ViewArgs:
     file: Positional[Path]  # a 3DGS .ply, .splat or .spz file
     port: int = 8080  # TCP port; if taken, the next free one is used (the address is printed)
     host: str = "127.0.0.1"  # interface to listen on; 0.0.0.0 exposes the viewer to the network (with a warning)
+    allow_origin: tuple[str, ...] = ()  # other web page origins allowed to connect (http://host:port); its own page always is
+    share: bool = False  # also open viser's public share link (a tunnel through share.viser.studio; anyone with the link sees the scene)
 
 
 def cmd_view(argv: Sequence[str]) -> int:
@@ -98,7 +100,8 @@ def cmd_view(argv: Sequence[str]) -> int:
     if not args.file.is_file():
         raise UserError(f"'{args.file}': no such file (give a .ply, .splat or .spz)")
     try:
-        view_file(args.file, ViewerConfig(host=args.host, port=args.port), say=lambda m: console.print(m, markup=False),
+        view_file(args.file, ViewerConfig(host=args.host, port=args.port, allow_origin=args.allow_origin,
+                                                share=args.share), say=lambda m: console.print(m, markup=False),
                   warn=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}"))
     except ViewerError as exc:
         raise UserError(str(exc)) from None

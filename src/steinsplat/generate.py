@@ -71,6 +71,7 @@ class GenerateConfig:
     viewer: Optional[int] = None  # watch the run in the browser on this port (`--viewer` alone: 8080); needs steinsplat[viewer]
     viewer_host: str = "127.0.0.1"  # interface the live viewer listens on (other than loopback: with a warning)
     viewer_every: int = 10  # steps between splat updates sent to the live viewer
+    viewer_allow_origin: tuple[str, ...] = ()  # other web page origins allowed to drive the live viewer (its own page always is)
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -217,9 +218,10 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
 
         try:
             require_viser()
-            check_config(ViewerConfig(host=cfg.viewer_host, port=cfg.viewer))
+            check_config(ViewerConfig(host=cfg.viewer_host, port=cfg.viewer, allow_origin=cfg.viewer_allow_origin))
         except ViewerError as exc:
-            raise GenerationError(str(exc).replace("--port", "--viewer").replace("--host", "--viewer-host")) from None
+            msg = str(exc).replace("--port", "--viewer").replace("--host", "--viewer-host")
+            raise GenerationError(msg.replace("--allow-origin", "--viewer-allow-origin")) from None
         if cfg.viewer_every <= 0:
             raise GenerationError("--viewer-every must be positive")
     return out
@@ -428,7 +430,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
 
         try:
             server, live = start_live_viewer(
-                ViewerConfig(host=cfg.viewer_host, port=cfg.viewer),
+                ViewerConfig(host=cfg.viewer_host, port=cfg.viewer, allow_origin=cfg.viewer_allow_origin),
                 LiveConfig(push_every=cfg.viewer_every, snapshot_dir=run_dir / "snapshots"), cfg.prompt, say=say,
                 warn=lambda m: say(f"warning: {m}"))
         except ViewerError as exc:

@@ -1,0 +1,189 @@
+"""The second fault corpus (issue 25): a viewer only its own page can drive, bounded readers, no output
+that overwrites another, signals that always save, and one line (exit 2) instead of a traceback.
+
+Like the first corpus (tests/test_faults.py) every case runs in process where it can, under an
+alarm that turns a hang into a failure; signals, pipes and closed streams use real processes.
+Network use is 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from steinsplat.cli import main
+from steinsplat.export import write_ply
+from steinsplat.gaussians import Gaussians
+
+CUBE = "a red cube"
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang()
+
+
+def run_cli(argv, capsys, seconds: int = 60):
+    """main(argv) under an alarm; (exit code, stderr)."""
+    capsys.readouterr()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
+    try:
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = f"SystemExit({exc.code}) escaped main"
+        except _Hang:
+            pytest.fail(f"hung for {seconds} s: {argv[:6]}")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    return code, capsys.readouterr().err
+
+
+def one_line(code, err: str, word=None) -> str:
+    assert "Traceback" not in err, err[-2000:]
+    assert code == 2, f"exit {code!r}: {err[-800:]}"
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert lines and lines[-1].startswith("error:"), err[-800:]
+    assert len(lines[-1]) < 800
+    if word is not None:
+        assert word.lower() in lines[-1].lower(), lines[-1]
+    return lines[-1]
+
+
+def _cli_proc(args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STEINSPLAT_COMPILE": "0", "PYTHONPATH": SRC}
+    env.update(kw.pop("env", {}))
+    return subprocess.Popen([sys.executable, "-m", "steinsplat.cli", *map(str, args)], env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def ply(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("f2") / "ok.ply"
+    write_ply(p, Gaussians.random_ball(30, generator=torch.Generator().manual_seed(0)))
+    return p
+
+
+# ============================================================================ security: the viewer
+def _handshake(port: int, origin, host=None) -> int:
+    """A raw WebSocket opening handshake on 127.0.0.1:port; returns the HTTP status."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    import viser
+
+    lines = [f"GET / HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Protocol: viser-v{viser.__version__}"]
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        status = s.recv(4096).split(b"\r\n", 1)[0]
+    return int(status.split()[1])
+
+
+@pytest.fixture
+def viewer_server():
+    pytest.importorskip("viser")
+    from steinsplat.viewer.server import ViewerConfig, start_server, stop_server
+
+    started = []
+
+    def start(**kw):
+        server = start_server(ViewerConfig(host="127.0.0.1", port=0, **kw))
+        started.append(server)
+        return server
+
+    yield start
+    for s in started:
+        stop_server(s)
+
+
+def test_viewer_refuses_a_websocket_from_another_origin(viewer_server):
+    server = viewer_server()
+    port = server.get_port()
+    assert _handshake(port, "http://evil.example.com") == 403
+    assert _handshake(port, f"http://evil.example.com:{port}", host=f"evil.example.com:{port}") == 403  # DNS rebinding
+    assert _handshake(port, "null") == 403  # a sandboxed frame or a file:// page
+    assert _handshake(port, f"http://127.0.0.1:{port + 1}") == 403  # another local server's page
+
+
+def test_viewer_accepts_its_own_page(viewer_server):
+    import websockets.sync.client as wsc
+    import viser
+
+    server = viewer_server()
+    port = server.get_port()
+    assert _handshake(port, f"http://127.0.0.1:{port}") == 101
+    assert _handshake(port, f"http://localhost:{port}", host=f"localhost:{port}") == 101
+    assert _handshake(port, None) == 101  # not a browser (no Origin): a local program
+    with wsc.connect(f"ws://127.0.0.1:{port}", origin=f"http://127.0.0.1:{port}",
+                     subprotocols=[f"viser-v{viser.__version__}"], open_timeout=5) as ws:
+        assert isinstance(ws.recv(timeout=5), bytes)  # the scene is served to the page
+
+
+def test_viewer_allow_origin_adds_one(viewer_server):
+    server = viewer_server(allow_origin=("http://dashboard.example:9000",))
+    port = server.get_port()
+    assert _handshake(port, "http://dashboard.example:9000") == 101
+    assert _handshake(port, "http://evil.example.com") == 403
+
+
+def test_viewer_refuses_a_bad_allow_origin(ply, capsys):
+    code, err = run_cli(["view", ply, "--port", "0", "--allow-origin", "evil.example.com/path"], capsys)
+    one_line(code, err, "--allow-origin")
+
+
+def test_share_link_is_off_unless_asked(viewer_server, monkeypatch):
+    import msgspec
+    import viser
+    import viser._viser as vv
+    import websockets.sync.client as wsc
+
+    tunnels = []
+
+    class FakeTunnel:  # what viser would open to share.viser.studio
+        def __init__(self, *a, **k):
+            tunnels.append(a)
+
+    monkeypatch.setattr(vv, "ViserTunnel", FakeTunnel)
+    server = viewer_server()
+    port = server.get_port()
+    with wsc.connect(f"ws://127.0.0.1:{port}", origin=f"http://127.0.0.1:{port}",
+                     subprotocols=[f"viser-v{viser.__version__}"], open_timeout=5) as ws:
+        ws.send(msgspec.msgpack.encode({"type": "ShareUrlRequest"}))
+        time.sleep(0.5)
+    assert tunnels == []
+    assert server.request_share_url() is None
+
+
+def test_view_port_65535_taken_is_one_line_not_a_hang(ply, capsys):
+    pytest.importorskip("viser")
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 65535))
+    except OSError:
+        pass  # taken already: the case holds all the same
+    s.listen(1)
+    try:
+        code, err = run_cli(["view", ply, "--port", "65535"], capsys, seconds=20)
+    finally:
+        s.close()
+    one_line(code, err, "--port")
