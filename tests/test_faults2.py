@@ -187,3 +187,139 @@ def test_view_port_65535_taken_is_one_line_not_a_hang(ply, capsys):
     finally:
         s.close()
     one_line(code, err, "--port")
+
+
+# ============================================================================ security: bounded readers
+def _spz_payload(g: Gaussians, tmp: Path) -> bytes:
+    from steinsplat.export import write_spz
+
+    write_spz(tmp / "src.spz", g)
+    return gzip.decompress((tmp / "src.spz").read_bytes())
+
+
+def _peak_bytes(fn) -> int:
+    """Peak of Python-allocated memory (bytes objects from zlib, zstandard, numpy arrays) while fn runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_spz_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    """A header saying 10 Gaussians over a gzip stream of 256 MiB of zeros: refused, never inflated whole."""
+    import zlib
+
+    from steinsplat.export import SpzError, read_spz
+
+    header = struct.pack("<IIIBBBB", 0x5053474E, 3, 10, 0, 12, 0, 0)
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [c.compress(header)] + [c.compress(bytes(1 << 20)) for _ in range(256)] + [c.flush()]
+    bomb = tmp_path / "bomb.spz"
+    bomb.write_bytes(b"".join(parts))
+    assert bomb.stat().st_size < 1 << 20
+
+    def read():
+        with pytest.raises(SpzError, match="more than"):
+            read_spz(bomb)
+
+    assert _peak_bytes(read) < 16 << 20
+
+
+def test_spz_v4_count_is_checked_against_its_bytes(tmp_path):
+    """A small version-4 (zstd) file whose header and table claim 20 M Gaussians: refused at once."""
+    pytest.importorskip("zstandard")
+    from steinsplat.export import SpzError, read_spz
+
+    n = 20_000_000
+    sizes = [9 * n, n, 3 * n, 3 * n, 4 * n]
+    head = struct.pack("<IIIBBBBI", 0x5053474E, 4, n, 0, 12, 0, len(sizes), 32) + bytes(12)  # 32-byte header
+    toc = b"".join(struct.pack("<QQ", 2000, s) for s in sizes)
+    p = tmp_path / "v4.spz"
+    p.write_bytes(head + toc + os.urandom(10_000))
+
+    def read():
+        with pytest.raises(SpzError, match="Gaussians"):
+            read_spz(p)
+
+    assert _peak_bytes(read) < 16 << 20
+
+
+def test_spz_v4_streams_are_measured_not_trusted(tmp_path):
+    """A count that the file size allows but whose zstd streams hold other sizes: refused, memory small."""
+    zstd = pytest.importorskip("zstandard")
+    from steinsplat.export import SpzError, read_spz
+
+    n = 100_000  # 2 MB of sections; the streams hold 1 KiB each
+    sizes = [9 * n, n, 3 * n, 3 * n, 4 * n]
+    streams = [zstd.ZstdCompressor().compress(bytes(1024)) for _ in sizes]
+    head = struct.pack("<IIIBBBBI", 0x5053474E, 4, n, 0, 12, 0, len(sizes), 32) + bytes(12)  # 32-byte header
+    toc = b"".join(struct.pack("<QQ", len(s), u) for s, u in zip(streams, sizes))
+    p = tmp_path / "v4-short.spz"
+    p.write_bytes(head + toc + b"".join(streams) + os.urandom(200))
+    with pytest.raises(SpzError, match="fewer bytes"):
+        read_spz(p)
+
+
+def test_spz_payload_larger_than_its_count_is_refused(tmp_path):
+    """30 Gaussians of data under a header saying 20: refused (it was read as garbage, scales of 379)."""
+    from steinsplat.export import SpzError, read_spz
+
+    raw = bytearray(_spz_payload(Gaussians.random_ball(30, generator=torch.Generator().manual_seed(1)), tmp_path))
+    struct.pack_into("<I", raw, 8, 20)
+    p = tmp_path / "more.spz"
+    p.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(SpzError, match="does not match"):
+        read_spz(p)
+
+
+def test_spz_with_no_gaussians_is_one_line(tmp_path, capsys):
+    p = tmp_path / "zero.spz"
+    p.write_bytes(gzip.compress(struct.pack("<IIIBBBB", 0x5053474E, 3, 0, 0, 12, 0, 0)))
+    code, err = run_cli(["info", p], capsys)
+    one_line(code, err, "0 Gaussians")
+
+
+def test_numba_threads_0_is_not_a_corrupt_file(tmp_path, capsys, monkeypatch):
+    from steinsplat.export import write_spz
+
+    p = tmp_path / "ok.spz"
+    write_spz(p, Gaussians.random_ball(10, generator=torch.Generator().manual_seed(0)))
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "0")
+    code, err = run_cli(["info", p], capsys)
+    last = one_line(code, err, "NUMBA_NUM_THREADS")
+    assert "corrupt" not in last
+
+
+@pytest.mark.parametrize("command", ["info", "export", "view"])
+def test_a_fifo_or_a_device_is_refused_not_read(tmp_path, capsys, command):
+    fifo = tmp_path / "pipe.ply"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/zero")):
+        argv = [command, target] + (["--to", tmp_path / "x.splat"] if command == "export" else [])
+        code, err = run_cli(argv, capsys, seconds=20)
+        one_line(code, err)
+
+
+def test_ply_is_read_without_a_memory_map(tmp_path, monkeypatch):
+    """A PLY cut or rewritten while it is read must give PlyError, not SIGBUS through a map."""
+    import plyfile
+
+    from steinsplat.export import read_ply
+
+    p = tmp_path / "a.ply"
+    write_ply(p, Gaussians.random_ball(50, generator=torch.Generator().manual_seed(0)))
+    seen = []
+    real = plyfile.PlyData.read
+
+    def spy(stream, *a, **k):
+        seen.append(k.get("mmap", True))
+        return real(stream, *a, **k)
+
+    monkeypatch.setattr(plyfile.PlyData, "read", spy)
+    assert len(read_ply(p)) == 50
+    assert seen == [False]
