@@ -323,3 +323,68 @@ def test_ply_is_read_without_a_memory_map(tmp_path, monkeypatch):
     monkeypatch.setattr(plyfile.PlyData, "read", spy)
     assert len(read_ply(p)) == 50
     assert seen == [False]
+
+
+# ============================================================================ presets
+def _laughs(levels: int) -> str:
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "steps:\n  " + "\n  ".join(lines) + "\n"
+
+
+def test_yaml_aliases_that_expand_are_refused_quickly(tmp_path, capsys):
+    p = tmp_path / "laughs.yaml"
+    p.write_text(_laughs(9))  # 9^9 = 387 M values once expanded, in ~300 bytes
+    t0 = time.perf_counter()
+    code, err = run_cli([CUBE, "--config", p, "--out", tmp_path / "x.ply"], capsys, seconds=30)
+    one_line(code, err, "alias")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_an_error_never_prints_an_expanded_value_whole():
+    from steinsplat.config import _shown
+
+    big = [[list(range(1000))] * 1000] * 100  # 100 M values, shared
+    t0 = time.perf_counter()
+    assert len(_shown(big)) < 100
+    assert time.perf_counter() - t0 < 1
+
+
+def test_yaml_nested_thousands_deep_is_one_line(tmp_path, capsys):
+    p = tmp_path / "deep.yaml"
+    p.write_text("steps: " + "[" * 5000 + "]" * 5000 + "\n")
+    code, err = run_cli([CUBE, "--config", p, "--out", tmp_path / "x.ply"], capsys)
+    one_line(code, err, "nested")
+    q = tmp_path / "deep2.yaml"
+    q.write_text("steps: " + "[" * 100 + "]" * 100 + "\n")
+    code, err = run_cli([CUBE, "--config", q, "--out", tmp_path / "x.ply"], capsys)
+    one_line(code, err, "nested")
+
+
+def test_yaml_duplicate_key_is_refused(tmp_path, capsys):
+    p = tmp_path / "dup.yaml"
+    p.write_text("steps: 10\nseed: 1\nsteps: 20\n")
+    code, err = run_cli([CUBE, "--config", p, "--out", tmp_path / "x.ply"], capsys)
+    one_line(code, err, "twice")
+    q = tmp_path / "dup-nested.yaml"
+    q.write_text("optim:\n  lr_means: 0.1\n  lr_means: 0.2\n")
+    code, err = run_cli([CUBE, "--config", q, "--out", tmp_path / "x.ply"], capsys)
+    one_line(code, err, "lr_means")
+
+
+def test_yaml_self_referencing_alias_is_refused(tmp_path, capsys):
+    p = tmp_path / "loop.yaml"
+    p.write_text("steps: &x [*x]\n")
+    code, err = run_cli([CUBE, "--config", p, "--out", tmp_path / "x.ply"], capsys)
+    one_line(code, err, "alias")
+
+
+def test_config_given_a_folder_says_so(tmp_path, capsys):
+    (tmp_path / "presets").mkdir()
+    code, err = run_cli([CUBE, "--config", tmp_path / "presets", "--out", tmp_path / "x.ply"], capsys)
+    one_line(code, err, "folder")
+    fifo = tmp_path / "p.yaml"
+    os.mkfifo(fifo)
+    code, err = run_cli([CUBE, "--config", fifo, "--out", tmp_path / "x.ply"], capsys, seconds=20)
+    one_line(code, err)
