@@ -383,7 +383,7 @@ def test_yaml_self_referencing_alias_is_refused(tmp_path, capsys):
 def test_config_given_a_folder_says_so(tmp_path, capsys):
     (tmp_path / "presets").mkdir()
     code, err = run_cli([CUBE, "--config", tmp_path / "presets", "--out", tmp_path / "x.ply"], capsys)
-    one_line(code, err, "folder")
+    one_line(code, err, "is a folder")
     fifo = tmp_path / "p.yaml"
     os.mkfifo(fifo)
     code, err = run_cli([CUBE, "--config", fifo, "--out", tmp_path / "x.ply"], capsys, seconds=20)
