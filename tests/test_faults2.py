@@ -388,3 +388,138 @@ def test_config_given_a_folder_says_so(tmp_path, capsys):
     os.mkfifo(fifo)
     code, err = run_cli([CUBE, "--config", fifo, "--out", tmp_path / "x.ply"], capsys, seconds=20)
     one_line(code, err)
+
+
+# ============================================================================ nothing lost
+def test_outputs_naming_one_file_are_refused(tmp_path, capsys):
+    out = tmp_path / "c.ply"
+    code, err = run_cli([CUBE, "--out", out, "--mesh", out, "--quiet"], capsys)
+    one_line(code, err, "both name")
+    code, err = run_cli([CUBE, "--out", out, "--mesh", tmp_path / "sub" / ".." / "c.ply", "--quiet"], capsys)
+    one_line(code, err, "both name")
+    out.write_bytes(b"x")
+    (tmp_path / "v.gif").symlink_to(out)
+    code, err = run_cli([CUBE, "--out", out, "--video", tmp_path / "v.gif", "--quiet"], capsys)
+    one_line(code, err, "both name")
+    assert out.read_bytes() == b"x"
+
+
+def _fake_checkpoint(path: Path, step, prompt=CUBE, extra=(), shapes=None, out_name=None) -> Path:
+    """A checkpoint header as generate writes it (options of `prompt` + extra), with small tensors."""
+    from steinsplat import config
+    from steinsplat.checkpoint import write_checkpoint
+    from steinsplat.generate import GenerateConfig, run_options
+
+    cfg = config.parse(GenerateConfig, [prompt, *extra], prog="steinsplat")
+    n = 4
+    shapes = shapes or {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3),
+                        "shN": (n, 0, 3)}
+    tensors = {f"gaussians.{k}": torch.zeros(s) for k, s in shapes.items()}
+    tensors["rng.generator"] = torch.Generator().get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"step": step, "skipped": 0, "history": [], "options": run_options(cfg, "shapeworld")}
+    if out_name:
+        meta["run"] = {"out": out_name}
+    write_checkpoint(path, tensors, meta)
+    return path
+
+
+def test_a_second_prompt_into_a_run_folder_is_refused(tmp_path, capsys):
+    run = tmp_path / "shared"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "ok", "prompt": "a blue sphere",
+                                              "config": {"out": str(run / "s.ply")}}))
+    code, err = run_cli([CUBE, "--out", run / "c.ply", "--quiet"], capsys)
+    one_line(code, err, "another run")
+    other = tmp_path / "ckpt-only"
+    _fake_checkpoint(other / "checkpoints" / "step_000010.safetensors", 10, prompt="a blue sphere", out_name="s.ply")
+    code, err = run_cli([CUBE, "--out", other / "c.ply", "--quiet"], capsys)
+    one_line(code, err, "another run")
+    code, err = run_cli(["a blue sphere", "--out", other / "t.ply", "--quiet"], capsys)  # same prompt, other file
+    one_line(code, err, "another run")
+
+
+def test_the_same_run_again_may_use_its_folder(tmp_path):
+    from steinsplat import config
+    from steinsplat.generate import GenerateConfig, validate_outputs
+
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "ok", "prompt": CUBE, "config": {"out": str(run / "c.ply")}}))
+    cfg = config.parse(GenerateConfig, [CUBE, "--out", str(run / "c.ply")], prog="steinsplat")
+    assert validate_outputs(cfg) == run / "c.ply"
+
+
+def test_resume_with_another_seed_is_refused(tmp_path, capsys):
+    ckpt = _fake_checkpoint(tmp_path / "r" / "checkpoints" / "step_000002.safetensors", 2, extra=["--seed", "0"])
+    t0 = time.perf_counter()
+    code, err = run_cli([CUBE, "--out", tmp_path / "r" / "c.ply", "--seed", "5", "--resume", ckpt, "--quiet"], capsys)
+    one_line(code, err, "--seed")
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("step,word", [(-5, "whole number"), (2.5, "whole number"), (10**6, "beyond --steps"),
+                                       ("3", "whole number"), (True, "whole number")])
+def test_checkpoint_step_is_validated_before_models_load(tmp_path, capsys, step, word):
+    ckpt = _fake_checkpoint(tmp_path / "r" / "checkpoints" / "step_000002.safetensors", step)
+    t0 = time.perf_counter()
+    code, err = run_cli([CUBE, "--out", tmp_path / "r" / "c.ply", "--resume", ckpt, "--quiet"], capsys)
+    one_line(code, err, word)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_checkpoint_tensors_of_the_wrong_shape_are_refused_before_models_load(tmp_path, capsys):
+    bad = {"means": (4, 2), "scales": (4, 3), "quats": (4, 4), "opacities": (4,), "sh0": (4, 1, 3)}
+    ckpt = _fake_checkpoint(tmp_path / "r" / "checkpoints" / "step_000002.safetensors", 2, shapes=bad)
+    code, err = run_cli([CUBE, "--out", tmp_path / "r" / "c.ply", "--resume", ckpt, "--quiet"], capsys)
+    one_line(code, err, "gaussians.means")
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_learning_rate_negative_or_nan_is_refused_before_the_run(tmp_path, capsys, value):
+    code, err = run_cli([CUBE, "--out", tmp_path / "c.ply", "--optim.lr-means", value, "--quiet"], capsys)
+    one_line(code, err, "--optim.lr-means")
+
+
+TINY = ["--steps", "2", "--resolution", "16", "--views", "1", "--init-gaussians", "40", "--preview-every", "0", "--quiet"]
+
+
+def test_full_disk_at_the_final_checkpoint_still_writes_the_result(tmp_path, capsys, monkeypatch, one_intra_op_thread):
+    """The final checkpoint does not fit (ENOSPC from safetensors) but the small splat file does: it is
+    written, the miss is said in one warning line and recorded in run.json."""
+    import errno
+
+    from steinsplat import checkpoint
+
+    real = checkpoint.write_checkpoint
+
+    def full_at_the_end(path, tensors, meta):
+        if "step_000002" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, tensors, meta)
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", full_at_the_end)
+    out = tmp_path / "run" / "c.ply"
+    code, err = run_cli([CUBE, "--out", out, "--checkpoint-every", "1", *TINY], capsys, seconds=120)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    assert out.is_file()
+    assert "No space left on device" in err and "final checkpoint" in err
+    rec = json.loads((out.parent / "run.json").read_text())
+    assert rec["not_written"] and "No space" in rec["not_written"][0]
+
+
+def test_full_disk_for_everything_is_one_line(tmp_path, capsys, monkeypatch, one_intra_op_thread):
+    import errno
+
+    from steinsplat import checkpoint
+    from steinsplat.export import atomic
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", full)
+    monkeypatch.setattr(atomic.os, "fsync", full)  # every atomic write fails as on a full disk
+    out = tmp_path / "run" / "c.ply"
+    code, err = run_cli([CUBE, "--out", out, "--checkpoint-every", "1", *TINY], capsys, seconds=120)
+    one_line(code, err, "No space left on device")
+    assert not out.exists() and not list(out.parent.glob(".*tmp*"))
