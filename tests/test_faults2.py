@@ -523,3 +523,123 @@ def test_full_disk_for_everything_is_one_line(tmp_path, capsys, monkeypatch, one
     code, err = run_cli([CUBE, "--out", out, "--checkpoint-every", "1", *TINY], capsys, seconds=120)
     one_line(code, err, "No space left on device")
     assert not out.exists() and not list(out.parent.glob(".*tmp*"))
+
+
+# ============================================================================ signals
+def test_sighup_stops_a_loop_like_ctrl_c():
+    from steinsplat.interrupts import StopOnSignal
+
+    safety = signal.signal(signal.SIGHUP, lambda *a: None)  # were SIGHUP not handled, the test process must survive
+    try:
+        with StopOnSignal(message=None) as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+            assert stop.requested == "SIGHUP"
+    finally:
+        signal.signal(signal.SIGHUP, safety)
+
+
+def test_sighup_during_a_run_saves_the_step(tmp_path):
+    """A closed terminal (SIGHUP) stops the run between two steps and saves it, as Ctrl-C does."""
+    out = tmp_path / "run" / "c.ply"
+    p = _cli_proc([CUBE, "--out", out, "--steps", "400", "--resolution", "16", "--views", "1", "--init-gaussians", "40",
+                   "--checkpoint-every", "0", "--preview-every", "1", "--quiet"],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out.parent / "previews" / "step_000001.png"
+    deadline = time.time() + 120
+    while not first.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, p.communicate()[1][-2000:]
+    p.send_signal(signal.SIGHUP)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "SIGHUP" in err and "--resume" in err and "Traceback" not in err
+    assert list((out.parent / "checkpoints").glob("step_*.safetensors"))
+
+
+def test_sigterm_during_an_export_removes_the_temporary(tmp_path, ply):
+    """SIGTERM while the output is being written: exit 130, no hidden temporary file left, no output."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from steinsplat.export import ply\n"
+        "real = ply._write_array\n"
+        "def slow(f, v):\n"
+        "    f.write(b'x' * 100000); f.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+        "ply._write_array = slow\n"
+        "from steinsplat.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "out" / "big.ply"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC}
+    r = subprocess.run([sys.executable, "-c", code, "export", str(ply), "--to", str(out)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_a_paused_live_run_lets_go_on_a_signal(tmp_path):
+    """Pause on the page, then Ctrl-C: on_step returns (the loop then stops and saves) instead of waiting."""
+    pytest.importorskip("viser")
+    from types import SimpleNamespace
+
+    from steinsplat.viewer import LiveConfig, LiveViewer
+    from steinsplat.viewer.server import ViewerConfig, start_server, stop_server
+
+    server = start_server(ViewerConfig(port=0))
+    viewer = LiveViewer(server, LiveConfig(snapshot_dir=tmp_path))
+    try:
+        g = Gaussians.random_ball(20, generator=torch.Generator().manual_seed(0))
+        trainer = SimpleNamespace(state=SimpleNamespace(step=3), g=g, cfg=SimpleNamespace(steps=10))
+        viewer.pause()
+        asked = threading.Event()
+        threading.Timer(0.3, asked.set).start()
+        t = threading.Thread(target=viewer.on_step, args=(None, trainer), kwargs={"should_stop": asked.is_set},
+                             daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "a paused run ignored the stop signal"
+    finally:
+        viewer.close()
+        stop_server(server)
+
+
+# ============================================================================ pipes and streams (real processes)
+def test_help_into_a_closed_pipe_is_one_line():
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)  # the reader is gone (`steinsplat --help | head -0`)
+    try:
+        p = _cli_proc(["--help"], stdout=w_fd, stderr=subprocess.PIPE, text=True)
+        _, err = p.communicate(timeout=60)
+    finally:
+        os.close(w_fd)
+    one_line(p.returncode, err, "standard output")
+
+
+@pytest.mark.parametrize("how", ["closed", "full"])
+def test_info_to_a_closed_or_full_stdout_is_one_line(ply, how):
+    if how == "full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") if how == "full" else open(os.devnull) as f:
+        kw = {"stdout": f} if how == "full" else {"stdout": subprocess.DEVNULL, "preexec_fn": lambda: os.close(1)}
+        p = _cli_proc(["info", ply], stderr=subprocess.PIPE, text=True, **kw)
+        _, err = p.communicate(timeout=60)
+    one_line(p.returncode, err, "standard output")
+
+
+def test_a_warning_is_one_line_without_source_code(tmp_path):
+    """The dropped-rows warning ended stderr with a line of steinsplat's source code; now it is one line."""
+    from steinsplat.export.ply import ply_header
+
+    rows = np.zeros((6, 17), np.float32)  # [N, 17]: a degree-0 3DGS PLY in file order
+    rows[:, 14] = 1.0  # rot_0
+    rows[0, 0] = np.nan
+    src = tmp_path / "nan-row.ply"
+    src.write_bytes(ply_header(6, 0) + rows.tobytes())
+    p = _cli_proc(["export", src, "--to", tmp_path / "o.splat"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    lines = err.splitlines()
+    assert lines[0].startswith("warning:") and "dropped 1 of 6" in lines[0], err
+    assert not lines[1].startswith(" ") and "warnings.warn" not in err and "RuntimeWarning" not in err, err

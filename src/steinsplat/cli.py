@@ -487,7 +487,91 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+class OutputClosed(Exception):
+    """Writing the standard output failed: a closed pipe (`| head -1`), a closed or full stdout."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+
+
+class _GuardedStdout:
+    """sys.stdout, whose write/flush errors become OutputClosed (told apart from an output file's OSError)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        if self._inner is None:  # started with stdout closed (`>&-`): Python sets sys.stdout to None
+            raise OutputClosed(OSError(9, "it is closed"))
+        try:
+            return self._inner.write(text)
+        except OSError as exc:
+            raise OutputClosed(exc) from None
+
+    def flush(self) -> None:
+        if self._inner is None:
+            return
+        try:
+            self._inner.flush()
+        except OSError as exc:
+            raise OutputClosed(exc) from None
+
+    def isatty(self) -> bool:
+        return self._inner is not None and self._inner.isatty()
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"  # not the source line Python shows after it by default
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: `_run` with SIGTERM/SIGHUP as Ctrl-C (every atomic write under way removes its
+    temporary), one-line warnings, and a closed or full standard output reported in one line (exit 2)."""
+    import warnings
+
+    from .interrupts import restore, terminate_as_interrupt
+
+    previous = terminate_as_interrupt()
+    old_format, old_stdout = warnings.formatwarning, sys.stdout
+    warnings.formatwarning = _one_line_warning
+    sys.stdout = _GuardedStdout(old_stdout)
+    try:
+        try:
+            code = _run(argv)
+            sys.stdout.flush()
+            return code
+        except OutputClosed as exc:
+            _silence_stdout(old_stdout)
+            console.print(f"[red]error:[/red] cannot write to the standard output ({escape(str(exc))}); "
+                          "give the output a file or a pipe that reads it all", soft_wrap=True)
+            return 2
+        except KeyboardInterrupt:  # SIGTERM / SIGHUP outside a command's own handling
+            console.print("[yellow]interrupted[/yellow]")
+            return 130
+    finally:
+        sys.stdout = old_stdout
+        warnings.formatwarning = old_format
+        restore(previous)
+
+
+def _silence_stdout(stdout) -> None:
+    """Point the file descriptor of a broken stdout at /dev/null, so that the interpreter's final flush
+    of what is still buffered does not print a second error."""
+    import os
+
+    try:
+        fd = stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _run(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -510,7 +594,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return COMMANDS[name].run(argv[1:])
-    except (UserError, ConfigError, ExportError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (UserError, ConfigError, ExportError, OSError, MemoryError) as exc:
+        if isinstance(exc, MemoryError):
+            exc = UserError("out of memory: the sizes asked for do not fit in this machine's memory; lower them "
+                            "(--resolution, --views, --num, --upscale ...)")
         # soft_wrap: the message is one line whatever the terminal width (no newline inside a path or a word pair).
         # A message with details (the ways to get a model ...) shows them first: the last line is the error.
         first, *details = str(exc).strip().splitlines() or [type(exc).__name__]

@@ -486,8 +486,8 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
             with torch.no_grad():
                 rgb = render(tr.g, cams[::2].to(device), background=tr.background).rgb
             write_png(run_dir / "previews" / f"step_{s:06d}.png", image_row(rgb))
-        if live is not None:
-            live.on_step(log, tr)
+        if live is not None:  # a paused page lets go on a signal: the run stops and saves
+            live.on_step(log, tr, should_stop=lambda: stop.requested is not None)
         if progress is not None:
             fields = {"loss": log.loss if log else float("nan"), "n": len(tr.g),
                       "var": (log.grad_variance if log and log.grad_variance is not None else float("nan")),

@@ -167,7 +167,7 @@ class SplatScene:
 
 
 def _stop_on_signals() -> Optional[dict[int, Any]]:
-    """Let Ctrl-C and SIGTERM (kill, systemd, docker stop) end the viewer; returns the previous handlers.
+    """Let Ctrl-C, SIGTERM (kill, systemd, docker stop) and SIGHUP end the viewer; returns the previous handlers.
     SIGINT is set explicitly too: a process started with SIGINT ignored (as background jobs of a
     script are) would otherwise never stop on Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
@@ -176,7 +176,9 @@ def _stop_on_signals() -> Optional[dict[int, Any]]:
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    from ..interrupts import STOP_SIGNALS
+
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
 
 
 def _stop_within(server: Any, seconds: float = 10.0) -> None:
