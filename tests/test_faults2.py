@@ -643,3 +643,83 @@ def test_a_warning_is_one_line_without_source_code(tmp_path):
     lines = err.splitlines()
     assert lines[0].startswith("warning:") and "dropped 1 of 6" in lines[0], err
     assert not lines[1].startswith(" ") and "warnings.warn" not in err and "RuntimeWarning" not in err, err
+
+
+# ============================================================================ batch names and inputs
+def test_batch_names_never_collide_with_another_lines_own_slug():
+    from steinsplat.batch import Job, assign_names
+
+    jobs = [Job(1, "a red cube", []), Job(2, "a red cube", []), Job(3, "a red cube 2", [])]
+    assign_names(jobs)
+    names = [j.name for j in jobs]
+    assert len(set(names)) == 3, names
+    assert names[:2] == ["a-red-cube", "a-red-cube-2"]
+
+
+def test_batch_runs_every_line_even_when_slugs_collide(tmp_path):
+    from steinsplat.batch import parse_prompt_file, run_batch
+
+    f = tmp_path / "p.txt"
+    f.write_text("a red cube\na red cube\na red cube 2\n")
+    ran = []
+
+    def gen(job, folder):
+        ran.append(job.prompt)
+        (folder / "run.json").write_text(json.dumps({"status": "ok", "prompt": job.prompt}))
+        return {}
+
+    results = run_batch(parse_prompt_file(f), tmp_path / "out", gen)
+    assert [r.status for r in results] == ["ok", "ok", "ok"] and len(ran) == 3
+
+
+def test_batch_does_not_skip_a_folder_finished_by_another_prompt(tmp_path):
+    from steinsplat.batch import Job, run_batch
+
+    (tmp_path / "out" / "a-red-cube").mkdir(parents=True)
+    (tmp_path / "out" / "a-red-cube" / "run.json").write_text(json.dumps({"status": "ok", "prompt": "A red cube!"}))
+    res = run_batch([Job(1, "a red cube", [], "a-red-cube")], tmp_path / "out", lambda job, folder: {})
+    assert res[0].status == "ok"
+
+
+@pytest.mark.parametrize("word", ["con", "NUL", "aux", "com1", "lpt9"])
+def test_reserved_device_names_are_not_slugs(word):
+    from steinsplat.batch import slugify
+
+    assert slugify(word) not in {"con", "nul", "aux", "com1", "lpt9"}
+    assert slugify(word).startswith(word.lower())
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero"])
+def test_batch_prompt_list_must_be_a_regular_file(tmp_path, capsys, target):
+    if target == "fifo":
+        target = tmp_path / "prompts.txt"
+        os.mkfifo(target)
+    code, err = run_cli(["batch", target, "--out-dir", tmp_path / "r"], capsys, seconds=20)
+    one_line(code, err)
+
+
+def test_batch_prompt_list_too_large_is_refused(tmp_path, capsys, monkeypatch):
+    from steinsplat import batch
+
+    monkeypatch.setattr(batch, "MAX_PROMPT_FILE_BYTES", 1000)
+    f = tmp_path / "p.txt"
+    f.write_text("a red cube\n" * 200)
+    code, err = run_cli(["batch", f, "--out-dir", tmp_path / "r"], capsys)
+    one_line(code, err, "too large")
+
+
+def test_a_fifo_in_a_resume_folder_is_skipped_not_waited_on(tmp_path):
+    from steinsplat.generate import find_checkpoint
+
+    run = tmp_path / "run"
+    good = _fake_checkpoint(run / "checkpoints" / "step_000002.safetensors", 2)
+    os.mkfifo(run / "checkpoints" / "step_000009.safetensors")
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(10)
+    notes = []
+    try:
+        assert find_checkpoint(run, say=notes.append) == good
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert notes and "step_000009" in notes[0]
