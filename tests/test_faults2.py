@@ -723,3 +723,17 @@ def test_a_fifo_in_a_resume_folder_is_skipped_not_waited_on(tmp_path):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert notes and "step_000009" in notes[0]
+
+
+# ============================================================================ sizes that cannot fit
+@pytest.mark.parametrize("argv,word", [
+    (["shapeworld", "render", CUBE, "--resolution", "1000000", "--out", "{d}/g.png"], "--resolution"),
+    (["shapeworld", "sample", CUBE, "--num", "1000000000", "--out", "{d}/s.png"], "--num"),
+    (["shapeworld", "sample", CUBE, "--upscale", "1000000", "--out", "{d}/s.png"], "--upscale"),
+    (["fit-demo", "--resolution", "100000", "--out", "{d}/fd"], "--resolution"),
+], ids=["render-resolution", "sample-num", "sample-upscale", "fit-demo-resolution"])
+def test_sizes_that_cannot_fit_are_refused_up_front(tmp_path, capsys, argv, word):
+    t0 = time.perf_counter()
+    code, err = run_cli([a.replace("{d}", str(tmp_path)) for a in argv], capsys)
+    one_line(code, err, word)
+    assert time.perf_counter() - t0 < 5

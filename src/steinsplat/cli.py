@@ -30,6 +30,17 @@ class UserError(Exception):
     """An error with a message meant for the user (no traceback)."""
 
 
+def require_memory(need_bytes: float, what: str, lower: str) -> None:
+    """Refuse sizes whose lower-bound memory need exceeds this machine's RAM (as generation does), before
+    any allocation; `lower` says which options to lower."""
+    from .generate import memory_available_bytes
+
+    have = memory_available_bytes("cpu")
+    if have is not None and need_bytes > have:
+        raise UserError(f"{what} needs at least {need_bytes / 2**30:,.1f} GiB, more than this machine's "
+                        f"{have / 2**30:,.1f} GiB; lower {lower}")
+
+
 # ---------------------------------------------------------------------------- export / info
 @dataclass
 class ExportArgs:
@@ -166,6 +177,10 @@ def cmd_fit_demo(argv: Sequence[str]) -> int:
     args = config.parse(FitDemoArgs, argv, prog="steinsplat fit-demo", description=FitDemoArgs.__doc__)
     if args.steps <= 0 or args.resolution < 8:
         raise UserError("--steps must be positive and --resolution at least 8")
+    # the dense reference renders 2 views at a time with every one of the target's 1200 Gaussians per
+    # pixel (4 bytes each), and 24 views of images are kept
+    require_memory(2 * args.resolution ** 2 * 1200 * 4 + 24 * args.resolution ** 2 * 96,
+                   f"fit-demo --resolution {args.resolution}", "--resolution (64 is the default)")
     args.out.mkdir(parents=True, exist_ok=True)
     train, test = demo_views(args.resolution, args.resolution)
     target = demo_target()
@@ -258,6 +273,8 @@ def cmd_shapeworld(argv: Sequence[str]) -> int:
         return _shapeworld_sample(args)
     if args.resolution < 4:
         raise UserError("--resolution must be at least 4")
+    # 4x4 rays per pixel, each with an origin, a direction and its hit (~16 floats) at the least
+    require_memory(args.resolution ** 2 * 16 * 64, f"--resolution {args.resolution}", "--resolution (64 is the default)")
     gt = render_gt(prompt, args.cameras(1, args.resolution))
     write_png(args.out, gt.rgb[0])
     console.print(f"wrote {args.out}")
@@ -272,6 +289,9 @@ def _shapeworld_sample(args: ShapeWorldSampleArgs) -> int:
 
     if args.steps <= 0 or args.num <= 0 or args.upscale <= 0:
         raise UserError("--steps, --num and --upscale must be positive")
+    # per sample: the prior's 32x32 activations (~1 MB at the least) and the enlarged float image, twice
+    require_memory(args.num * (2**20 + 2 * (32 * args.upscale) ** 2 * 3 * 4), f"--num {args.num} with --upscale "
+                   f"{args.upscale}", "--num or --upscale")
     try:
         prior = ShapeWorldPrior.from_pretrained(None)
     except FileNotFoundError as exc:
