@@ -737,3 +737,23 @@ def test_sizes_that_cannot_fit_are_refused_up_front(tmp_path, capsys, argv, word
     code, err = run_cli([a.replace("{d}", str(tmp_path)) for a in argv], capsys)
     one_line(code, err, word)
     assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("command", ["bench", "study"])
+def test_bench_and_study_refuse_an_unwritable_report_folder_at_once(tmp_path, capsys, command):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    t0 = time.perf_counter()
+    code, err = run_cli([command, "--out", f], capsys)
+    one_line(code, err, "is a file")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        # root writes anywhere: then /proc stands for the read-only file system
+        target = Path("/proc/steinsplat/report") if os.access(ro, os.W_OK) else ro / "report"
+        code, err = run_cli([command, "--out", target], capsys)
+        one_line(code, err, "cannot write")
+    finally:
+        ro.chmod(0o700)
+    assert time.perf_counter() - t0 < 5

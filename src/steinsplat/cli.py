@@ -457,15 +457,42 @@ def cmd_batch(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------- bench
+def require_output_folder(argv: Sequence[str], default: str, what: str) -> None:
+    """The report folder `--out` of bench/study must be a folder this process can write, found now rather
+    than after minutes of measuring (an existing file there, a read-only file system)."""
+    import os
+    import time
+
+    out = Path(default)
+    for i, a in enumerate(argv):
+        if a == "--out" and i + 1 < len(argv):
+            out = Path(argv[i + 1])
+        elif a.startswith("--out="):
+            out = Path(a.split("=", 1)[1])
+    if any(a in ("-h", "--help") for a in argv):
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; {what} writes a folder (report.json, report.md ...): give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".steinsplat-write-test-{os.getpid()}-{time.time_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--out '{out}': cannot write there ({exc.strerror or exc}); choose a writable folder") from None
+
+
 def cmd_bench(argv: Sequence[str]) -> int:
     from .bench import main as bench_main
 
+    require_output_folder(argv, "runs/bench", "bench")
     return bench_main(argv)
 
 
 def cmd_study(argv: Sequence[str]) -> int:
     from .bench.study import main as study_main
 
+    require_output_folder(argv, "docs/bench/study", "study")
     return study_main(argv)
 
 
