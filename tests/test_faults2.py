@@ -757,3 +757,34 @@ def test_bench_and_study_refuse_an_unwritable_report_folder_at_once(tmp_path, ca
     finally:
         ro.chmod(0o700)
     assert time.perf_counter() - t0 < 5
+
+
+def test_checkpoint_metadata_of_the_wrong_type_is_refused_before_models_load(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from steinsplat.checkpoint import read_meta, write_checkpoint
+
+    ckpt = _fake_checkpoint(tmp_path / "r" / "checkpoints" / "step_000002.safetensors", 2)
+    meta = read_meta(ckpt)
+    meta.pop("_tensor_names")
+    meta["history"] = "lots"
+    write_checkpoint(ckpt, load_file(str(ckpt)), meta)
+    code, err = run_cli([CUBE, "--out", tmp_path / "r" / "c.ply", "--resume", ckpt, "--quiet"], capsys)
+    one_line(code, err, "history")
+
+
+def test_export_past_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, ply):
+    """RLIMIT_FSIZE (EFBIG) while the output is written: one line, exit 2, no temporary, no output."""
+    import resource
+
+    out = tmp_path / "o" / "x.ply"
+    out.parent.mkdir()
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    p = _cli_proc(["export", ply, "--to", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                  preexec_fn=limit)
+    _, err = p.communicate(timeout=60)
+    one_line(p.returncode, err, "x.ply")
+    assert list(out.parent.iterdir()) == []

@@ -139,7 +139,7 @@ def check_checkpoint_state(path: Path, steps: int) -> int:
         if key in meta and not isinstance(meta[key], kind):
             raise RunError(f"{where}: the checkpoint's '{key}' is not a {kind.__name__}; the file is damaged")
     for h in meta.get("history", []):
-        if not isinstance(h, dict) or not _is_int(h.get("step")) or not isinstance(h.get("loss"), (int, float)):
+        if not isinstance(h, dict) or not _is_int(h.get("step")) or not isinstance(h.get("loss"), (int, float, type(None))):
             raise RunError(f"{where}: the checkpoint's history holds an entry that is not a step record; "
                            "the file is damaged")
     try:
@@ -159,6 +159,13 @@ def check_checkpoint_state(path: Path, steps: int) -> int:
     shn = shapes.get("gaussians.shN")
     if shn is not None and (len(shn) != 3 or shn[0] != n or shn[2] != 3 or (shn[1] + 1) not in (1, 4, 9, 16)):
         raise RunError(f"{where}: 'gaussians.shN' has shape {list(shn)}, not [{n}, K, 3] with K+1 in 1, 4, 9, 16")
+    for key, shape in shapes.items():  # Adam's moments are shaped like their parameter
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "optim" and parts[2] in ("exp_avg", "exp_avg_sq"):
+            want = shapes.get(f"gaussians.{parts[1]}")
+            if want is not None and shape != want:
+                raise RunError(f"{where}: '{key}' has shape {list(shape)}, not that of its parameter {list(want)}; "
+                               "the checkpoint is damaged")
     for name in ("rng.generator", "rng.torch"):
         if name not in shapes or len(shapes[name]) != 1:
             raise RunError(f"{where}: the checkpoint holds no valid '{name}' (the random state); it is damaged")
