@@ -795,3 +795,14 @@ def test_export_past_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, 
     _, err = p.communicate(timeout=60)
     one_line(p.returncode, err, "x.ply")
     assert list(out.parent.iterdir()) == []
+
+
+def test_resuming_a_folder_may_change_its_output_name(tmp_path):
+    """--resume of the run in this folder is that run going on: --out may name another file."""
+    from steinsplat import config
+    from steinsplat.generate import GenerateConfig, validate_outputs
+
+    run = tmp_path / "mine"
+    _fake_checkpoint(run / "checkpoints" / "step_000002.safetensors", 2, out_name="c.ply")
+    cfg = config.parse(GenerateConfig, [CUBE, "--out", str(run / "c.spz"), "--resume", str(run)], prog="steinsplat")
+    assert validate_outputs(cfg) == run / "c.spz"

@@ -215,7 +215,7 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
             raise GenerationError(f"cannot write to '{folder}': {exc.strerror or exc}; choose another --out") from None
     try:  # one file per output, one run per folder (nothing of another run is overwritten)
         check_distinct_outputs({"--out": out, "--mesh": cfg.mesh, "--video": cfg.video})
-        check_run_folder(out.parent, cfg.prompt, out.name)
+        check_run_folder(out.parent, cfg.prompt, out.name, resume=cfg.resume)
     except RunError as exc:
         raise GenerationError(str(exc)) from None
     if cfg.viewer is not None:

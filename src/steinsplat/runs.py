@@ -89,13 +89,16 @@ def owner_of(folder: Path) -> Optional[tuple[str, Optional[str], str]]:
     return None
 
 
-def check_run_folder(folder: Path, prompt: str, out_name: str) -> None:
+def check_run_folder(folder: Path, prompt: str, out_name: str, resume: Optional[Path] = None) -> None:
     """Refuse to write into a folder whose run.json or checkpoints are another run's (another prompt,
-    or the same prompt written to another splat file)."""
+    or the same prompt written to another splat file). Resuming from this folder is its own run
+    going on: its outputs may change (the prompt is checked against the checkpoint elsewhere)."""
     owner = owner_of(folder)
     if owner is None:
         return
     their_prompt, their_out, where = owner
+    if resume is not None and _inside(resume, folder) and their_prompt == prompt:
+        return
     if their_prompt == prompt and (their_out is None or their_out == out_name):
         return
     from .generate import short
@@ -103,6 +106,14 @@ def check_run_folder(folder: Path, prompt: str, out_name: str) -> None:
     theirs = f"{short(their_prompt, 50)!r}" + (f" -> {their_out}" if their_out else "")
     raise RunError(f"'{folder}' holds another run ({theirs}, see {where}); a run folder belongs to one run: give "
                    f"this one its own folder, e.g. --out {folder / Path(out_name).stem / out_name}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        p, f = path.resolve(), folder.resolve()
+    except OSError:
+        return False
+    return p == f or f in p.parents
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator, Union
 
-from .errors import ExportError
+from .errors import ExportError, ExportWriteError
 
 PathLike = Union[str, os.PathLike]
 
@@ -70,9 +70,11 @@ def _start(path: Path, keep_suffix: bool) -> tuple[int, Path]:
     return _create_temp(path, _prepare_folder(path), keep_suffix=keep_suffix)
 
 
-def _write_error(path: Path, e: OSError) -> ExportError:
-    return ExportError(f"cannot write '{path}': {e.strerror or e}; nothing was replaced "
-                       "(free some space, or choose another folder)")
+def _write_error(path: Path, e: OSError) -> ExportWriteError:
+    err = ExportWriteError(f"cannot write '{path}': {e.strerror or e}; nothing was replaced "
+                           "(free some space, or choose another folder)")
+    err.errno = e.errno
+    return err
 
 
 def _replace(tmp: Path, path: Path) -> None:

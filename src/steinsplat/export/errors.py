@@ -17,3 +17,8 @@ class SplatError(ExportError):
 
 class SpzError(ExportError):
     """A `.spz` file is malformed, truncated or of an unsupported version."""
+
+
+class ExportWriteError(ExportError, OSError):
+    """Writing an output failed (a full disk, a file-size limit, an I/O error): an ExportError with a message
+    that says what to do, and still the OSError it was (`errno` kept) for callers that catch those."""
