@@ -806,3 +806,25 @@ def test_resuming_a_folder_may_change_its_output_name(tmp_path):
     _fake_checkpoint(run / "checkpoints" / "step_000002.safetensors", 2, out_name="c.ply")
     cfg = config.parse(GenerateConfig, [CUBE, "--out", str(run / "c.spz"), "--resume", str(run)], prog="steinsplat")
     assert validate_outputs(cfg) == run / "c.spz"
+
+
+def test_ctrl_c_stops_a_paused_live_run_and_saves_it(tmp_path, capsys, monkeypatch, one_intra_op_thread):
+    """A run whose page pressed Pause: Ctrl-C ends it (exit 130) with the step saved, not a hang."""
+    pytest.importorskip("viser")
+    from steinsplat.viewer import live as live_mod
+
+    original = live_mod.LiveViewer.on_step
+
+    def paused_at_step_2(self, log, tr, **kw):
+        if tr.state.step == 2 and not self.paused:
+            self.pause()  # as the Pause button does
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return original(self, log, tr, **kw)
+
+    monkeypatch.setattr(live_mod.LiveViewer, "on_step", paused_at_step_2)
+    out = tmp_path / "run" / "c.ply"
+    code, err = run_cli([CUBE, "--out", out, "--guidance", "sds", "--steps", "50", "--resolution", "16", "--views", "1",
+                         "--init-gaussians", "40", "--checkpoint-every", "0", "--preview-every", "0", "--quiet",
+                         "--viewer", "0"], capsys, seconds=60)
+    assert code == 130, err[-2000:]
+    assert (out.parent / "checkpoints" / "step_000002.safetensors").is_file(), err[-2000:]

@@ -486,8 +486,8 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
             with torch.no_grad():
                 rgb = render(tr.g, cams[::2].to(device), background=tr.background).rgb
             write_png(run_dir / "previews" / f"step_{s:06d}.png", image_row(rgb))
-        if live is not None:  # a paused page lets go on a signal: the run stops and saves
-            live.on_step(log, tr, should_stop=lambda: stop.requested is not None)
+        if live is not None:
+            live.on_step(log, tr)
         if progress is not None:
             fields = {"loss": log.loss if log else float("nan"), "n": len(tr.g),
                       "var": (log.grad_variance if log and log.grad_variance is not None else float("nan")),
@@ -510,7 +510,9 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
             task = progress.add_task(cfg.prompt[:30], total=optim.steps, completed=trainer.state.step,
                                      loss=float("nan"), var=float("nan"), n=len(g), skipped=0)
         first_step, first_skipped = trainer.state.step, trainer.state.skipped
-        with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: finish the step, then stop (a second one: at once)
+        with StopOnSignal() as stop:  # Ctrl-C / SIGTERM / SIGHUP: finish the step, then stop (a second one: at once)
+            if live is not None:  # a paused page lets go on a signal: the run stops and saves
+                live.should_stop = lambda: stop.requested is not None
             trainer.run(on_step, should_stop=lambda: stop.requested is not None)
             # The whole optimisation is saved before the exports, so nothing is lost if one of them fails
             # or is interrupted: --resume of this checkpoint goes straight to the exports. A disk too full

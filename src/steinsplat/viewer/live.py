@@ -70,6 +70,7 @@ class LiveViewer:
         self._paused = threading.Event()
         self._snapshot_wanted = threading.Event()
         self._last_readout = -math.inf
+        self.should_stop: Optional[Callable[[], bool]] = None  # the run's "a signal asked to stop" (set by generate)
         self._framed = False
         self.pause_button.on_click(lambda _: self.pause())
         self.resume_button.on_click(lambda _: self.resume())
@@ -102,6 +103,7 @@ class LiveViewer:
     def on_step(self, log: Any, trainer: Any, should_stop: Optional[Callable[[], bool]] = None) -> None:
         """Called after every step with (StepLog | None, Trainer); blocks while paused, until Resume or
         until `should_stop()` is true (Ctrl-C / SIGTERM / SIGHUP asked the run to stop and save)."""
+        should_stop = should_stop or self.should_stop
         s = int(trainer.state.step)
         last = hasattr(trainer, "cfg") and s >= trainer.cfg.steps  # the page ends on the final state
         now = time.perf_counter()
