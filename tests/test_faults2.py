@@ -774,10 +774,11 @@ def test_checkpoint_metadata_of_the_wrong_type_is_refused_before_models_load(tmp
     ckpt = _fake_checkpoint(tmp_path / "r" / "checkpoints" / "step_000002.safetensors", 2)
     meta = read_meta(ckpt)
     meta.pop("_tensor_names")
-    meta["history"] = "lots"
-    write_checkpoint(ckpt, load_file(str(ckpt)), meta)
-    code, err = run_cli([CUBE, "--out", tmp_path / "r" / "c.ply", "--resume", ckpt, "--quiet"], capsys)
-    one_line(code, err, "history")
+    for key, value in (("history", "lots"), ("options", ["prompt"]), ("densify_scalars", 3)):
+        bad = {**meta, key: value}
+        write_checkpoint(ckpt, load_file(str(ckpt)), bad)
+        code, err = run_cli([CUBE, "--out", tmp_path / "r" / "c.ply", "--resume", ckpt, "--quiet"], capsys)
+        one_line(code, err, key)
 
 
 def test_export_past_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, ply):

@@ -438,11 +438,11 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     ckpt = None
     if cfg.resume is not None:  # fail before loading any model
         ckpt = find_checkpoint(cfg.resume, say=say)
-        check_resume_options(ckpt, options)
         try:
             check_checkpoint_state(ckpt, cfg.steps)
         except RunError as exc:
             raise GenerationError(str(exc)) from None
+        check_resume_options(ckpt, options)
     run_dir = out.parent
     set_compile(cfg.compile)
     models = {} if models is None else models

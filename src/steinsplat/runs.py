@@ -146,7 +146,8 @@ def check_checkpoint_state(path: Path, steps: int) -> int:
     if not _is_int(skipped) or not 0 <= skipped <= step:
         raise RunError(f"{where}: the checkpoint's 'skipped' count {str(skipped)[:30]!r} is not a whole number "
                        f"from 0 to its step {step}; the file is damaged")
-    for key, kind in (("history", list), ("densify_history", list), ("densify_scalars", dict)):
+    for key, kind in (("history", list), ("densify_history", list), ("densify_scalars", dict), ("options", dict),
+                      ("run", dict)):
         if key in meta and not isinstance(meta[key], kind):
             raise RunError(f"{where}: the checkpoint's '{key}' is not a {kind.__name__}; the file is damaged")
     for h in meta.get("history", []):
