@@ -829,3 +829,33 @@ def test_ctrl_c_stops_a_paused_live_run_and_saves_it(tmp_path, capsys, monkeypat
                          "--viewer", "0"], capsys, seconds=60)
     assert code == 130, err[-2000:]
     assert (out.parent / "checkpoints" / "step_000002.safetensors").is_file(), err[-2000:]
+
+
+def test_a_signal_during_the_exports_after_a_failed_final_checkpoint_says_so(tmp_path, capsys, monkeypatch,
+                                                                               one_intra_op_thread):
+    """No final checkpoint (full disk) and Ctrl-C during the exports: one line saying both, not 'saved to None'."""
+    import errno
+
+    from steinsplat import checkpoint, export
+
+    real_ckpt, real_export = checkpoint.write_checkpoint, export.export_gaussians
+
+    def full_at_the_end(path, tensors, meta):
+        if "step_000002" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_ckpt(path, tensors, meta)
+
+    def export_then_ctrl_c(path, g, **kw):
+        n = real_export(path, g, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        return n
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", full_at_the_end)
+    monkeypatch.setattr(export, "export_gaussians", export_then_ctrl_c)
+    out = tmp_path / "run" / "c.ply"
+    code, err = run_cli([CUBE, "--out", out, "--checkpoint-every", "1", "--mesh", tmp_path / "run" / "m.ply", *TINY],
+                        capsys, seconds=120)
+    last = one_line(code, err, "interrupted")
+    assert "final checkpoint could not be written" in last and "None" not in last
+    assert out.is_file()

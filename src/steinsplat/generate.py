@@ -541,9 +541,15 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     # is saved in `final`, and --resume of it goes straight here.
     exports = StopOnSignal("stopping after this export (Ctrl-C again to stop at once)")
 
+    def interrupted(signal_name: str) -> Exception:
+        if final is None:  # the disk took no final checkpoint: say what there is
+            return GenerationError(f"interrupted ({signal_name}) during the exports, and the final checkpoint could not "
+                                   f"be written ({final_problem}); free some space and run again")
+        return Interrupted(final, signal_name)
+
     def stop_here() -> None:
         if exports.requested is not None:
-            raise Interrupted(final, exports.requested)
+            raise interrupted(exports.requested)
 
     try:
         with exports:
@@ -606,4 +612,4 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     except Interrupted:
         raise
     except KeyboardInterrupt:  # the second signal
-        raise Interrupted(final, exports.requested or "SIGINT") from None
+        raise interrupted(exports.requested or "SIGINT") from None
