@@ -55,20 +55,33 @@ class JobResult:
     outputs: dict[str, Any] = field(default_factory=dict)  # what the generator reported (files, metrics)
 
 
+# Names Windows reserves for devices (in any case, with any extension): a folder "con" cannot be made there.
+RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
 def slugify(text: str, max_len: int = 60) -> str:
-    """A lower-case ASCII name safe on every file system: letters, digits and single dashes."""
+    """A lower-case ASCII name safe on every file system: letters, digits and single dashes (never a
+    reserved device name such as `con` or `nul`: those get `-prompt` appended)."""
     t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     t = re.sub(r"[^a-zA-Z0-9]+", "-", t.lower()).strip("-")
     t = t[:max_len].rstrip("-")
+    if t in RESERVED_NAMES:
+        t += "-prompt"
     return t or "prompt"
 
 
+MAX_PROMPT_FILE_BYTES = 16 << 20  # a prompt list of 16 MB is ~100,000 prompts; more is the wrong file
+
+
 def parse_prompt_file(path: str | Path) -> list[Job]:
+    from .export.readable import read_regular
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first prompt
-    except FileNotFoundError:
-        raise BatchError(f"prompt file '{path}' does not exist") from None
+    if not path.exists() and not path.is_symlink():
+        raise BatchError(f"prompt file '{path}' does not exist")
+    try:  # regular files only: a FIFO or /dev/zero would block or never end
+        data = read_regular(path, f"prompt file '{path}'", BatchError, limit=MAX_PROMPT_FILE_BYTES, what="prompt list")
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first prompt
     except UnicodeDecodeError:
         raise BatchError(f"prompt file '{path}' is not UTF-8 text") from None
     jobs: list[Job] = []
@@ -101,23 +114,35 @@ def _seed_of(options: Sequence[str]) -> Optional[str]:
 
 
 def assign_names(jobs: list[Job]) -> None:
-    """Unique, stable folder names: slug of the prompt, -seedN if given, -2, -3 ... on collisions."""
-    seen: dict[str, int] = {}
+    """Unique, stable folder names: slug of the prompt, -seedN if given, -2, -3 ... on collisions
+    (a suffix that is some other line's own name is passed over: "a red cube" twice and then
+    "a red cube 2" give a-red-cube, a-red-cube-2 and a-red-cube-2-2)."""
+    bases = []
     for job in jobs:
         base = slugify(job.prompt)
         seed = _seed_of(job.options)
         if seed is not None:
             base += f"-seed{slugify(seed)}"
-        n = seen.get(base, 0) + 1
-        seen[base] = n
-        job.name = base if n == 1 else f"{base}-{n}"
+        bases.append(base)
+    used: set[str] = set()
+    for job, base in zip(jobs, bases):
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        job.name = name
 
 
-def is_finished(folder: Path) -> bool:
+def is_finished(folder: Path, prompt: Optional[str] = None) -> bool:
+    """The folder holds a finished run (of `prompt`, when given: another prompt's run is not this job's)."""
     try:
-        return json.loads((folder / RUN_FILE).read_text()).get("status") == "ok"
+        rec = json.loads((folder / RUN_FILE).read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(rec, dict) or rec.get("status") != "ok":
+        return False
+    return prompt is None or rec.get("prompt") == prompt
 
 
 Generator = Callable[[Job, Path], dict[str, Any]]  # runs one job into its folder, returns outputs
@@ -168,7 +193,7 @@ def run_batch(
     results: list[JobResult] = []
     for k, job in enumerate(jobs):
         folder = out / job.name
-        if is_finished(folder):
+        if is_finished(folder, job.prompt):
             res = JobResult(job.name, job.prompt, "skipped")
         else:
             res = run_job(job, folder, generate)
@@ -211,7 +236,7 @@ def run_batch_ray(
         pending = {}
         for k, job in enumerate(jobs):
             folder = out / job.name
-            if is_finished(folder):
+            if is_finished(folder, job.prompt):
                 results[k] = JobResult(job.name, job.prompt, "skipped")
             else:
                 pending[remote.remote(job, folder, generate)] = k

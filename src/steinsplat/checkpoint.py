@@ -31,20 +31,44 @@ def write_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[st
 
     from .export.atomic import atomic_path
 
+    from safetensors import SafetensorError
+
+    from .export.errors import ExportError
+
     path = Path(path)
     metadata = {META_KEY: json.dumps(meta, separators=(",", ":")), FORMAT_KEY: FORMAT}
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # a full disk, a file-size limit: safetensors' IoError
+            raise ExportError(f"cannot write the checkpoint '{path}': {short_reason(exc)}") from None
     return path
+
+
+def short_reason(exc: BaseException) -> str:
+    """What went wrong, in a few words: the OS's own message where there is one (inside safetensors' IoError too)."""
+    import re
+
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    m = re.search(r'message: "([^"]+)"', text)
+    if m:
+        return m.group(1)
+    return _first_line(exc)[:200]
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The JSON document of a checkpoint, read from its header only (fast: no tensor is loaded).
 
-    The header is checked against the file's size, so a truncated file is refused here."""
+    The header is checked against the file's size, so a truncated file is refused here; a FIFO or a
+    device is refused before it is opened by name (it would block or never end)."""
     from safetensors import SafetensorError, safe_open
 
+    from .export.readable import check_regular
+
     path = Path(path)
+    check_regular(path, f"'{path}'", CheckpointError)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

@@ -30,6 +30,17 @@ class UserError(Exception):
     """An error with a message meant for the user (no traceback)."""
 
 
+def require_memory(need_bytes: float, what: str, lower: str) -> None:
+    """Refuse sizes whose lower-bound memory need exceeds this machine's RAM (as generation does), before
+    any allocation; `lower` says which options to lower."""
+    from .generate import memory_available_bytes
+
+    have = memory_available_bytes("cpu")
+    if have is not None and need_bytes > have:
+        raise UserError(f"{what} needs at least {need_bytes / 2**30:,.1f} GiB, more than this machine's "
+                        f"{have / 2**30:,.1f} GiB; lower {lower}")
+
+
 # ---------------------------------------------------------------------------- export / info
 @dataclass
 class ExportArgs:
@@ -101,6 +112,8 @@ class ViewArgs:
     file: Positional[Path]  # a 3DGS .ply, .splat or .spz file
     port: int = 8080  # TCP port; if taken, the next free one is used (the address is printed)
     host: str = "127.0.0.1"  # interface to listen on; 0.0.0.0 exposes the viewer to the network (with a warning)
+    allow_origin: tuple[str, ...] = ()  # other web page origins allowed to connect (http://host:port); its own page always is
+    share: bool = False  # also open viser's public share link (a tunnel through share.viser.studio; anyone with the link sees the scene)
 
 
 def cmd_view(argv: Sequence[str]) -> int:
@@ -111,7 +124,8 @@ def cmd_view(argv: Sequence[str]) -> int:
     if not args.file.is_file():
         raise UserError(f"'{args.file}': no such file (give a .ply, .splat or .spz)")
     try:
-        view_file(args.file, ViewerConfig(host=args.host, port=args.port), say=lambda m: console.print(m, markup=False),
+        view_file(args.file, ViewerConfig(host=args.host, port=args.port, allow_origin=args.allow_origin,
+                                                share=args.share), say=lambda m: console.print(m, markup=False),
                   warn=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}"))
     except ViewerError as exc:
         raise UserError(str(exc)) from None
@@ -178,6 +192,10 @@ def cmd_fit_demo(argv: Sequence[str]) -> int:
     args = config.parse(FitDemoArgs, argv, prog="steinsplat fit-demo", description=FitDemoArgs.__doc__)
     if args.steps <= 0 or args.resolution < 8:
         raise UserError("--steps must be positive and --resolution at least 8")
+    # the dense reference renders 2 views at a time with every one of the target's 1200 Gaussians per
+    # pixel (4 bytes each), and 24 views of images are kept
+    require_memory(2 * args.resolution ** 2 * 1200 * 4 + 24 * args.resolution ** 2 * 96,
+                   f"fit-demo --resolution {args.resolution}", "--resolution (64 is the default)")
     args.out.mkdir(parents=True, exist_ok=True)
     train, test = demo_views(args.resolution, args.resolution)
     target = demo_target()
@@ -270,6 +288,8 @@ def cmd_shapeworld(argv: Sequence[str]) -> int:
         return _shapeworld_sample(args)
     if args.resolution < 4:
         raise UserError("--resolution must be at least 4")
+    # 4x4 rays per pixel, each with an origin, a direction and its hit (~16 floats) at the least
+    require_memory(args.resolution ** 2 * 16 * 64, f"--resolution {args.resolution}", "--resolution (64 is the default)")
     gt = render_gt(prompt, args.cameras(1, args.resolution))
     write_png(args.out, gt.rgb[0])
     console.print(f"wrote {args.out}")
@@ -284,6 +304,9 @@ def _shapeworld_sample(args: ShapeWorldSampleArgs) -> int:
 
     if args.steps <= 0 or args.num <= 0 or args.upscale <= 0:
         raise UserError("--steps, --num and --upscale must be positive")
+    # per sample: the prior's 32x32 activations (~1 MB at the least) and the enlarged float image, twice
+    require_memory(args.num * (2**20 + 2 * (32 * args.upscale) ** 2 * 3 * 4), f"--num {args.num} with --upscale "
+                   f"{args.upscale}", "--num or --upscale")
     try:
         prior = ShapeWorldPrior.from_pretrained(None)
     except FileNotFoundError as exc:
@@ -450,15 +473,42 @@ def cmd_batch(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------- bench
+def require_output_folder(argv: Sequence[str], default: str, what: str) -> None:
+    """The report folder `--out` of bench/study must be a folder this process can write, found now rather
+    than after minutes of measuring (an existing file there, a read-only file system)."""
+    import os
+    import time
+
+    out = Path(default)
+    for i, a in enumerate(argv):
+        if a == "--out" and i + 1 < len(argv):
+            out = Path(argv[i + 1])
+        elif a.startswith("--out="):
+            out = Path(a.split("=", 1)[1])
+    if any(a in ("-h", "--help") for a in argv):
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; {what} writes a folder (report.json, report.md ...): give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".steinsplat-write-test-{os.getpid()}-{time.time_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--out '{out}': cannot write there ({exc.strerror or exc}); choose a writable folder") from None
+
+
 def cmd_bench(argv: Sequence[str]) -> int:
     from .bench import main as bench_main
 
+    require_output_folder(argv, "runs/bench", "bench")
     return bench_main(argv)
 
 
 def cmd_study(argv: Sequence[str]) -> int:
     from .bench.study import main as study_main
 
+    require_output_folder(argv, "docs/bench/study", "study")
     return study_main(argv)
 
 
@@ -500,7 +550,91 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+class OutputClosed(Exception):
+    """Writing the standard output failed: a closed pipe (`| head -1`), a closed or full stdout."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+
+
+class _GuardedStdout:
+    """sys.stdout, whose write/flush errors become OutputClosed (told apart from an output file's OSError)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        if self._inner is None:  # started with stdout closed (`>&-`): Python sets sys.stdout to None
+            raise OutputClosed(OSError(9, "it is closed"))
+        try:
+            return self._inner.write(text)
+        except OSError as exc:
+            raise OutputClosed(exc) from None
+
+    def flush(self) -> None:
+        if self._inner is None:
+            return
+        try:
+            self._inner.flush()
+        except OSError as exc:
+            raise OutputClosed(exc) from None
+
+    def isatty(self) -> bool:
+        return self._inner is not None and self._inner.isatty()
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"  # not the source line Python shows after it by default
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: `_run` with SIGTERM/SIGHUP as Ctrl-C (every atomic write under way removes its
+    temporary), one-line warnings, and a closed or full standard output reported in one line (exit 2)."""
+    import warnings
+
+    from .interrupts import restore, terminate_as_interrupt
+
+    previous = terminate_as_interrupt()
+    old_format, old_stdout = warnings.formatwarning, sys.stdout
+    warnings.formatwarning = _one_line_warning
+    sys.stdout = _GuardedStdout(old_stdout)
+    try:
+        try:
+            code = _run(argv)
+            sys.stdout.flush()
+            return code
+        except OutputClosed as exc:
+            _silence_stdout(old_stdout)
+            console.print(f"[red]error:[/red] cannot write to the standard output ({escape(str(exc))}); "
+                          "give the output a file or a pipe that reads it all", soft_wrap=True)
+            return 2
+        except KeyboardInterrupt:  # SIGTERM / SIGHUP outside a command's own handling
+            console.print("[yellow]interrupted[/yellow]")
+            return 130
+    finally:
+        sys.stdout = old_stdout
+        warnings.formatwarning = old_format
+        restore(previous)
+
+
+def _silence_stdout(stdout) -> None:
+    """Point the file descriptor of a broken stdout at /dev/null, so that the interpreter's final flush
+    of what is still buffered does not print a second error."""
+    import os
+
+    try:
+        fd = stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _run(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -523,7 +657,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return COMMANDS[name].run(argv[1:])
-    except (UserError, ConfigError, ExportError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (UserError, ConfigError, ExportError, OSError, MemoryError) as exc:
+        if isinstance(exc, MemoryError):
+            exc = UserError("out of memory: the sizes asked for do not fit in this machine's memory; lower them "
+                            "(--resolution, --views, --num, --upscale ...)")
         # soft_wrap: the message is one line whatever the terminal width (no newline inside a path or a word pair).
         # A message with details (the ways to get a model ...) shows them first: the last line is the error.
         first, *details = str(exc).strip().splitlines() or [type(exc).__name__]

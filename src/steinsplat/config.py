@@ -37,6 +37,10 @@ def find_preset(name: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
+    for c in [p] + candidates:
+        if c.exists() and not c.is_file():
+            kind = "a folder" if c.is_dir() else "not a regular file"
+            raise ConfigError(f"--config '{c}' is {kind}; give a YAML file (configs/NAME.yaml) or a preset name")
     known = sorted({q.stem for d in (Path("configs"), REPO_PRESETS) if d.is_dir() for q in d.glob("*.yaml")})
     raise ConfigError(f"config preset {name!r} not found; known presets: {', '.join(known) or 'none'}")
 
@@ -142,7 +146,13 @@ def _describe(hint: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    """A short repr: a value expanded from YAML aliases can be huge, and is never printed whole."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 2, 4, 4, 4, 4
+    r.maxstring = r.maxother = r.maxlong = 50
+    text = r.repr(value)
     return (text if len(text) <= 60 else text[:50] + "...") + f" ({type(value).__name__})"
 
 
@@ -155,9 +165,12 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def load_preset(cls: type[T], name: str) -> T:
+    from .export.readable import read_regular
+
     path = find_preset(name)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml(read_regular(path, f"config {path}", ConfigError, limit=MAX_PRESET_BYTES, what="preset")
+                         .decode("utf-8"), path) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -166,6 +179,81 @@ def load_preset(cls: type[T], name: str) -> T:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     return from_dict(cls, data, "")
+
+
+MAX_PRESET_BYTES = 1 << 20  # a preset is a few lines; anything beyond this is the wrong file
+MAX_PRESET_NODES = 100_000  # values a preset may hold once its aliases are expanded (YAML "billion laughs")
+MAX_PRESET_DEPTH = 64  # nesting of mappings and lists
+
+
+def safe_yaml(text: str, path: Path) -> Any:
+    """yaml.safe_load with bounds: refuses aliases that expand beyond MAX_PRESET_NODES values, nesting
+    deeper than MAX_PRESET_DEPTH, an alias to itself, and a key given twice in one mapping."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{path}: nested thousands of levels deep; a preset is a flat mapping "
+                              "(see configs/ for examples)") from None
+        if node is None:
+            return None
+        _measure(node, path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1 if node.start_mark is not None else 0
+
+
+def _measure(root: yaml.Node, path: Path) -> None:
+    """Walk the node graph once (iteratively, each shared node once): expanded size, depth, duplicate keys."""
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (values once expanded, depth)
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        k = id(node)
+        if finished:
+            kids = _children(node)
+            size = 1 + sum(done[id(c)][0] for c in kids)
+            depth = 1 + max((done[id(c)][1] for c in kids), default=0)
+            open_.discard(k)
+            done[k] = (size, depth)
+            if size > MAX_PRESET_NODES:
+                raise ConfigError(f"{path}:{_line(node)}: its aliases (*name) expand to more than {MAX_PRESET_NODES:,} "
+                                  "values; a preset is a few lines, write the values out")
+            if depth > MAX_PRESET_DEPTH:
+                raise ConfigError(f"{path}:{_line(node)}: nested more than {MAX_PRESET_DEPTH} levels deep; "
+                                  "a preset is a flat mapping (see configs/ for examples)")
+            continue
+        if k in done:
+            continue
+        if k in open_:
+            raise ConfigError(f"{path}:{_line(node)}: an alias refers to a value that contains it; "
+                              "write the values out")
+        open_.add(k)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    ident = (key.tag, key.value)
+                    if ident in seen:
+                        raise ConfigError(f"{path}:{_line(key)}: the key {key.value[:40]!r} appears twice in one "
+                                          f"mapping (also line {seen[ident]}); keep one")
+                    seen[ident] = _line(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in done)
 
 
 def split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:

@@ -22,6 +22,7 @@ import torch
 from tyro.conf import Positional
 
 from .batch import slugify
+from .runs import RunError, check_checkpoint_state, check_distinct_outputs, check_learning_rates, check_run_folder
 from .train import OptimConfig, StepLog, Trainer
 
 
@@ -74,6 +75,7 @@ class GenerateConfig:
     viewer: Optional[int] = None  # watch the run in the browser on this port (`--viewer` alone: 8080); needs steinsplat[viewer]
     viewer_host: str = "127.0.0.1"  # interface the live viewer listens on (other than loopback: with a warning)
     viewer_every: int = 10  # steps between splat updates sent to the live viewer
+    viewer_allow_origin: tuple[str, ...] = ()  # other web page origins allowed to drive the live viewer (its own page always is)
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -222,15 +224,21 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
             probe.unlink()
         except OSError as exc:
             raise GenerationError(f"cannot write to '{folder}': {exc.strerror or exc}; choose another --out") from None
+    try:  # one file per output, one run per folder (nothing of another run is overwritten)
+        check_distinct_outputs({"--out": out, "--mesh": cfg.mesh, "--video": cfg.video})
+        check_run_folder(out.parent, cfg.prompt, out.name, resume=cfg.resume)
+    except RunError as exc:
+        raise GenerationError(str(exc)) from None
     if cfg.viewer is not None:
         from .viewer import ViewerConfig, ViewerError
         from .viewer.server import check_config, require_viser
 
         try:
             require_viser()
-            check_config(ViewerConfig(host=cfg.viewer_host, port=cfg.viewer))
+            check_config(ViewerConfig(host=cfg.viewer_host, port=cfg.viewer, allow_origin=cfg.viewer_allow_origin))
         except ViewerError as exc:
-            raise GenerationError(str(exc).replace("--port", "--viewer").replace("--host", "--viewer-host")) from None
+            msg = str(exc).replace("--port", "--viewer").replace("--host", "--viewer-host")
+            raise GenerationError(msg.replace("--allow-origin", "--viewer-allow-origin")) from None
         if cfg.viewer_every <= 0:
             raise GenerationError("--viewer-every must be positive")
     return out
@@ -252,6 +260,10 @@ def validate_numbers(cfg: GenerateConfig) -> None:
     for flag, value in (("--checkpoint-every", cfg.checkpoint_every), ("--preview-every", cfg.preview_every)):
         if value < 0:
             raise GenerationError(f"{flag} must be >= 0 (0: never), got {value}")
+    try:
+        check_learning_rates(cfg.optim)
+    except RunError as exc:
+        raise GenerationError(str(exc)) from None
     need, have = memory_needed_bytes(cfg), memory_available_bytes(cfg.device)
     if have is not None and need > have:
         raise GenerationError(
@@ -298,8 +310,10 @@ CHECKPOINT_GLOB = "step_*.safetensors"
 # The options that shape the run a checkpoint holds: resuming with any other value would silently
 # drop state (SSD's statistics under --guidance sds) or mix two runs, so a mismatch is refused.
 # --steps may change (extending a run), as may outputs, previews and the viewer.
+# --seed too: the checkpoint's saved random state decides the rest of the run, so another seed would be
+# recorded but not used.
 RUN_OPTIONS = ("prompt", "negative", "prior", "model", "guidance", "ssd_noise", "baseline", "estimator",
-               "estimator_model", "mode", "views", "resolution", "guidance_scale", "perp_neg")
+               "estimator_model", "mode", "views", "resolution", "guidance_scale", "perp_neg", "seed")
 
 
 def run_options(cfg: GenerateConfig, prior_name: str) -> dict[str, Any]:
@@ -308,15 +322,31 @@ def run_options(cfg: GenerateConfig, prior_name: str) -> dict[str, Any]:
     return json.loads(json.dumps(opts, default=str))
 
 
-def save_checkpoint(trainer: Trainer, folder: Path, keep: int = 2, options: Optional[dict[str, Any]] = None) -> Path:
-    """Write the trainer's state as `folder/step_NNNNNN.safetensors` (one file, atomic); keep the newest `keep`."""
+def save_checkpoint(trainer: Trainer, folder: Path, keep: int = 2, options: Optional[dict[str, Any]] = None,
+                    out_name: Optional[str] = None) -> Path:
+    """Write the trainer's state as `folder/step_NNNNNN.safetensors` (one file, atomic); keep the newest `keep`.
+    out_name: the run's splat file name, recorded so that another run is not written into this folder."""
     from .checkpoint import prune, write_checkpoint
 
     tensors, meta = trainer.state_tensors()
     meta["options"] = options or {}
+    if out_name is not None:
+        meta["run"] = {"out": out_name}
     path = write_checkpoint(folder / f"step_{trainer.state.step:06d}.safetensors", tensors, meta)
     prune(folder.glob(CHECKPOINT_GLOB), keep)
     return path
+
+
+def try_checkpoint(trainer: Trainer, folder: Path, options: dict[str, Any],
+                   out_name: str) -> tuple[Optional[Path], Optional[str]]:
+    """save_checkpoint that reports a failed write (a full disk, a file-size limit) instead of raising:
+    (path, None) or (None, what went wrong in a few words)."""
+    try:
+        return save_checkpoint(trainer, folder, options=options, out_name=out_name), None
+    except (OSError, ValueError, RuntimeError) as exc:  # ExportError, CheckpointError, SafetensorError
+        from .checkpoint import short_reason
+
+        return None, short_reason(exc)
 
 
 def find_checkpoint(path: Path, say=None) -> Path:
@@ -337,7 +367,8 @@ def find_checkpoint(path: Path, say=None) -> Path:
                 say(f"warning: skipping {p.name}: {why}")
         return best
     if not path.is_file():
-        raise GenerationError(f"--resume '{path}': no such checkpoint file or run folder")
+        what = "is not a regular file (a FIFO or a device?)" if path.exists() else "no such checkpoint file or run folder"
+        raise GenerationError(f"--resume '{path}': {what}")
     try:
         read_meta(path)
     except CheckpointError as exc:
@@ -448,6 +479,10 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     ckpt = None
     if cfg.resume is not None:  # fail before loading any model
         ckpt = find_checkpoint(cfg.resume, say=say)
+        try:
+            check_checkpoint_state(ckpt, cfg.steps)
+        except RunError as exc:
+            raise GenerationError(str(exc)) from None
         check_resume_options(ckpt, options)
     run_dir = out.parent
     set_compile(cfg.compile)
@@ -469,7 +504,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
 
         try:
             server, live = start_live_viewer(
-                ViewerConfig(host=cfg.viewer_host, port=cfg.viewer),
+                ViewerConfig(host=cfg.viewer_host, port=cfg.viewer, allow_origin=cfg.viewer_allow_origin),
                 LiveConfig(push_every=cfg.viewer_every, snapshot_dir=run_dir / "snapshots"), cfg.prompt, say=say,
                 warn=lambda m: say(f"warning: {m}"))
         except ViewerError as exc:
@@ -488,7 +523,10 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
             say(refine_line(row, tr.densifier.cfg.grow_grad2d))
         refines_seen = len(tr.densifier.history)
         if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < optim.steps:
-            save_checkpoint(tr, ckpt_dir, options=options)
+            problem = try_checkpoint(tr, ckpt_dir, options, out.name)[1]
+            if problem is not None and not failed_checkpoints:
+                say(f"warning: the checkpoint of step {s} could not be written ({problem}); the run goes on")
+            failed_checkpoints.extend([problem] if problem else [])
         if cfg.preview_every and s % cfg.preview_every == 0:
             from .cameras import object_eval_cameras, scene_eval_cameras
 
@@ -505,6 +543,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
             progress.update(task, completed=s, **fields)
 
     progress = task = None
+    failed_checkpoints: list[str] = []
     try:
         if not cfg.quiet and console is not None:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -519,12 +558,18 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
             task = progress.add_task(cfg.prompt[:30], total=optim.steps, completed=trainer.state.step,
                                      loss=float("nan"), var=float("nan"), n=len(g), skipped=0)
         first_step, first_skipped = trainer.state.step, trainer.state.skipped
-        with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: finish the step, then stop (a second one: at once)
+        with StopOnSignal() as stop:  # Ctrl-C / SIGTERM / SIGHUP: finish the step, then stop (a second one: at once)
+            if live is not None:  # a paused page lets go on a signal: the run stops and saves
+                live.should_stop = lambda: stop.requested is not None
             trainer.run(on_step, should_stop=lambda: stop.requested is not None)
             # The whole optimisation is saved before the exports, so nothing is lost if one of them fails
-            # or is interrupted: --resume of this checkpoint goes straight to the exports.
-            final = save_checkpoint(trainer, ckpt_dir, options=options)
+            # or is interrupted: --resume of this checkpoint goes straight to the exports. A disk too full
+            # for it may still take the (much smaller) splat file: that is written, and the miss said.
+            final, final_problem = try_checkpoint(trainer, ckpt_dir, options, out.name)
         if stop.requested is not None:
+            if final is None:
+                raise GenerationError(f"interrupted ({stop.requested}) at step {trainer.state.step}, and its checkpoint "
+                                      f"could not be written ({final_problem}); free some space and run again")
             raise Interrupted(final, stop.requested)
         ran = trainer.state.step - first_step
         if ran > 0 and trainer.state.skipped - first_skipped >= ran:
@@ -544,9 +589,15 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     # is saved in `final`, and --resume of it goes straight here.
     exports = StopOnSignal("stopping after this export (Ctrl-C again to stop at once)")
 
+    def interrupted(signal_name: str) -> Exception:
+        if final is None:  # the disk took no final checkpoint: say what there is
+            return GenerationError(f"interrupted ({signal_name}) during the exports, and the final checkpoint could not "
+                                   f"be written ({final_problem}); free some space and run again")
+        return Interrupted(final, signal_name)
+
     def stop_here() -> None:
         if exports.requested is not None:
-            raise Interrupted(final, exports.requested)
+            raise interrupted(exports.requested)
 
     try:
         with exports:
@@ -556,7 +607,15 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
                 from .export.display_filter import DisplayFilterConfig, bake_display_filter
 
                 splats = bake_display_filter(trainer.g, DisplayFilterConfig.of_sampler(trainer.sampler, cfg.mode))
-            n_written = export_gaussians(out, splats, up=None if cfg.up == "z" else cfg.up)
+            try:
+                n_written = export_gaussians(out, splats, up=None if cfg.up == "z" else cfg.up)
+            except (OSError, ValueError) as exc:  # ExportError is a ValueError
+                if final_problem is None:
+                    raise
+                raise GenerationError(f"{exc}; the final checkpoint could not be written either ({final_problem}): "
+                                      "nothing of this run was saved, free some space and run again") from None
+            if final_problem is not None:
+                say(f"warning: the final checkpoint could not be written ({final_problem}); the result is in {out}")
             stop_here()
             if live is not None:
                 say(f"to look at the result again: steinsplat view {out}")
@@ -597,6 +656,8 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
                 "outputs": outputs,
                 "metrics": metrics,
                 "final_loss": trainer.state.history[-1].loss if trainer.state.history else None,
+                "not_written": ([f"final checkpoint: {final_problem}"] if final_problem else [])
+                + [f"a periodic checkpoint: {p}" for p in failed_checkpoints[:1]],
             }
             from .export.atomic import atomic_write_bytes
 
@@ -605,4 +666,4 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     except Interrupted:
         raise
     except KeyboardInterrupt:  # the second signal
-        raise Interrupted(final, exports.requested or "SIGINT") from None
+        raise interrupted(exports.requested or "SIGINT") from None

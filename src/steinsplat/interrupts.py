@@ -5,7 +5,7 @@
             one_step()
     if stop.requested: save, report, exit 130
 
-The first SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a container stop) only sets
+The first SIGINT (Ctrl-C), SIGTERM (`kill`, `timeout`, a container stop) or SIGHUP (a closed terminal) only sets
 `stop.requested` to the signal's name; the loop finishes the step it is in and stops, so what it
 saves is a whole step and resuming from it gives the uninterrupted run's bytes. A second signal
 raises KeyboardInterrupt at once (for a step that hangs). Handlers are installed only in the main
@@ -20,7 +20,11 @@ import signal
 import threading
 from typing import Any, Optional
 
+# SIGHUP: a closed terminal or a dropped ssh session stops a run like Ctrl-C (it used to end it at once, unsaved)
 _NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+if hasattr(signal, "SIGHUP"):
+    _NAMES[signal.SIGHUP] = "SIGHUP"
+STOP_SIGNALS = tuple(_NAMES)
 
 
 class StopOnSignal:
@@ -51,16 +55,17 @@ class StopOnSignal:
 
 
 def terminate_as_interrupt() -> dict[int, Any]:
-    """Make SIGTERM raise KeyboardInterrupt like Ctrl-C (main thread only); returns the previous
-    handlers for `restore`. For stretches with no step boundary to wait for (loading, a batch's
-    bookkeeping between prompts)."""
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C (main thread only); returns the
+    previous handlers for `restore`. For stretches with no step boundary to wait for (loading, a
+    batch's bookkeeping between prompts, an export): the KeyboardInterrupt unwinds through every
+    atomic write under way, which removes its temporary file (a plain SIGTERM would leave it)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    return {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if sig != signal.SIGINT}
 
 
 def restore(previous: dict[int, Any]) -> None:

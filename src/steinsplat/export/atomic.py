@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator, Union
 
-from .errors import ExportError
+from .errors import ExportError, ExportWriteError
 
 PathLike = Union[str, os.PathLike]
 
@@ -70,6 +70,13 @@ def _start(path: Path, keep_suffix: bool) -> tuple[int, Path]:
     return _create_temp(path, _prepare_folder(path), keep_suffix=keep_suffix)
 
 
+def _write_error(path: Path, e: OSError) -> ExportWriteError:
+    err = ExportWriteError(f"cannot write '{path}': {e.strerror or e}; nothing was replaced "
+                           "(free some space, or choose another folder)")
+    err.errno = e.errno
+    return err
+
+
 def _replace(tmp: Path, path: Path) -> None:
     try:
         os.replace(tmp, path)
@@ -93,10 +100,13 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     fd, tmp = _start(path, keep_suffix=False)
     try:
         kwargs = {} if "b" in _MODES[mode] else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, _MODES[mode], **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, _MODES[mode], **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk, a file-size limit, an I/O error
+            raise _write_error(path, e) from None
         _replace(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
@@ -116,7 +126,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     fd, tmp = _start(path, keep_suffix=True)
     os.close(fd)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            raise _write_error(path, e) from None
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise ExportError(f"writing '{path}' produced no data (the writer reported no error); nothing was replaced")
         _replace(tmp, path)

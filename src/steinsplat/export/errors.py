@@ -21,3 +21,8 @@ class SpzError(ExportError):
 
 class GltfError(ExportError):
     """A glTF (.glb) file is malformed, truncated or holds no Gaussian splats we can read."""
+
+
+class ExportWriteError(ExportError, OSError):
+    """Writing an output failed (a full disk, a file-size limit, an I/O error): an ExportError with a message
+    that says what to do, and still the OSError it was (`errno` kept) for callers that catch those."""

@@ -29,6 +29,7 @@ from ..gaussians import MAX_SH_DEGREE, Gaussians, num_sh_bases
 from .atomic import PathLike, atomic_open
 from .errors import ExportError, PlyError
 from .ply_guard import REQUIRED, check_ply
+from .readable import open_regular
 
 # ---------------------------------------------------------------------------- writing
 
@@ -188,15 +189,13 @@ def read_ply(path: PathLike, max_vertices: int = 50_000_000) -> Gaussians:
     """
     path = Path(path)
     where = f"'{path}'"
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise PlyError(f"{where}: cannot open: {e.strerror or e}") from e
-    with f:
+    with open_regular(path, where, PlyError) as f:
         checked = check_ply(f, os.fstat(f.fileno()).st_size, max_vertices, where)
         f.seek(0)
         try:
-            data = PlyData.read(f, mmap="c")  # the vertex element is memory-mapped (copy-on-write), not parsed row by row
+            # read, not memory-mapped: a file cut or rewritten while it is read must end in PlyError, and
+            # through a map it ends the process with SIGBUS
+            data = PlyData.read(f, mmap=False)
         except (PlyParseError, ValueError) as e:
             raise PlyError(f"{where}: plyfile cannot read it ({e}); the file is corrupt, export it again") from None
     rows = _vertex_rows(data["vertex"].data, checked.rest_names)

@@ -24,6 +24,7 @@ import torch
 from ..gaussians import SH_C0, Gaussians
 from .atomic import PathLike, atomic_open
 from .errors import SplatError
+from .readable import read_regular
 
 SPLAT_DTYPE = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rot", "u1", (4,))])
 assert SPLAT_DTYPE.itemsize == 32
@@ -115,10 +116,7 @@ def read_splat(path: PathLike) -> Gaussians:
     """
     path = Path(path)
     where = f"'{path}'"
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SplatError(f"{where}: cannot open: {e.strerror or e}") from e
+    data = read_regular(path, where, SplatError)
     _check_size(len(data), where)
     rec = np.frombuffer(data, dtype=SPLAT_DTYPE)  # [N]
     means = rec["position"].astype(np.float32)  # [N, 3]

@@ -24,6 +24,7 @@ its first use in an environment (a few seconds) and cached after.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import tempfile
 import warnings
@@ -36,6 +37,7 @@ import torch
 from ..gaussians import Gaussians
 from .atomic import PathLike, atomic_write_bytes
 from .errors import SpzError
+from .readable import read_regular
 
 SPZ_VERSION = 3  # written; see the module docstring
 FRACTIONAL_BITS = 12  # Niantic's default position precision (1/4096 m)
@@ -43,6 +45,7 @@ _MAGIC = 0x5053474E  # "NGSP", little-endian
 _HEADER = struct.Struct("<IIIBBBB")  # magic, version, count, sh degree, fractional bits, flags, reserved
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this: bounds what a file can hold
+_MAX_ZSTD_RATIO = 1 << 15  # nor zstd (a 128 KiB block of one byte repeated is 4 bytes at best)
 _SH_DIM = {0: 0, 1: 3, 2: 8, 3: 15}
 
 
@@ -142,8 +145,8 @@ def _check_header(version: int, n: int, sh_degree: int, bits: int, max_points: i
                        "raise max_points if the file is genuine")
 
 
-def _peek_gzip_header(data: bytes, where: str) -> tuple[int, int, int, int]:
-    """Decompress only the 16-byte header of a gzip-container .spz: (version, count, SH degree, fractional bits)."""
+def _peek_gzip_header(data: bytes, where: str) -> tuple[int, int, int, int, int]:
+    """Decompress only the 16-byte header of a gzip-container .spz: (version, count, SH degree, fractional bits, flags)."""
     try:
         head = zlib.decompressobj(wbits=31).decompress(data, _HEADER.size)
     except zlib.error as e:
@@ -151,31 +154,135 @@ def _peek_gzip_header(data: bytes, where: str) -> tuple[int, int, int, int]:
     if len(head) < _HEADER.size:
         raise SpzError(f"{where}: truncated, the gzip stream holds fewer than the {_HEADER.size} bytes of an "
                        ".spz header; export it again")
-    magic, version, n, sh_degree, bits, _, _ = _HEADER.unpack(head)
+    magic, version, n, sh_degree, bits, flags, _ = _HEADER.unpack(head)
     if magic != _MAGIC:
         raise SpzError(f"{where}: a gzip file but not .spz (no 'NGSP' header inside)")
-    return version, n, sh_degree, bits
+    return version, n, sh_degree, bits, flags
+
+
+_CHUNK = 1 << 20  # bytes inflated at a time while a payload is measured (nothing larger is held)
+_FLAG_EXTENSIONS = 0x2  # header flag: extension records follow the Gaussians (Niantic's spz 3.x)
+_MAX_EXTENSION_BYTES = 1 << 20  # what such records may add beyond the Gaussians
+
+
+def _inflated_size(data: bytes, limit: int, where: str) -> int:
+    """The size the gzip stream `data` inflates to, inflating at most `limit` + 1 bytes (chunk by chunk,
+    none kept): a stream that holds more than `limit` stops there (a decompression bomb costs nothing)."""
+    d = zlib.decompressobj(wbits=31)
+    total, buf = 0, data
+    try:
+        while True:
+            out = d.decompress(buf, _CHUNK)
+            total += len(out)
+            if total > limit:
+                return total
+            buf = d.unconsumed_tail
+            if not buf and (d.eof or not out):
+                break
+        total += len(d.flush())
+    except zlib.error as e:
+        raise SpzError(f"{where}: corrupt gzip stream ({e}); the file is damaged, export it again") from None
+    if not d.eof:
+        raise SpzError(f"{where}: truncated, the gzip stream ends early; export it again")
+    return total
+
+
+def _check_gzip_payload(data: bytes, version: int, n: int, sh_degree: int, flags: int, where: str) -> None:
+    """The inflated payload must be what the header's count says: fewer bytes is a truncated file,
+    more (without the extensions flag) a count that does not match its data."""
+    expected = _HEADER.size + n * _bytes_per_point(version, sh_degree)
+    slack = _MAX_EXTENSION_BYTES if flags & _FLAG_EXTENSIONS else 0
+    size = _inflated_size(data, expected + slack, where)
+    if size < expected:
+        raise SpzError(f"{where}: truncated, the header claims {n} Gaussians ({expected} bytes) but the payload "
+                       f"holds {size} bytes; export it again")
+    if size > expected + slack:
+        raise SpzError(f"{where}: corrupt, the payload holds more than the {expected} bytes of the header's {n} "
+                       "Gaussians (its count does not match its data); export it again")
+
+
+def _check_zstd_streams(data: bytes, n: int, sh_degree: int, where: str) -> None:
+    """Version 4: the table of streams must fit the file, and each stream must inflate to exactly the
+    size that the header's count gives its section (measured chunk by chunk, never allocated whole)."""
+    try:
+        import zstandard
+    except ImportError:
+        raise SpzError(f"{where}: a version-4 (zstd) .spz; reading it needs the zstandard package: "
+                       "pip install zstandard") from None
+    num_streams, toc = struct.unpack_from("<BI", data, 15)  # after magic, version, count, degree, bits, flags
+    sh = 3 * _SH_DIM[sh_degree] * n
+    sizes = [s for s in (9 * n, n, 3 * n, 3 * n, 4 * n, sh) if s > 0]
+    if num_streams != len(sizes) or toc < 32 or toc + 16 * num_streams > len(data):
+        raise SpzError(f"{where}: corrupt, the table of zstd streams does not match the header's {n} Gaussians "
+                       "or overruns the file; export it again")
+    offset = toc + 16 * num_streams
+    for i, want in enumerate(sizes):
+        csize, usize = struct.unpack_from("<QQ", data, toc + 16 * i)
+        if usize != want or offset + csize > len(data):
+            raise SpzError(f"{where}: corrupt, zstd stream {i} does not match the header's {n} Gaussians "
+                           f"or overruns the file; export it again")
+        reader = zstandard.ZstdDecompressor().stream_reader(data[offset:offset + csize], read_across_frames=True)
+        got = 0
+        try:
+            while got <= want:
+                chunk = reader.read(_CHUNK)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except zstandard.ZstdError as e:
+            raise SpzError(f"{where}: corrupt zstd stream {i} ({e}); export it again") from None
+        if got != want:
+            raise SpzError(f"{where}: corrupt, zstd stream {i} holds {'more' if got > want else 'fewer'} bytes than "
+                           f"the header's {n} Gaussians need ({want}); export it again")
+        offset += csize
 
 
 def _check_file(data: bytes, max_points: int, where: str) -> None:
-    """Header and size checks before gsply decompresses or allocates anything."""
+    """Header and size checks before gsply decompresses or allocates anything: the header's count
+    against the file's bytes, and the decompressed payload measured against the count."""
     if not data:
         raise SpzError(f"{where}: the file is empty (0 bytes); export it again")
     if data[:2] == _GZIP_MAGIC:
-        version, n, sh_degree, bits = _peek_gzip_header(data, where)
+        version, n, sh_degree, bits, flags = _peek_gzip_header(data, where)
         if version == 4:
             raise SpzError(f"{where}: .spz version 4 inside gzip; the file is corrupt")
         _check_header(version, n, sh_degree, bits, max_points, where)
-        if sh_degree in _SH_DIM and n * _bytes_per_point(version, sh_degree) > _MAX_DEFLATE_RATIO * len(data):
+        if n * _bytes_per_point(version, sh_degree) > _MAX_DEFLATE_RATIO * len(data):
             raise SpzError(f"{where}: truncated or corrupt, the header claims {n} Gaussians, more than "
                            f"{len(data)} compressed bytes can hold")
+        _check_count(n, where)
+        _check_gzip_payload(data, version, n, sh_degree, flags, where)
     elif data[:4] == struct.pack("<I", _MAGIC):  # version 4: a plain 32-byte header, a TOC, zstd streams
         if len(data) < 32:
             raise SpzError(f"{where}: truncated, {len(data)} bytes is less than a version-4 .spz header; export it again")
         _, version, n, sh_degree, bits = struct.unpack_from("<IIIBB", data)
         _check_header(version, n, sh_degree, bits, max_points, where)
+        if n * _bytes_per_point(version, sh_degree) > _MAX_ZSTD_RATIO * len(data):
+            raise SpzError(f"{where}: truncated or corrupt, the header claims {n} Gaussians, more than "
+                           f"{len(data)} compressed bytes can hold")
+        _check_count(n, where)
+        _check_zstd_streams(data, n, sh_degree, where)
     else:
         raise SpzError(f"{where}: not a .spz file (it starts with neither gzip's bytes 1f 8b nor 'NGSP')")
+
+
+def _check_count(n: int, where: str) -> None:
+    if n == 0:
+        raise SpzError(f"{where}: the file holds 0 Gaussians, nothing to read; export a non-empty scene")
+
+
+def _check_numba_threads() -> None:
+    """numba refuses NUMBA_NUM_THREADS below 1 when gsply's decoder first runs; say so (not 'corrupt file')."""
+    value = os.environ.get("NUMBA_NUM_THREADS")
+    if value is None:
+        return
+    try:
+        ok = int(value) >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SpzError(f"NUMBA_NUM_THREADS={value!r}: the .spz decoder (numba) needs a whole number of threads of "
+                       "at least 1; unset NUMBA_NUM_THREADS or set it to 1 or more")
 
 
 def read_spz(path: PathLike, max_points: int = 50_000_000) -> Gaussians:
@@ -185,11 +292,9 @@ def read_spz(path: PathLike, max_points: int = 50_000_000) -> Gaussians:
     """
     path = Path(path)
     where = f"'{path}'"
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SpzError(f"{where}: cannot open: {e.strerror or e}") from e
+    data = read_regular(path, where, SpzError)
     _check_file(data, max_points, where)
+    _check_numba_threads()
     try:
         with warnings.catch_warnings():  # numba's note that an old TBB is skipped for another threading layer
             warnings.filterwarnings("ignore", message=".*TBB threading layer.*")

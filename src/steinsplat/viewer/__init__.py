@@ -2,6 +2,7 @@
 
     splats.py   Gaussians -> viser's arrays (centres, covariances, colours, opacities), bounds, a framing camera
     server.py   start/stop a loopback-by-default server, the splat node + count/bounds readout, `steinsplat view`
+    guard.py    only the viewer's own page may open its WebSocket (Origin check), no share tunnel, the port
     live.py     the training-loop hook of `--viewer`: live splats, step/loss/variance/count, pause, snapshot PLY
     record.py   offline views: a `.viser` recording and a static folder with viser's own client
     cost.py     what `--viewer` costs a run (`python -m steinsplat.viewer.cost`)

@@ -8,7 +8,8 @@ Cost on the loop, by design:
   the run;
 - the readout (step, loss, variance, Gaussian count) is updated at most `readout_seconds` apart;
 - otherwise `on_step` only reads two flags.
-Buttons: Pause blocks the loop inside `on_step` until Resume; "Save snapshot PLY" asks the loop for a
+Buttons: Pause blocks the loop inside `on_step` until Resume (or a stop signal: the run then saves
+and ends as on Ctrl-C); "Save snapshot PLY" asks the loop for a
 copy at its next step (or at once while paused) and writes it atomically beside the run's output.
 """
 
@@ -69,6 +70,7 @@ class LiveViewer:
         self._paused = threading.Event()
         self._snapshot_wanted = threading.Event()
         self._last_readout = -math.inf
+        self.should_stop: Optional[Callable[[], bool]] = None  # the run's "a signal asked to stop" (set by generate)
         self._framed = False
         self.pause_button.on_click(lambda _: self.pause())
         self.resume_button.on_click(lambda _: self.resume())
@@ -98,8 +100,10 @@ class LiveViewer:
         return self._paused.is_set()
 
     # ---------------------------------------------------------------- the training loop's hook
-    def on_step(self, log: Any, trainer: Any) -> None:
-        """Called after every step with (StepLog | None, Trainer); blocks while paused."""
+    def on_step(self, log: Any, trainer: Any, should_stop: Optional[Callable[[], bool]] = None) -> None:
+        """Called after every step with (StepLog | None, Trainer); blocks while paused, until Resume or
+        until `should_stop()` is true (Ctrl-C / SIGTERM / SIGHUP asked the run to stop and save)."""
+        should_stop = should_stop or self.should_stop
         s = int(trainer.state.step)
         last = hasattr(trainer, "cfg") and s >= trainer.cfg.steps  # the page ends on the final state
         now = time.perf_counter()
@@ -112,6 +116,9 @@ class LiveViewer:
             self._snapshot(trainer.g, s)
         if self.paused:
             while self.paused and not self._closed:
+                if should_stop is not None and should_stop():
+                    self.status.value = "stopping (signal): saving the step"
+                    return
                 if self._snapshot_wanted.wait(timeout=0.1):
                     self._snapshot(trainer.g, s)
 

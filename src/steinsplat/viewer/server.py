@@ -1,7 +1,9 @@
 """A viser server showing one set of splats: start it, put splats in it, read out count and bounds.
 
 `start_server` binds loopback unless asked otherwise (and warns then: the page has no password and,
-during generation, buttons that write files); `SplatScene` owns the scene node and the GUI readout;
+during generation, buttons that write files); only the viewer's own page may open its WebSocket
+(an `Origin` check, `guard.py`) and viser's public share link stays off unless asked for;
+`SplatScene` owns the scene node and the GUI readout;
 `view_file` is `steinsplat view`: load, serve, block until Ctrl-C (or SIGTERM), stop cleanly.
 """
 
@@ -32,7 +34,9 @@ class ViewerConfig:
     """Where the viewer listens."""
 
     host: str = "127.0.0.1"  # interface to bind; anything but loopback exposes the page to the network
-    port: int = 8080  # TCP port (0: any free port); if taken, viser tries the next ones
+    port: int = 8080  # TCP port (0: any free port); if taken, the next free one up to 65535
+    allow_origin: tuple[str, ...] = ()  # extra page origins allowed to connect (the viewer's own page always is)
+    share: bool = False  # let a client open viser's public share link (a tunnel through share.viser.studio)
 
 
 def require_viser() -> Any:
@@ -72,6 +76,17 @@ def check_config(cfg: ViewerConfig) -> None:
                           f"address of this machine; {hint}") from None
     finally:
         probe.close()
+    from .guard import check_origin_value, free_port
+
+    for origin in cfg.allow_origin:
+        try:
+            check_origin_value(origin)
+        except ValueError as exc:
+            raise ViewerError(str(exc)) from None
+    try:
+        free_port(cfg.host, cfg.port)
+    except ValueError as exc:
+        raise ViewerError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -88,9 +103,15 @@ def start_server(cfg: ViewerConfig, warn: Optional[Callable[[str], None]] = None
     if not is_loopback(cfg.host) and warn is not None:
         warn(f"the viewer listens on {cfg.host}: anyone who can reach this machine on port {cfg.port} can open "
              "it (no password); use the default --host 127.0.0.1 to keep it local")
+    from .guard import GuardError, OriginPolicy, free_port, guarded_viser_server
+
     try:
+        port = free_port(cfg.host, cfg.port)  # viser's own search dies past 65535 and never returns
         with quiet_stdout():
-            server = viser.ViserServer(host=cfg.host, port=cfg.port, verbose=False)
+            server = guarded_viser_server(viser, cfg.host, port, OriginPolicy(allowed=tuple(cfg.allow_origin)),
+                                          share=cfg.share)
+    except (ValueError, GuardError) as exc:
+        raise ViewerError(str(exc)) from None
     except OSError as exc:
         raise ViewerError(f"cannot serve on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     server.scene.set_up_direction("+z")
@@ -146,7 +167,7 @@ class SplatScene:
 
 
 def _stop_on_signals() -> Optional[dict[int, Any]]:
-    """Let Ctrl-C and SIGTERM (kill, systemd, docker stop) end the viewer; returns the previous handlers.
+    """Let Ctrl-C, SIGTERM (kill, systemd, docker stop) and SIGHUP end the viewer; returns the previous handlers.
     SIGINT is set explicitly too: a process started with SIGINT ignored (as background jobs of a
     script are) would otherwise never stop on Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
@@ -155,7 +176,9 @@ def _stop_on_signals() -> Optional[dict[int, Any]]:
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    from ..interrupts import STOP_SIGNALS
+
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
 
 
 def _stop_within(server: Any, seconds: float = 10.0) -> None:
@@ -184,6 +207,10 @@ def view_file(path: Path, cfg: ViewerConfig, say: Callable[[str], None],
         scene = SplatScene(server, path.name)
         scene.show(arrays, frame_camera=True)
         say(f"viewing {path} ({scene.count.value} splats) at {url(server)}  (Ctrl-C to stop)")
+        if cfg.share:
+            link = server.request_share_url(verbose=False)
+            say(f"public share link (anyone with it can see the scene): {link}" if link else
+                "the share link could not be opened (share.viser.studio unreachable?); the local address works")
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM, also while the scene was being sent
