@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from steinsplat.bench.convergence import bench_trainer
+from steinsplat.bench.guard_check import synthetic_refusal_rate
 from steinsplat.guidance import SSDConfig
 from steinsplat.guidance.base import weighting
 from steinsplat.guidance.guard import Guard, render_pullback
@@ -43,24 +44,6 @@ class OldGuard(Guard):
         cap = (1 + self.config.guard_decay) / (1 - self.config.guard_decay)
         se = ((m2 - m * m).clamp_min(0.0) / n.clamp(1.0, cap)).sqrt()
         return (n >= 2) & (m > 1.0 * se)
-
-
-def neutral_synthetic(cls, cfg, steps, seed, rho, scale=1.0, B=4, h=16):
-    g = torch.Generator().manual_seed(seed)
-    guard = cls(cfg)
-    guard.init_state("cpu")
-    fitted = torch.full((cfg.timestep_bins,), 100)
-    s = torch.randn(1, 3, h, h, generator=g)
-    refused = total = 0
-    for i in range(steps):
-        bins = torch.randint(0, cfg.timestep_bins, (B,), generator=g)
-        e1, z = torch.randn(B, 3, h, h, generator=g), torch.randn(B, 3, h, h, generator=g)
-        gs, gf = s + e1, s + scale * (rho * e1 + math.sqrt(1 - rho**2) * z)
-        out = guard.apply(gf, gs, bins, fitted, update_state=True)
-        if i >= 50:
-            refused += int((out == gs).flatten(1).all(1).sum())
-            total += B
-    return refused / total
 
 
 def main() -> None:
@@ -83,8 +66,8 @@ def main() -> None:
     syn = {}
     for rho in (0.0, 0.5, 0.9):
         syn[f"rho={rho}"] = {
-            "old_z1": [neutral_synthetic(OldGuard, cfg, a.synthetic_steps, k, rho) for k in range(3)],
-            "new": [neutral_synthetic(Guard, cfg, a.synthetic_steps, k, rho) for k in range(3)]}
+            "old_z1": [synthetic_refusal_rate(OldGuard, cfg, a.synthetic_steps, k, rho, h=16) for k in range(3)],
+            "new": [synthetic_refusal_rate(Guard, cfg, a.synthetic_steps, k, rho, h=16) for k in range(3)]}
     rep["neutral_synthetic"] = {"guard_alpha": cfg.guard_alpha, "views_per_seed": 4 * (a.synthetic_steps - 50),
                                 "refused_share": syn}
     print(json.dumps(rep["neutral_synthetic"], indent=1))

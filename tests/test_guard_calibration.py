@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from steinsplat.bench.guard_check import synthetic_refusal_rate
 from steinsplat.cameras import orbit_cameras
 from steinsplat.gaussians import Gaussians
 from steinsplat.guidance import SSD, SSDConfig
@@ -30,24 +31,8 @@ class _OldRule(Guard):
 
 
 def _refusal_rate(cls, scale=1.0, steps=1500, seed=0, rho=0.5, B=4, h=8, **cfg):
-    """Paired draws grad_sds = s + e1, grad_fit = s + scale e2, corr(e1, e2) = rho, every bin fitted:
-    the share of views served SDS's gradient after 50 steps."""
-    cfg = SSDConfig(**cfg)
-    g = torch.Generator().manual_seed(seed)
-    guard = cls(cfg)
-    guard.init_state("cpu")
-    fitted = torch.full((cfg.timestep_bins,), 100)
-    s = torch.randn(1, 3, h, h, generator=g)
-    refused = total = 0
-    for i in range(steps):
-        bins = torch.randint(0, cfg.timestep_bins, (B,), generator=g)
-        e1, z = torch.randn(B, 3, h, h, generator=g), torch.randn(B, 3, h, h, generator=g)
-        gs, gf = s + e1, s + scale * (rho * e1 + math.sqrt(1 - rho**2) * z)
-        out = guard.apply(gf, gs, bins, fitted, update_state=True)
-        if i >= 50:
-            refused += int((out == gs).flatten(1).all(1).sum())
-            total += B
-    return refused / total
+    """Share of views served SDS's gradient for synthetic paired draws (bench/guard_check.py)."""
+    return synthetic_refusal_rate(cls, SSDConfig(**cfg), steps, seed, rho, scale, B, h)
 
 
 def test_t_quantile_matches_tables():

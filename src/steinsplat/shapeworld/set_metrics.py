@@ -59,11 +59,11 @@ from .metrics import (
 )
 from . import shape_metrics
 from .shape_metrics import (
-    SURFACE_SAMPLES, VOXEL, _distance_to_mesh, confusion_cameras, iou_3d, low_cameras, sample_surface,
+    SURFACE_SAMPLES, VOXEL, _distance_to_mesh, iou_3d, low_cameras, sample_surface,
     surface_of, top_cameras, true_mesh, true_occupancy,
 )
 from .vocab import (
-    COLOUR_NAMES, COLOURS, SHAPE_NAMES, ObjectPrompt, OpenPrompt, as_prompt, canonical_text, prompt_modes,
+    COLOUR_NAMES, COLOURS, ObjectPrompt, OpenPrompt, as_prompt, canonical_text, prompt_modes,
 )
 
 HIGHER_IS_BETTER = {"mask_iou": True, "psnr": True, "colour_error": False, "depth_error": False,
@@ -222,12 +222,7 @@ def set_shape_scores(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPro
             "chamfer_mm": cham,
         }
     nearest = min(shapes, key=lambda s: (-per_shape[s]["iou_3d"], per_shape[s]["chamfer_mm"]))
-    votes: dict = {}
-    if classifier is not None:
-        cams = confusion_cameras()
-        rgb = render(g, cams, background=(1.0, 1.0, 1.0), backend=backend).rgb.detach().float().cpu().clamp(0, 1)  # type: ignore[arg-type]
-        ids = classifier.classify(rgb).shape_ids.tolist()
-        votes = {SHAPE_NAMES[i]: ids.count(i) / len(ids) for i in sorted(set(ids))}
+    votes = shape_metrics.shape_votes(g, classifier, backend)
     best = {k: best_of({s: per_shape[s][k] for s in shapes}, k, "shape", nearest) for k in SHAPE_KEYS}
     return SetShapeScores(shape_votes=votes, shape=nearest, per_shape=per_shape, best=best, **per_shape[nearest])
 

@@ -207,6 +207,19 @@ class ShapeScores:
 
 
 @torch.no_grad()
+def shape_votes(g: Gaussians, classifier=None, backend: str = "torch") -> dict[str, float]:
+    """The classifier's shape calls over the confusion views: shape name -> share of views ({} without one)."""
+    from ..render import render
+
+    if classifier is None:
+        return {}
+    cams = confusion_cameras()
+    rgb = render(g, cams, background=(1.0, 1.0, 1.0), backend=backend).rgb.detach().float().cpu().clamp(0, 1)  # type: ignore[arg-type]
+    ids = classifier.classify(rgb).shape_ids.tolist()
+    return {SHAPE_NAMES[i]: ids.count(i) / len(ids) for i in sorted(set(ids))}
+
+
+@torch.no_grad()
 def shape_scores(gaussians: Gaussians, prompt: str | Prompt | OpenPrompt, backend: str = "torch", classifier=None,
                  voxel: float = VOXEL) -> "ShapeScores | SetShapeScores":
     """The shape-aware metrics of `gaussians` against the ground truth of an object prompt. An open
@@ -230,12 +243,7 @@ def shape_scores(gaussians: Gaussians, prompt: str | Prompt | OpenPrompt, backen
         return mask_iou(out.alpha.detach().float().cpu(), render_gt(p, cams).alpha)
 
     occ = carved_occupancy(g, backend, voxel)
-    votes: dict = {}
-    if classifier is not None:
-        cams = confusion_cameras()
-        rgb = render(g, cams, background=(1.0, 1.0, 1.0), backend=backend).rgb.detach().float().cpu().clamp(0, 1)  # type: ignore[arg-type]
-        ids = classifier.classify(rgb).shape_ids.tolist()
-        votes = {SHAPE_NAMES[i]: ids.count(i) / len(ids) for i in sorted(set(ids))}
+    votes = shape_votes(g, classifier, backend)
     return ShapeScores(
         top_iou=view_iou(top_cameras()),
         low_iou=view_iou(low_cameras()),
