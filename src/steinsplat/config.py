@@ -22,8 +22,8 @@ import yaml
 
 T = TypeVar("T")
 
-# the repository's configs/ (found from an editable install or a source checkout)
-REPO_PRESETS = Path(__file__).resolve().parents[2] / "configs"
+# the presets shipped as package data, steinsplat/configs/ (a checkout, an editable install and a wheel alike)
+REPO_PRESETS = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):

@@ -50,11 +50,14 @@ CAMERA_FEATURES = 7  # see camera_features()
 
 
 def default_assets_dir() -> Path:
-    """`assets/shapeworld` of the source checkout (override with $STEINSPLAT_ASSETS)."""
+    """The shipped weights, `steinsplat/assets/shapeworld` (package data: in a checkout, an editable
+    install and a wheel alike); $STEINSPLAT_ASSETS names another folder holding a `shapeworld/`."""
     env = os.environ.get("STEINSPLAT_ASSETS")
     if env:
         return Path(env) / "shapeworld"
-    return Path(__file__).resolve().parents[3] / "assets" / "shapeworld"
+    from importlib.resources import files
+
+    return Path(str(files("steinsplat"))) / "assets" / "shapeworld"
 
 
 # ---------------------------------------------------------------------------- tokenizer
