@@ -3,7 +3,7 @@
     python benchmarks/guidance_variance.py [--draws 64] [--warmup 30] [--views 4] [--gaussians 1000]
                                            [--preopt 100] [--prompt "a red cube"] [--fixed-t T]
 
-Prior and estimator: the trained ShapeWorld models from assets/shapeworld/{prior,estimator} when
+Prior and estimator: the trained ShapeWorld models from steinsplat/assets/shapeworld/{prior,estimator} when
 they exist; otherwise a tiny *random* pixel-space prior and a tiny random estimator (said in the
 output: then the numbers show the machinery and its cost, not what SSD buys with a real estimator).
 

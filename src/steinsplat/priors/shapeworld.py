@@ -49,7 +49,7 @@ class ShapeWorldPriorAdapter(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device = "cpu",
                         **kwargs) -> "ShapeWorldPriorAdapter":
-        """Load a trained prior folder (default: the shipped assets/shapeworld/prior)."""
+        """Load a trained prior folder (default: the shipped steinsplat/assets/shapeworld/prior)."""
         from ..shapeworld.prior import ShapeWorldPrior, default_assets_dir
 
         try:

@@ -8,7 +8,7 @@ docs/shapeworld.md is the contract. This package holds
 - `set_metrics`: the same for open prompts ("a cube"): nearest mode, mode purity, diversity across seeds;
 - `data`: the dataset generator (`generate`, CLI `python -m steinsplat.shapeworld.data`) and
   `ShapeWorldDataset`.
-The embedded models trained on it (weights in `assets/shapeworld/`, training with
+The embedded models trained on it (weights in `steinsplat/assets/shapeworld/`, training with
 `python -m steinsplat.shapeworld.train prior|estimator|classifier`, figures with
 `python -m steinsplat.shapeworld.evaluate`):
 - `prior`: `ShapeWorldPrior`, the text- and camera-conditioned pixel-space diffusion prior;

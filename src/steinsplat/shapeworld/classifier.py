@@ -124,7 +124,7 @@ class ShapeWorldClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None) -> "ShapeWorldClassifier":
-        """Load a classifier folder (default: the shipped `assets/shapeworld/classifier`)."""
+        """Load a classifier folder (default: the shipped `steinsplat/assets/shapeworld/classifier`)."""
         config, state = read_model_folder(folder, "classifier", WEIGHTS_NAME, CONFIG_NAME)
         m = cls(ClassifierConfig(**config))
         m.load_state_dict(state)

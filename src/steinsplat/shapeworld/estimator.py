@@ -164,7 +164,7 @@ class ShapeWorldEstimator(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None) -> "ShapeWorldEstimator":
-        """Load an estimator folder (default: the shipped `assets/shapeworld/estimator`)."""
+        """Load an estimator folder (default: the shipped `steinsplat/assets/shapeworld/estimator`)."""
         config, sd = read_model_folder(folder, "estimator", WEIGHTS_NAME, CONFIG_NAME)
         m = cls(EstimatorConfig(**config), alphas_cumprod=sd["alphas_cumprod"])
         m.load_state_dict(sd)

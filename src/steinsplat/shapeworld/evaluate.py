@@ -1,6 +1,6 @@
 """Measure the quality figures of the embedded ShapeWorld models (issue 3) and write them as JSON + Markdown.
 
-    python -m steinsplat.shapeworld.evaluate [--assets assets/shapeworld] [--steps 50] [--sweep 1,1.5,2,3] [--only prior]
+    python -m steinsplat.shapeworld.evaluate [--assets steinsplat/assets/shapeworld] [--steps 50] [--sweep 1,1.5,2,3] [--only prior]
 
 1. Classifier on ground truth: every colour/shape pair (56, held-out pairs included) at the 8
    evaluation cameras plus `--random-views` random orbit cameras each (a seed unused in training);
@@ -314,7 +314,7 @@ def _markdown(res: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m steinsplat.shapeworld.evaluate", description=__doc__.split("\n")[0])
-    ap.add_argument("--assets", type=Path, default=None, help="folder with prior/, classifier/, estimator/ (default: assets/shapeworld)")
+    ap.add_argument("--assets", type=Path, default=None, help="folder with prior/, classifier/, estimator/ (default: steinsplat/assets/shapeworld)")
     ap.add_argument("--out", type=Path, default=None, help="where to write evaluation.json/.md (default: --assets)")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps for the prior samples")
     ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the prior's own default)")

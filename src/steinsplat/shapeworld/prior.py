@@ -432,7 +432,7 @@ class ShapeWorldPrior(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device = "cpu") -> "ShapeWorldPrior":
-        """Load a prior folder (default: the shipped `assets/shapeworld/prior`)."""
+        """Load a prior folder (default: the shipped `steinsplat/assets/shapeworld/prior`)."""
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
         folder = Path(folder) if folder is not None else default_assets_dir() / "prior"

@@ -6,7 +6,7 @@
 
 Each run generates its dataset on demand (`--data`, default `data/shapeworld`, gitignored),
 keeps a resumable checkpoint in `--run-dir` (default `runs/shapeworld/<model>`), exports the EMA
-weights in their folder layout to `--out` (default `assets/shapeworld/<model>`) at every
+weights in their folder layout to `--out` (default `steinsplat/assets/shapeworld/<model>`) at every
 checkpoint and at the end, and stops cleanly (saving) at `--steps`, after `--max-minutes`, or on
 Ctrl-C. Every default finishes within 60 minutes on a 2-core CPU.
 """
@@ -33,7 +33,7 @@ from .training import (
 @dataclass
 class CommonConfig:
     data: Path = Path("data/shapeworld")  # dataset cache folder (generated here if missing)
-    out: Optional[Path] = None  # export folder; default assets/shapeworld/<model>
+    out: Optional[Path] = None  # export folder; default steinsplat/assets/shapeworld/<model>
     run_dir: Optional[Path] = None  # checkpoint folder; default runs/shapeworld/<model>
     seed: int = 0  # seeds the initialisation, the batches and the noise
     steps: int = 3000  # optimiser steps in total (across resumes)
@@ -87,7 +87,7 @@ class ClassifierTrainConfig(CommonConfig):
 class EstimatorTrainConfig(CommonConfig):
     num_objects: int = 30000  # as the prior's dataset (shared cache)
     num_rooms: int = 3000  # as the prior's dataset
-    prior: Optional[Path] = None  # prior folder whose schedule and resolution to match; default assets/shapeworld/prior
+    prior: Optional[Path] = None  # prior folder whose schedule and resolution to match; default steinsplat/assets/shapeworld/prior
     width: int = 24  # channels of the first level (x2, x4 deeper)
     p_clean: float = 0.25  # share of samples at t = 0 (clean images); the rest uniform over all timesteps
     normal_weight: float = 1.0  # weight of the normal (cosine) loss against the depth loss

@@ -24,7 +24,7 @@ def save_model_folder(folder: str | Path, config: dict[str, Any], module: nn.Mod
 def read_model_folder(folder: str | Path | None, name: str, weights_name: str,
                       config_name: str = "config.json") -> tuple[dict[str, Any], dict[str, Any]]:
     """(config dict, state dict) of a model folder; `folder` None means the shipped
-    `assets/shapeworld/<name>`. A missing folder raises FileNotFoundError with the training command."""
+    `steinsplat/assets/shapeworld/<name>`. A missing folder raises FileNotFoundError with the training command."""
     from .prior import default_assets_dir
 
     path = Path(folder) if folder is not None else default_assets_dir() / name
