@@ -220,3 +220,16 @@ def test_same_seed_same_bytes_through_densification(tmp_path):
     assert len(read_ply(outs[0])) > 80  # the split ran
     assert outs[0].read_bytes() == outs[1].read_bytes()
     assert outs[0].read_bytes() != outs[2].read_bytes()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_keeps_only_the_result_line(tmp_path, capsys, quiet):
+    out = tmp_path / "q" / "c.ply"
+    argv = ["a red cube", "--out", str(out), "--steps", "8", "--resolution", "16", "--views", "1",
+            "--init-gaussians", "40", "--checkpoint-every", "0", "--preview-every", "0"] + (["--quiet"] if quiet else [])
+    assert main(argv) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    rec = json.loads((out.parent / "run.json").read_text())
+    assert "wrote" in err and rec["densify"]  # the run refined (8 steps, budget-relative schedule)
+    for line in ("training background", "refine at step"):
+        assert (line in err) != quiet, (line, err[:300])

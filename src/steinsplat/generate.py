@@ -71,7 +71,7 @@ class GenerateConfig:
     preview_every: int = 100  # steps between preview images (0: none)
     compile: bool = False  # fuse the CPU rasteriser's kernels with torch.compile (pays off on long runs)
     optim: OptimConfig = field(default_factory=OptimConfig)  # learning rates and densification (steps/views/resolution above win)
-    quiet: bool = False  # no progress display
+    quiet: bool = False  # no progress display, run header or refinement lines (the result line and warnings stay)
     viewer: Optional[int] = None  # watch the run in the browser on this port (`--viewer` alone: 8080); needs steinsplat[viewer]
     viewer_host: str = "127.0.0.1"  # interface the live viewer listens on (other than loopback: with a warning)
     viewer_every: int = 10  # steps between splat updates sent to the live viewer
@@ -512,15 +512,17 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
         live.push(trainer.g)
     t_loaded = time.perf_counter()
     ckpt_dir = run_dir / "checkpoints"
-    for line in run_header(cfg, prior_name, prior, guidance, trainer, run_dir):
-        say(line)
+    if not cfg.quiet:  # --quiet: the result line and warnings only (run.json keeps the refinements)
+        for line in run_header(cfg, prior_name, prior, guidance, trainer, run_dir):
+            say(line)
     refines_seen = len(trainer.densifier.history)
 
     def on_step(log: Optional[StepLog], tr: Trainer) -> None:
         nonlocal refines_seen
         s = tr.state.step
-        for row in tr.densifier.history[refines_seen:]:
-            say(refine_line(row, tr.densifier.cfg.grow_grad2d))
+        if not cfg.quiet:
+            for row in tr.densifier.history[refines_seen:]:
+                say(refine_line(row, tr.densifier.cfg.grow_grad2d))
         refines_seen = len(tr.densifier.history)
         if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < optim.steps:
             problem = try_checkpoint(tr, ckpt_dir, options, out.name)[1]
