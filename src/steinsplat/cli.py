@@ -476,9 +476,6 @@ def cmd_batch(argv: Sequence[str]) -> int:
 def require_output_folder(argv: Sequence[str], default: str, what: str) -> None:
     """The report folder `--out` of bench/study must be a folder this process can write, found now rather
     than after minutes of measuring (an existing file there, a read-only file system)."""
-    import os
-    import time
-
     out = Path(default)
     for i, a in enumerate(argv):
         if a == "--out" and i + 1 < len(argv):
@@ -489,11 +486,10 @@ def require_output_folder(argv: Sequence[str], default: str, what: str) -> None:
         return
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; {what} writes a folder (report.json, report.md ...): give a folder")
+    from .export.atomic import ensure_writable_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".steinsplat-write-test-{os.getpid()}-{time.time_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        ensure_writable_folder(out)
     except OSError as exc:
         raise UserError(f"--out '{out}': cannot write there ({exc.strerror or exc}); choose a writable folder") from None
 

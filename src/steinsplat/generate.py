@@ -199,6 +199,8 @@ def default_out(prompt: str) -> Path:
 
 
 def validate_outputs(cfg: GenerateConfig) -> Path:
+    from .export.atomic import ensure_writable_folder
+
     out = cfg.out or default_out(cfg.prompt)
     gltf_out = out.name.lower().endswith(".splats.glb")
     if out.suffix.lower() not in (".ply", ".splat", ".spz") and not gltf_out:
@@ -218,10 +220,7 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
             raise GenerationError(f"{flag} '{p}' is an existing folder; give a file name (e.g. {p / ('result' + p.suffix)})")
         folder = p.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".steinsplat-write-test-{time.time_ns()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            ensure_writable_folder(folder)
         except OSError as exc:
             raise GenerationError(f"cannot write to '{folder}': {exc.strerror or exc}; choose another --out") from None
     try:  # one file per output, one run per folder (nothing of another run is overwritten)

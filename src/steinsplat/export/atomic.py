@@ -142,3 +142,14 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically (see `atomic_open`)."""
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def ensure_writable_folder(folder: PathLike) -> Path:
+    """Create `folder` (and its parents) and check that a file can be made in it, by making and removing an
+    empty probe file with a random name; raises the OSError that says why not (callers word it as their flag)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".steinsplat-write-test-{os.getpid()}-{secrets.token_hex(4)}"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder
