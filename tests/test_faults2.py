@@ -25,38 +25,18 @@ import numpy as np
 import pytest
 import torch
 
-from steinsplat.cli import main
 from steinsplat.export import write_ply
 from steinsplat.gaussians import Gaussians
+
+from test_faults import run_bad
 
 CUBE = "a red cube"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-class _Hang(Exception):
-    pass
-
-
-def _alarm(signum, frame):
-    raise _Hang()
-
-
 def run_cli(argv, capsys, seconds: int = 60):
-    """main(argv) under an alarm; (exit code, stderr)."""
-    capsys.readouterr()
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(seconds)
-    try:
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = f"SystemExit({exc.code}) escaped main"
-        except _Hang:
-            pytest.fail(f"hung for {seconds} s: {argv[:6]}")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    return code, capsys.readouterr().err
+    """main(argv) under an alarm; (exit code, stderr): the first corpus's runner, argv items as text."""
+    return run_bad([str(a) for a in argv], capsys, seconds)
 
 
 def one_line(code, err: str, word=None) -> str:
@@ -89,7 +69,7 @@ def _handshake(port: int, origin, host=None) -> int:
     key = base64.b64encode(os.urandom(16)).decode()
     import viser
 
-    lines = [f"GET / HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Upgrade: websocket", "Connection: Upgrade",
+    lines = ["GET / HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Upgrade: websocket", "Connection: Upgrade",
              f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Protocol: viser-v{viser.__version__}"]
     if origin is not None:
         lines.append(f"Origin: {origin}")
