@@ -35,23 +35,20 @@ GATE_COLOUR_GAIN = 0.15  # or the relative drop of the nearest-mode colour error
 
 
 def clustered_paired_interval(diffs: dict[tuple[str, int], float], reps: int = 2000, seed: int = 0) -> dict:
-    """Mean of paired differences over units (prompt, seed) with a percentile bootstrap that resamples
-    prompts (all seeds of a prompt together)."""
-    by_prompt: dict[str, list[float]] = {}
-    for (p, _), d in diffs.items():
-        by_prompt.setdefault(p, []).append(d)
-    prompts = list(by_prompt)
-    vals = [d for ds in by_prompt.values() for d in ds]
-    if not vals:
+    """Mean of paired differences over units (prompt, seed) with the study's percentile bootstrap
+    clustered by prompt (`study_stats.resample`: a prompt drawn brings all its seeds)."""
+    from steinsplat.bench.study_stats import percentile, resample
+
+    units = sorted(diffs)
+    if not units:
         return {"mean": None, "lo": None, "hi": None, "n": 0}
     rng = random.Random(seed)
     means = []
     for _ in range(reps):
-        pick = [d for p in rng.choices(prompts, k=len(prompts)) for d in by_prompt[p]]
-        means.append(sum(pick) / len(pick))
-    means.sort()
-    return {"mean": sum(vals) / len(vals), "lo": means[int(0.025 * (reps - 1))], "hi": means[int(0.975 * (reps - 1))],
-            "n": len(vals), "prompts": len(prompts)}
+        pick = resample(units, rng)
+        means.append(sum(diffs[u] for u in pick) / len(pick))
+    return {"mean": sum(diffs.values()) / len(units), "lo": percentile(means, 0.025), "hi": percentile(means, 0.975),
+            "n": len(units), "prompts": len({p for p, _ in units})}
 
 
 def main() -> None:

@@ -51,10 +51,10 @@ class SDSConfig(GuidanceConfig):
 class SDS(Guidance):
     def __init__(self, prior, config: Optional[GuidanceConfig] = None) -> None:
         super().__init__(prior, config or SDSConfig())
-        k = int(getattr(self.config, "eps_draws", 1))
-        if k < 1:
-            raise ValueError(f"eps_draws must be at least 1 (1 = plain SDS), got {k}")
-        if k > 1 and getattr(self.config, "antithetic", False):
+        self.eps_draws = int(getattr(self.config, "eps_draws", 1))  # a plain GuidanceConfig has none: 1
+        if self.eps_draws < 1:
+            raise ValueError(f"eps_draws must be at least 1 (1 = plain SDS), got {self.eps_draws}")
+        if self.eps_draws > 1 and getattr(self.config, "antithetic", False):
             raise ValueError("choose antithetic or eps_draws > 1, not both")
 
     def _estimate(self, x: Tensor, t: Tensor, eps: Tensor, embeds: PromptEmbeds, cameras: Cameras,
@@ -67,7 +67,7 @@ class SDS(Guidance):
             x_t_minus = prior.schedule.add_noise(x, -eps, t)  # [B, C, h, w]  step 3'
             eps_hat_minus = prior.predict_noise(x_t_minus, t, embeds, cameras, self.config.guidance_scale)
             return Estimate(grad=w * 0.5 * (eps_hat + eps_hat_minus), x_t=x_t)  # step 4'
-        K = int(getattr(self.config, "eps_draws", 1))
+        K = self.eps_draws
         if K > 1:  # steps 3'' and 4''
             total = eps_hat - eps
             for _ in range(K - 1):

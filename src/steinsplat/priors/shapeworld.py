@@ -168,5 +168,5 @@ class ShapeWorldPriorAdapter(nn.Module):
         cond, uncond = embeds.for_cameras(cameras, view_dependent=False)
         pc = PromptConditioning(cond, uncond, [embeds.prompt] * B)
         with torch.no_grad():
-            cams = self._camera_features(cameras) if self.camera_blind else cameras
-            return self.prior.predict_noise(x_t.detach(), as_timesteps(t, B, x_t.device), pc, cams, s).float()
+            return self.prior.predict_noise(x_t.detach(), as_timesteps(t, B, x_t.device), pc,
+                                            self._camera_features(cameras), s).float()
