@@ -43,6 +43,8 @@ class OptimConfig:
     lr_opacities: float = 2.5e-2
     lr_sh0: float = 1e-2
     lr_shN: float = 5e-4
+    lr_mult: float = 1.0  # every learning rate above (lr_means_final too) is multiplied by this: the step size of a short schedule
+    lr_final: float = 1.0  # scales, quats, opacities, sh0 and shN decay exponentially to this fraction of their rate by the last step (1: constant); a short schedule at a high rate ends at a small one, which settles the colours instead of leaving them speckled
     background: Literal["auto", "white", "black", "random", "white_black"] = "auto"  # behind the splats in training: random = a uniform random colour per view, white_black = white or black at random per view (DreamGaussian's invert_bg_prob 0.5); auto: white for objects, random for scenes (docs/shapeworld.md, Backgrounds)
     orbit_distance: Optional[tuple[float, float]] = None  # objects: camera distance range in metres (None: the sampler's 1.6-2.0, ShapeWorld's training range)
     orbit_fovy: Optional[tuple[float, float]] = None  # objects: vertical field of view range in degrees, uniform per view (None: the sampler's fixed 40)
@@ -105,8 +107,10 @@ class Trainer:
             self.sampler = InsideOutSampler(width=cfg.resolution, height=cfg.resolution)
         self.generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # gsplat's split draws its samples from torch's global RNG (torch.randn)
-        lrs = dict(means=cfg.lr_means, scales=cfg.lr_scales, quats=cfg.lr_quats, opacities=cfg.lr_opacities,
-                   sh0=cfg.lr_sh0, shN=cfg.lr_shN)
+        m = cfg.lr_mult
+        lrs = dict(means=cfg.lr_means * m, scales=cfg.lr_scales * m, quats=cfg.lr_quats * m,
+                   opacities=cfg.lr_opacities * m, sh0=cfg.lr_sh0 * m, shN=cfg.lr_shN * m)
+        self.base_lrs = dict(lrs)  # the rates at step 0; step() applies the schedule to them
         self.optimizers = per_param_optimizers(gaussians, lrs)
         scene_scale = 0.5 if mode == "object" else 2.0
         self.densifier = Densifier(for_mode(cfg.densify, mode), gaussians, self.optimizers, scene_scale=scene_scale,
@@ -117,7 +121,12 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def lr_means(self, step: int) -> float:
         p = step / max(1, self.cfg.steps - 1)
-        return self.cfg.lr_means * (self.cfg.lr_means_final / self.cfg.lr_means) ** p
+        return self.cfg.lr_means * self.cfg.lr_mult * (self.cfg.lr_means_final / self.cfg.lr_means) ** p
+
+    def lr_other(self, name: str, step: int) -> float:
+        """The rate of a parameter other than the means at `step`: base * lr_final ** (step / (steps - 1))."""
+        p = step / max(1, self.cfg.steps - 1)
+        return self.base_lrs[name] * self.cfg.lr_final ** p
 
     def training_background(self, views: int) -> Tensor | tuple[float, float, float]:
         """The background of this step's views: the fixed colour, or [B, 3] drawn from the run's generator
@@ -132,6 +141,10 @@ class Trainer:
         s, cfg = self.state.step, self.cfg
         lr = self.lr_means(s)
         self.optimizers["means"].param_groups[0]["lr"] = lr
+        if self.cfg.lr_final != 1.0:
+            for name, o in self.optimizers.items():
+                if name != "means":
+                    o.param_groups[0]["lr"] = self.lr_other(name, s)
         cams = self.sampler.sample(cfg.views, self.generator, stratified=cfg.stratify).to(self.g.device)  # 1.
         bg = self.training_background(len(cams))  # [B, 3] or a fixed (r, g, b)
         out: RenderOutput = render(self.g, cams, background=bg)  # 2. [B, H, W, 3] ...
