@@ -432,8 +432,13 @@ class ShapeWorldPrior(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device = "cpu") -> "ShapeWorldPrior":
-        """Load a prior folder (default: the shipped `steinsplat/assets/shapeworld/prior`)."""
-        from diffusers import DDPMScheduler, UNet2DConditionModel
+        """Load a prior folder (default: the shipped `steinsplat/assets/shapeworld/prior`).
+
+        The UNet and the schedule load into steinsplat's own classes (`shapeworld/unet.py`,
+        `shapeworld/schedule.py`: the same network and numbers without importing diffusers, which costs
+        more than the rest of the load); a UNet config they do not implement falls back to diffusers."""
+        from .schedule import DDPMSchedule
+        from .unet import ShapeWorldUNet, UNetConfigError, check_config
 
         folder = Path(folder) if folder is not None else default_assets_dir() / "prior"
         if not (folder / PRIOR_CONFIG_NAME).exists():
@@ -443,8 +448,14 @@ class ShapeWorldPrior(nn.Module):
         stored = json.loads((folder / PRIOR_CONFIG_NAME).read_text())
         stored.setdefault("camera_encoding", "angles")  # folders written before the encodings were named
         config = PriorConfig(**stored)
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
-        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        try:
+            check_config(json.loads((folder / "unet" / "config.json").read_text()))
+            unet = ShapeWorldUNet.from_pretrained(folder / "unet")
+        except UNetConfigError:
+            from diffusers import UNet2DConditionModel
+
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
+        scheduler = DDPMSchedule.from_pretrained(folder / "scheduler")
         tok = ShapeWorldTokenizer.from_pretrained(folder / "tokenizer")
         text = ShapeWorldTextEncoder.from_pretrained(folder / "text_encoder")
         prior = cls(unet, text, tok, scheduler, config).eval().to(device)
