@@ -67,7 +67,7 @@ def is_room(prompt: str) -> bool:
 
 def bench_trainer(method: str, prompt: str, seed: int, steps: int, prior, est, views: int, resolution: int,
                   edit_optim: Optional[Callable] = None) -> Trainer:
-    """The Trainer generation builds for `prompt` with its defaults (initial Gaussians, learning
+    """The Trainer generation builds for `prompt` with its defaults (initial Gaussians, base learning
     rates, densification; CPU), with `method`'s guidance; `edit_optim(OptimConfig) -> OptimConfig`
     may change the optimiser's settings (e.g. scale the learning rates)."""
     mode = "scene" if is_room(prompt) else "object"
@@ -76,7 +76,9 @@ def bench_trainer(method: str, prompt: str, seed: int, steps: int, prior, est, v
     g = init_gaussians(cfg, torch.device("cpu"))
     guidance = build(method, prior, est, mode)
     embeds = prior.encode_prompt(prompt)
-    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution)
+    # the base rates, constant (lr_mult 1, lr_final 1) whatever generation's default schedule: a bench's
+    # learning-rate multipliers are relative to these
+    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution, lr_mult=1.0, lr_final=1.0)
     if edit_optim is not None:
         optim = edit_optim(optim)
     return Trainer(g, prior, guidance, embeds, optim, mode=mode, seed=seed)
