@@ -162,12 +162,13 @@ def check_jobs(jobs: list[Job], out_dir: str | Path, check: Checker, source: str
     """Check every job before the first one runs; every bad line is reported at once, as
     `SOURCE:LINE: reason` (a BatchError whose first line says how many, the others one line each), and two
     lines that would write one file are a bad line too. Returns the notes the checks said, `SOURCE:LINE: note`.
-    Job folders the checks created are removed again when a line is bad (nothing is left of a refused batch)."""
+    Job folders the checks created are removed again while empty (and OUT_DIR too when a line is bad)."""
     out = Path(out_dir)
     problems: list[str] = []
     notes: list[str] = []
     writers: dict[Path, tuple[int, str]] = {}  # resolved file -> (line, flag) of the first line writing it
-    made = [out / job.name for job in jobs if not (out / job.name).exists()] + ([] if out.exists() else [out])
+    made = [out / job.name for job in jobs if not (out / job.name).exists()]  # the checks may create them
+    made_out = not out.exists()
     for job in jobs:
         where = f"{source}:{job.line}"
         try:
@@ -185,12 +186,12 @@ def check_jobs(jobs: list[Job], out_dir: str | Path, check: Checker, source: str
                 problems.append(f"{where}: {flag} '{path}' is also line {line}'s {other}: give each line its own file")
             else:
                 writers[key] = (job.line, flag)
+    for folder in made + ([out] if problems and made_out else []):  # a job's folder appears when it runs
+        try:
+            folder.rmdir()  # only if still empty
+        except OSError:
+            pass
     if problems:
-        for folder in made:
-            try:
-                folder.rmdir()  # only if still empty
-            except OSError:
-                pass
         n = len(problems)
         raise BatchError(f"{n} line{'s' if n > 1 else ''} of {source} cannot run (listed above); nothing was run: "
                          "fix them and run the batch again\n" + "\n".join(problems))
