@@ -466,6 +466,8 @@ BATCH_USAGE = """usage: steinsplat batch PROMPTS.txt [--out-dir results] [--form
 
 One prompt per line; blank lines and # comments are skipped; `a red cube | --seed 3` adds options
 for that line. Generation options given here apply to every line (a line's own options win).
+Every line is checked before the first runs (the prompt for the prior, the options, the output files):
+bad lines are listed at once, as PROMPTS.txt:LINE: reason, and then nothing runs.
 Finished prompts are skipped on a re-run; a failing prompt does not stop the others; a summary
 table and OUT_DIR/summary.json close the run. --format picks the splat file of every prompt
 (OUT_DIR/<name>/<name>.ply by default; .spz is about 5x smaller). --ray spreads the prompts over a Ray cluster
