@@ -63,6 +63,7 @@ def files(tmp_path_factory):
     (d / "prompts-quote.txt").write_text("a red cube | --negative 'unclosed\n")
     (d / "prompts-latin1.txt").write_bytes("a red cube caf\xe9\n".encode("latin-1"))
     (d / "prompts-ok.txt").write_text("a red cube\n")
+    (d / "prompts-bad-second.txt").write_text("a red cube\na red corgi\n")
     presets = {
         "steps-abc": "steps: abc\n", "steps-float": "steps: 2.5\n", "steps-bool": "steps: true\n",
         "lr-fast": "optim: {lr_means: fast}\n", "optim-5": "optim: 5\n", "guidance-xyz": "guidance: xyz\n",
@@ -110,6 +111,10 @@ GENERATE_CASES = [
     ("prompt-10k", ["x" * 10_000, "--out", "{d}/o/x.ply"], "10,000 characters"),
     ("prompt-10k-words", [" ".join(["zz"] * 3000), "--out", "{d}/o/x.ply"], "characters"),
     ("prompt-missing", ["--out", "{d}/o/x.ply"], None),
+    # a mode the ShapeWorld prompt contradicts (refused, not run as the other kind)
+    ("mode-scene-for-an-object", _gen("--mode", "scene"), "--mode object"),
+    ("mode-object-for-a-room", [ROOM, "--mode", "object", "--out", "{d}/o/x.ply"], "--mode scene"),
+    ("preset-scene-for-an-object", _gen("--config", "scene"), "--mode object"),
     # numbers
     ("steps-0", _gen("--steps", "0"), "--steps"),
     ("steps-negative", _gen("--steps", "-3"), "--steps"),
@@ -250,6 +255,7 @@ BATCH_CASES = [
     ("batch-resume", ["batch", "{d}/prompts-ok.txt", "--resume", "{d}/empty-run"], "--resume"),
     ("batch-viewer", ["batch", "{d}/prompts-ok.txt", "--viewer"], "--viewer"),
     ("batch-no-file", ["batch"], None),
+    ("batch-bad-second-line", ["batch", "{d}/prompts-bad-second.txt", "--out-dir", "{d}/o/b"], "prompts-bad-second.txt:2"),
 ]
 
 OTHER_CASES = [
@@ -278,7 +284,6 @@ OTHER_CASES = [
 
 # resume of a real SSD checkpoint with options that would silently drop or mix its state
 RESUME_MISMATCH = [
-    ("resume-other-mode", ["--mode", "scene"], "--mode"),
     ("resume-other-noise", ["--ssd-noise", "constant"], "--ssd-noise"),
     ("resume-other-guidance", ["--guidance", "sds"], "--guidance"),
     ("resume-other-prompt", ["--prompt-override"], "prompt"),

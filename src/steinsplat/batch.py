@@ -6,13 +6,18 @@ Prompt file format (one job per line):
     a blue sphere | --seed 3 --steps 400
 Text after `|` are per-prompt command-line options, parsed by the caller's option parser.
 
+Before the first job runs, `check_jobs` checks every line (the caller's check: the prompt for the prior,
+the options, the outputs) and that no two lines write one file, and reports every bad line at once
+(`FILE:LINE: reason`); nothing runs until all are good.
+
 Each job writes into `out_dir/<name>/` where <name> is a file-system-safe slug of the prompt
 (with `-seed<N>` when options set a seed, and a numeric suffix when two lines give the same
 name). A job is finished when its folder holds `run.json` with `"status": "ok"`: re-running the
 batch skips it. A failing job is recorded (`status: failed`, the error message) and the batch
 goes on. Ctrl-C or SIGTERM stops the batch after the current step of the current job, whose
 checkpoint the next run resumes (`status: interrupted` in its run.json until then). At the end:
-a summary table and `summary.json` (written atomically).
+a summary table and `summary.json` (written atomically): per job its name, prompt, status, seconds, error,
+`outputs` (the files, by kind) and `metrics`.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ class JobResult:
     status: str  # "ok", "failed" or "skipped" (finished in an earlier run)
     seconds: float = 0.0
     error: str = ""
-    outputs: dict[str, Any] = field(default_factory=dict)  # what the generator reported (files, metrics)
+    outputs: dict[str, Any] = field(default_factory=dict)  # the files written, by kind ({"splats": ..., "mesh": ...})
+    metrics: Optional[dict[str, Any]] = None  # the generator's final metrics, if it reports any
 
 
 # Names Windows reserves for devices (in any case, with any extension): a folder "con" cannot be made there.
@@ -145,7 +151,51 @@ def is_finished(folder: Path, prompt: Optional[str] = None) -> bool:
     return prompt is None or rec.get("prompt") == prompt
 
 
-Generator = Callable[[Job, Path], dict[str, Any]]  # runs one job into its folder, returns outputs
+# Runs one job into its folder; returns {"outputs": {kind: file}, "metrics": {...} or None}, or just {kind: file}.
+Generator = Callable[[Job, Path], dict[str, Any]]
+# Checks one job before anything runs (raises with a message saying what to do); returns the files it will
+# write, {flag: path}, and may say a line about the job (through the callable it is given).
+Checker = Callable[[Job, Path, Callable[[str], None]], dict[str, Path]]
+
+
+def check_jobs(jobs: list[Job], out_dir: str | Path, check: Checker, source: str | Path) -> list[str]:
+    """Check every job before the first one runs; every bad line is reported at once, as
+    `SOURCE:LINE: reason` (a BatchError whose first line says how many, the others one line each), and two
+    lines that would write one file are a bad line too. Returns the notes the checks said, `SOURCE:LINE: note`.
+    Job folders the checks created are removed again while empty (and OUT_DIR too when a line is bad)."""
+    out = Path(out_dir)
+    problems: list[str] = []
+    notes: list[str] = []
+    writers: dict[Path, tuple[int, str]] = {}  # resolved file -> (line, flag) of the first line writing it
+    made = [out / job.name for job in jobs if not (out / job.name).exists()]  # the checks may create them
+    made_out = not out.exists()
+    for job in jobs:
+        where = f"{source}:{job.line}"
+        try:
+            files = check(job, out / job.name, lambda m, w=where: notes.append(f"{w}: {m}")) or {}
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the check's own errors say what to do; anything else names its type
+            text = str(exc).strip().splitlines()
+            problems.append(f"{where}: {text[0] if text else type(exc).__name__}")
+            continue
+        for flag, path in files.items():
+            key = Path(path).resolve()
+            if key in writers:
+                line, other = writers[key]
+                problems.append(f"{where}: {flag} '{path}' is also line {line}'s {other}: give each line its own file")
+            else:
+                writers[key] = (job.line, flag)
+    for folder in made + ([out] if problems and made_out else []):  # a job's folder appears when it runs
+        try:
+            folder.rmdir()  # only if still empty
+        except OSError:
+            pass
+    if problems:
+        n = len(problems)
+        raise BatchError(f"{n} line{'s' if n > 1 else ''} of {source} cannot run (listed above); nothing was run: "
+                         "fix them and run the batch again\n" + "\n".join(problems))
+    return notes
 
 
 def run_job(job: Job, folder: Path, generate: Generator) -> JobResult:
@@ -153,8 +203,12 @@ def run_job(job: Job, folder: Path, generate: Generator) -> JobResult:
     t0 = time.perf_counter()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        outputs = generate(job, folder)
-        res = JobResult(job.name, job.prompt, "ok", time.perf_counter() - t0, outputs=outputs or {})
+        reported = generate(job, folder) or {}
+        if isinstance(reported.get("outputs"), dict):  # {"outputs": files, "metrics": ...}
+            files, metrics = reported["outputs"], reported.get("metrics")
+        else:  # a plain {kind: file}
+            files, metrics = reported, None
+        res = JobResult(job.name, job.prompt, "ok", time.perf_counter() - t0, outputs=dict(files), metrics=metrics)
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM stops the batch; a rerun resumes this job's checkpoint
         checkpoint = getattr(exc, "checkpoint", None)
         record = {"prompt": job.prompt, "options": job.options, "status": "interrupted",
@@ -175,7 +229,7 @@ def run_job(job: Job, folder: Path, generate: Generator) -> JobResult:
     if res.status == "failed" or not (folder / RUN_FILE).exists():
         try:
             record = {"prompt": job.prompt, "options": job.options, "status": res.status, "error": res.error,
-                      "seconds": res.seconds, "outputs": res.outputs}
+                      "seconds": res.seconds, "outputs": res.outputs, "metrics": res.metrics}
             atomic_write_bytes(folder / RUN_FILE, json.dumps(record, indent=2, default=str).encode())
         except OSError:
             pass

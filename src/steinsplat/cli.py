@@ -336,11 +336,114 @@ def expand_viewer_flag(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# The short `generate --help`: the options people use (defaults read from GenerateConfig, so they never
+# drift); everything else is tyro's full help under --help-all.
+GENERATE_HELP = [  # (flag with its value, field for the default or None, what it does)
+    ("--out FILE", "out", ".ply, .splat, .spz or NAME.splats.glb; default outputs/<prompt>/<prompt>.ply"),
+    ("--mesh FILE", "mesh", "also write a mesh: .ply, .obj or .glb"),
+    ("--video FILE", "video", "also write a turntable: .mp4 or .gif"),
+    ("--steps N", "steps", "optimisation steps"),
+    ("--seed N", "seed", "seeds the init, the cameras and the noise"),
+    ("--guidance ssd|sds|vsd", "guidance", "the score distillation estimator"),
+    ("--prior auto|shapeworld|sd", "prior", "auto: Stable Diffusion with CUDA, else ShapeWorld"),
+    ("--guidance-scale X", "guidance_scale", "classifier-free guidance; default: the prior's"),
+    ("--negative TEXT", "negative", "negative prompt (Stable Diffusion)"),
+    ("--mode object|scene", "mode", "default: the prompt decides (a ShapeWorld room is a scene), else object"),
+    ("--config NAME", None, "a preset ({presets}) or a YAML file"),
+    ("--resolution N", "resolution", "render size (square)"),
+    ("--views N", "views", "cameras per step"),
+    ("--device DEV", "device", "auto, cpu, cuda, cuda:1 ..."),
+    ("--resume PATH", "resume", "go on from a checkpoint file or a run folder"),
+    ("--viewer [PORT]", "viewer", f"watch the run in the browser (port {DEFAULT_VIEWER_PORT}); needs steinsplat[viewer]"),
+    ("--allow-download", "allow_download", "let Stable Diffusion and the depth model download weights"),
+    ("--quiet", "quiet", "only the result line and warnings"),
+]
+
+
+def generate_help() -> str:
+    import dataclasses
+
+    from . import config
+    from .generate import GenerateConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerateConfig) if f.default is not dataclasses.MISSING}
+    presets = []
+    for q in sorted(config.REPO_PRESETS.glob("*.yaml")):
+        if any(q.stem.startswith(other) for other in COMMANDS if other != "generate"):  # fit-demo-quick
+            continue
+        try:
+            config.load_preset(GenerateConfig, q.stem)
+            presets.append(q.stem)
+        except config.ConfigError:  # a preset of another command (fit-demo-quick)
+            pass
+    lines = ["usage: steinsplat PROMPT [options]", "",
+             "Text to 3D Gaussians by score distillation. PROMPT: 'a red cube', 'a room with blue walls and a gray",
+             "floor' (ShapeWorld, the CPU default) or any text with the Stable Diffusion prior (--prior sd).", "",
+             "options:"]
+    for flag, name, text in GENERATE_HELP:
+        d = defaults.get(name) if name else None
+        shown = "" if d is None or d is False or d in ("", ()) or name == "mode" else f" (default: {d})"
+        lines.append(f"  {flag:<28} {text.format(presets=', '.join(presets))}{shown}")
+    lines.append(f"  {'-h, --help':<28} this help")
+    lines += ["", f"All {len(dataclasses.fields(GenerateConfig))} options (Stable Diffusion memory switches, SSD's estimator and "
+              "baseline,", "learning rates, densification ...): steinsplat generate --help-all"]
+    return "\n".join(lines)
+
+
+def full_generate_help(argv: Sequence[str]) -> int:
+    """tyro's complete help of GenerateConfig, its usage line naming the prompt PROMPT (tyro says STR)."""
+    import contextlib
+    import io
+
+    from . import config
+    from .generate import GenerateConfig
+
+    box = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(box):
+            name, _ = config.split_config_flag(argv)  # a preset's values show as the defaults
+            config.parse(GenerateConfig, (["--config", name] if name else []) + ["--help"], prog="steinsplat",
+                         description=GenerateConfig.__doc__)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    text = box.getvalue()
+    first, _, rest = text.partition("\n")
+    print(re.sub(r"\bSTR$", "PROMPT", first) + "\n" + rest, end="")
+    return 0
+
+
+def decide_mode(cfg, argv: Sequence[str], say=None):
+    """cfg with its mode decided as generate's check stage decides it (prompt_mode.resolve_mode): a mode the
+    command line (or its --config preset) did not set is taken from a ShapeWorld prompt, object otherwise."""
+    import dataclasses
+
+    from .generate import GenerationError, pick_device, pick_prior_name
+    from .prompt_mode import mode_source, resolve_mode
+
+    source = mode_source(argv)
+    if source is None:
+        cfg = dataclasses.replace(cfg, mode="auto")
+    try:
+        prior_name = pick_prior_name(cfg, pick_device(cfg.device))
+    except GenerationError as exc:
+        raise UserError(str(exc)) from None
+    return resolve_mode(cfg, prior_name, say=say, given_by=source or "--mode")
+
+
 def cmd_generate(argv: Sequence[str]) -> int:
     from . import config
     from .generate import GenerateConfig, GenerationError, Interrupted, generate
 
-    cfg = config.parse(GenerateConfig, expand_viewer_flag(argv), prog="steinsplat", description=GenerateConfig.__doc__)
+    argv = list(argv)
+    if "--help-all" in argv:
+        return full_generate_help(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(generate_help())
+        return 0
+    argv = expand_viewer_flag(argv)
+    cfg = config.parse(GenerateConfig, argv, prog="steinsplat", description=GenerateConfig.__doc__)
+    cfg = decide_mode(cfg, argv, say=None if cfg.quiet else lambda m: console.print(m, markup=False, highlight=False))
     try:
         rec = generate(cfg, console=console)
     except GenerationError as exc:
@@ -363,6 +466,8 @@ BATCH_USAGE = """usage: steinsplat batch PROMPTS.txt [--out-dir results] [--form
 
 One prompt per line; blank lines and # comments are skipped; `a red cube | --seed 3` adds options
 for that line. Generation options given here apply to every line (a line's own options win).
+Every line is checked before the first runs (the prompt for the prior, the options, the output files):
+bad lines are listed at once, as PROMPTS.txt:LINE: reason, and then nothing runs.
 Finished prompts are skipped on a re-run; a failing prompt does not stop the others; a summary
 table and OUT_DIR/summary.json close the run. --format picks the splat file of every prompt
 (OUT_DIR/<name>/<name>.ply by default; .spz is about 5x smaller). --ray spreads the prompts over a Ray cluster
@@ -370,34 +475,73 @@ table and OUT_DIR/summary.json close the run. --format picks the splat file of e
 
 
 class BatchGenerate:
-    """Runs one batch job through `generate` (picklable, for Ray workers); models are cached per process."""
+    """Runs one batch job through `generate` (picklable, for Ray workers); models are cached per process.
+    `check` is the batch's pre-flight of a line (batch.check_jobs): everything generate refuses before it
+    loads a model, so that a bad line is found before the first prompt's minutes, not after them."""
 
     _models: dict = {}
+    PER_BATCH = {  # set by the batch for every line, never by a line
+        "--out": "outputs go to --out-dir/<prompt name>/ (--format picks the splat format)",
+        "--resume": "a rerun of the batch resumes an interrupted line by itself",
+        "--viewer": "it follows a single prompt: steinsplat PROMPT --viewer",
+    }
 
     def __init__(self, base_options: Sequence[str], suffix: str = ".ply") -> None:
         self.base_options = list(base_options)
         self.suffix = suffix  # the splat format of every output: .ply, .splat or .spz
 
-    def __call__(self, job, folder: Path) -> dict:
-        from . import config
-        from .generate import GenerateConfig, GenerationError, generate
-
+    def argv(self, job, folder: Path) -> list[str]:
         argv = [job.prompt, *self.base_options, *job.options, "--out", str(folder / f"{job.name}{self.suffix}"), "--quiet"]
         if any((folder / "checkpoints").glob("step_*.safetensors")):  # an interrupted or killed earlier run of this job
             argv += ["--resume", str(folder / "checkpoints")]
+        return argv
+
+    def config(self, job, folder: Path, say=None):
+        """The line's GenerateConfig, its mode decided as `steinsplat PROMPT` decides it; UserError if it has none."""
+        import contextlib
+        import io
+
+        from . import config
+        from .generate import GenerateConfig
+
+        for a in job.options:
+            flag = a.split("=", 1)[0]
+            if flag in self.PER_BATCH:
+                raise UserError(f"{flag} is not an option of a line: {self.PER_BATCH[flag]}")
+        argv = self.argv(job, folder)
         try:
-            cfg = config.parse(GenerateConfig, argv, prog="steinsplat")
+            with contextlib.redirect_stderr(io.StringIO()):  # tyro's box: the one line below says it
+                cfg = config.parse(GenerateConfig, argv, prog="steinsplat")
         except (SystemExit, config.ConfigError) as exc:
-            raise GenerationError(f"bad options on this line: {' '.join(job.options)} ({exc})") from None
-        rec = generate(cfg, console=None, models=BatchGenerate._models)
-        return {"outputs": rec["outputs"], "metrics": rec["metrics"], "seconds": rec["timings"]["total_s"]}
+            raise UserError(f"bad options on this line: {' '.join(job.options)} ({exc})") from None
+        return decide_mode(cfg, argv, say=say)
+
+    def check(self, job, folder: Path, say) -> dict[str, Path]:
+        """Refuse the line as generate would before loading anything; returns the files it will write."""
+        from .generate import GenerationError, check_prompt, pick_device, pick_prior_name, validate_numbers, validate_outputs
+
+        cfg = self.config(job, folder, say=say)
+        try:
+            validate_numbers(cfg)
+            check_prompt(pick_prior_name(cfg, pick_device(cfg.device)), cfg.prompt)
+            out = validate_outputs(cfg)
+        except GenerationError as exc:
+            raise UserError(str(exc)) from None
+        files = {"the splat file": out, "--mesh": cfg.mesh, "--video": cfg.video}
+        return {k: v for k, v in files.items() if v is not None}
+
+    def __call__(self, job, folder: Path) -> dict:
+        from .generate import generate
+
+        rec = generate(self.config(job, folder), console=None, models=BatchGenerate._models)
+        return {"outputs": rec["outputs"], "metrics": rec["metrics"]}
 
 
 def cmd_batch(argv: Sequence[str]) -> int:
     from rich.console import Console as RichConsole
 
     from . import config
-    from .batch import BatchError, parse_prompt_file, run_batch, run_batch_ray, summary_table
+    from .batch import BatchError, check_jobs, parse_prompt_file, run_batch, run_batch_ray, summary_table
     from .generate import GenerateConfig
 
     argv = list(argv)
@@ -445,6 +589,12 @@ def cmd_batch(argv: Sequence[str]) -> int:
     if fmt not in ("ply", "splat", "spz"):
         raise UserError(f"--format {fmt}: use ply, splat or spz (the splat file written for every prompt)")
     gen = BatchGenerate(base, suffix=f".{fmt}")
+    try:  # every line, before the first runs: all bad lines at once, and nothing runs
+        notes = check_jobs(jobs, out_dir, gen.check, prompts)
+    except BatchError as exc:
+        raise UserError(str(exc)) from None
+    for note in notes:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
 
     def report(res, k: int, n: int) -> None:
         colour = {"ok": "green", "failed": "red", "skipped": "dim"}[res.status]

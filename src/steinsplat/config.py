@@ -165,6 +165,11 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def load_preset(cls: type[T], name: str) -> T:
+    return from_dict(cls, load_preset_data(name), "")
+
+
+def load_preset_data(name: str) -> Any:
+    """The preset's mapping as YAML gives it (not yet checked against a dataclass; {} for an empty file)."""
     from .export.readable import read_regular
 
     path = find_preset(name)
@@ -178,7 +183,7 @@ def load_preset(cls: type[T], name: str) -> T:
         raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file or see configs/ for examples") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
-    return from_dict(cls, data, "")
+    return data
 
 
 MAX_PRESET_BYTES = 1 << 20  # a preset is a few lines; anything beyond this is the wrong file
