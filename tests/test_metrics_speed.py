@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from steinsplat.gaussians import Gaussians, rgb_to_sh0
-from steinsplat.shapeworld.metrics import evaluate
+from steinsplat.shapeworld.metrics import eval_cameras, evaluate
 from steinsplat.shapeworld.shape_metrics import carved_occupancy, gaussians_from_solid
+from steinsplat.shapeworld.vocab import as_prompt
 
 
 def blob(n: int = 3000, seed: int = 0, half: float = 0.27, rgb=(0.8, 0.15, 0.1)) -> Gaussians:
@@ -88,3 +89,53 @@ def test_carving_gives_the_recorded_grid():
     occ = carved_occupancy(blob())
     assert int(occ.sum()) == ref["carved_blob_sum"]
     assert hashlib.sha256(occ.tobytes()).hexdigest() == ref["carved_blob_sha"]
+
+
+# ---------------------------------------------------------------------------- rooms: the headline is the colour
+def _room_from_gt(noise: bool, seed: int = 0, size: int = 48) -> Gaussians:
+    """Gaussians on the ground-truth room's surface: one per pixel of the scene evaluation views at
+    `size`^2, at its depth, a pixel's footprint wide, with the pixel's colour, or (noise) a random one."""
+    from steinsplat.shapeworld.groundtruth import pixel_centre_dirs, render_gt
+
+    cams = eval_cameras(as_prompt(ROOM), size, size)
+    gt = render_gt(ROOM, cams, supersample=1)
+    pts = cams.centers[:, None, None, :] + pixel_centre_dirs(cams) * gt.depth  # [B, H, W, 3]
+    keep = gt.alpha[..., 0] > 0.5  # [B, H, W]
+    footprint = (gt.depth[..., 0] / cams.Ks[:, 0, 0][:, None, None])[keep]  # [N] metres per pixel
+    gen = torch.Generator().manual_seed(seed)
+    rgb = torch.rand(int(keep.sum()), 3, generator=gen) if noise else gt.rgb[keep]  # [N, 3]
+    n = len(rgb)
+    quats = torch.zeros(n, 4)
+    quats[:, 0] = 1.0
+    return Gaussians(pts[keep], torch.log(0.8 * footprint)[:, None].repeat(1, 3), quats, torch.full((n,), 3.0),
+                     rgb_to_sh0(rgb)[:, None, :])
+
+
+ROOM = "a room with blue walls and a gray floor"
+
+
+def test_a_room_of_coloured_noise_has_a_clearly_worse_headline_than_a_fitted_room():
+    with torch.no_grad():
+        good = evaluate(_room_from_gt(noise=False), ROOM)
+        noisy = evaluate(_room_from_gt(noise=True), ROOM)
+    # what misled: both cover the views and sit on the walls
+    assert good.mask_iou > 0.95 and noisy.mask_iou > 0.95
+    assert abs(good.depth_error - noisy.depth_error) < 0.02
+    print(f"fitted room: PSNR {good.psnr:.2f} colour error {good.colour_error:.3f}; noise: PSNR {noisy.psnr:.2f} "
+          f"colour error {noisy.colour_error:.3f}")
+    assert good.headline["name"] == noisy.headline["name"] == "psnr"
+    assert noisy.headline["value"] == noisy.psnr < 16.0
+    assert good.headline["value"] > 22.0 and good.headline["value"] > noisy.headline["value"] + 6.0
+    assert noisy.colour_error > 2 * good.colour_error
+
+
+def test_an_objects_headline_is_its_mask_iou_and_the_result_line_says_so():
+    from steinsplat.cli import result_summary
+
+    with torch.no_grad():
+        m = evaluate(blob(n=800), "a red cube", shape=False, r_precision=False)
+    assert m.headline == {"name": "mask_iou", "value": m.mask_iou}
+    assert result_summary(m.to_dict()) == f", mask IoU {m.mask_iou:.3f}"
+    room = {"mask_iou": 0.99, "psnr": 12.34, "colour_error": 0.21, "headline": {"name": "psnr", "value": 12.34}}
+    assert result_summary(room) == ", PSNR 12.3 dB, colour error 0.210"
+    assert result_summary({}) == ""

@@ -54,8 +54,8 @@ from ..cameras import object_eval_cameras
 from ..gaussians import Gaussians
 from .groundtruth import GTRender, _TorchThreads, compose_gt, gt_sums, part_albedos, render_gt
 from .metrics import (
-    _mask, _nanmean, colour_error_per_view, depth_error_per_view, mask_iou, mask_iou_per_view, psnr_per_view,
-    shipped_classifier,
+    _mask, _nanmean, colour_error_per_view, depth_error_per_view, headline, mask_iou, mask_iou_per_view,
+    psnr_per_view, shipped_classifier,
 )
 from . import shape_metrics
 from .shape_metrics import (
@@ -116,6 +116,7 @@ class SetMetrics:
     view_modes: list = field(default_factory=list)  # each view's nearest mode (text), evaluation-view order
     pixel_purity: float = math.nan  # share of the chosen mode's mask pixels unambiguously of its colour
     per_mode: Optional[list] = None  # [{"mode": text, metric: value, ...}] for every mode (when asked)
+    headline: Optional[dict] = None  # {"name": "mask_iou", "value": the chosen mode's} (metrics.headline)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,6 +311,7 @@ def evaluate_set(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPrompt"
     res.purity = min(ran) if ran else None
     if per_mode:
         res.per_mode = [{"mode": t, **scores[t]} for t in texts]
+    res.headline = headline(res, p)
     return res
 
 
