@@ -139,3 +139,14 @@ def test_an_objects_headline_is_its_mask_iou_and_the_result_line_says_so():
     room = {"mask_iou": 0.99, "psnr": 12.34, "colour_error": 0.21, "headline": {"name": "psnr", "value": 12.34}}
     assert result_summary(room) == ", PSNR 12.3 dB, colour error 0.210"
     assert result_summary({}) == ""
+
+
+def test_turntable_frames_are_the_same_one_or_four_a_call():
+    import numpy as np
+
+    from steinsplat.export.video import VideoConfig, turntable_frames
+
+    g, cfg = blob(n=600), VideoConfig(frames=8, resolution=64)
+    one, four = turntable_frames(g, cfg), turntable_frames(g, cfg, batch=4)
+    assert one.shape == (8, 64, 64, 3) and (one < 250).any()  # something drawn on the white
+    assert np.array_equal(one, four)

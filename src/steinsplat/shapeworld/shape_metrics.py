@@ -105,8 +105,9 @@ def true_occupancy(shape: str, voxel: float = VOXEL) -> np.ndarray:
     return occ.reshape(n, n, n)
 
 
-RIG_CHUNK = 4  # cameras per render call: the CPU rasteriser is pair-bound, and calls of more than ~4 views
-# run slower per pair (measured on the 2-core CI machine: 38 carving views 1.4 s in calls of 1-2, 2.9 s in one call)
+RIG_CHUNK = 2  # cameras per render call: the CPU rasteriser is pair-bound, and calls of more than ~2-4 views run
+# slower per pair (2-core machine: the demo cube's 38 carving views 1.4 s in calls of 1-2, 1.9 s of 8, 2.9 s in
+# one call; its 25 64^2 evaluation views 0.41 s in calls of 2, 0.49 s of 8, 0.62 s in one)
 
 
 @torch.no_grad()
