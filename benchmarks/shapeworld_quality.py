@@ -17,6 +17,9 @@ instead of generating again, so a last `--reuse` invocation collects the shards'
 
 Targets (issue "End-to-end text-to-3D"): "a red cube" <= 120 s; over all 56 pairs mean mask IoU
 >= 0.85, colour error <= 0.08, R-precision >= 0.9; a room reaches depth error <= 0.15 m.
+A room's headline is its PSNR and colour error against the ground truth (run.json's metrics.headline):
+a room has no background, so a room of coloured noise on the walls still scores ~0.99 mask IoU and a
+small depth error; the room's row and the summary's room line lead with PSNR and colour error.
 """
 
 from __future__ import annotations
@@ -49,6 +52,13 @@ def confusion(rows: list[dict]) -> dict:
             for k, v in r["shape_votes"].items():
                 acc[k] = acc.get(k, 0.0) + v
     return {s: {k: (v / a["runs"] if k != "runs" else v) for k, v in a.items()} for s, a in out.items()}
+
+
+def room_line(r: dict) -> str:
+    """A room's headline, PSNR and colour error first (mask IoU and depth error cannot see a room of noise)."""
+    num = lambda k, d: "-" if r.get(k) is None or r[k] != r[k] else f"{r[k]:.{d}f}"  # noqa: E731
+    return (f"room: PSNR {num('psnr', 2)} dB, colour error {num('colour_error', 3)} "
+            f"(mask IoU {num('mask_iou', 3)}, depth error {num('depth_error', 3)} m)")
 
 
 def main() -> None:
@@ -86,12 +96,15 @@ def main() -> None:
             m = rec["metrics"]
             row = {"prompt": prompt, "seed": seed, "held_out": prompt in held, "room": prompt == ROOM,
                    "shape": None if prompt == ROOM else parse_prompt(prompt).shape,
-                   "seconds": rec["timings"]["total_s"], **{k: m.get(k) for k in KEYS}, "shape_votes": m.get("shape_votes")}
+                   "seconds": rec["timings"]["total_s"], **{k: m.get(k) for k in KEYS}, "shape_votes": m.get("shape_votes"),
+                   "headline": m.get("headline")}
             rows.append(row)
             f = lambda k, w, d: "-" if row[k] is None else f"{row[k]:>{w}.{d}f}"  # noqa: E731
             print(f"{prompt:<42} {seed:>4} {f('mask_iou', 6, 3)} {f('psnr', 6, 2)} {f('colour_error', 7, 3)} "
                   f"{f('depth_error', 8, 3)} {f('r_precision', 6, 2):>6} {f('top_iou', 6, 3):>6} {f('low_iou', 6, 3):>6} "
                   f"{f('iou_3d', 6, 3):>6} {f('chamfer_mm', 6, 1):>6} {row['seconds']:>6.1f}", flush=True)
+            if row["room"]:
+                print(room_line(row), flush=True)
     summary = {}
     for name, sel in (("trained", lambda r: not r["held_out"] and not r["room"]), ("held_out", lambda r: r["held_out"]),
                       ("objects", lambda r: not r["room"]), ("cubes+pyramids", lambda r: r["shape"] in CUBOIDS),
@@ -104,6 +117,8 @@ def main() -> None:
     print()
     for name, s in summary.items():
         print(f"{name:<15} runs {s['runs']:>3}  " + "  ".join(f"{k} {s[k]:.3f}" for k in (*KEYS, "seconds")))
+    if "room" in summary:
+        print(room_line(summary["room"]))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out_dir / "results.json",
                        json.dumps({"rows": rows, "summary": summary, "confusion": conf}, indent=2).encode())
@@ -113,6 +128,8 @@ def main() -> None:
     md += [f"| {n} | {s['runs']} | {num(s['mask_iou'], 3)} | {num(s['top_iou'], 3)} | {num(s['low_iou'], 3)} | "
            f"{num(s['iou_3d'], 3)} | {num(s['chamfer_mm'], 1)} | {num(s['psnr'], 2)} | {num(s['colour_error'], 3)} | "
            f"{num(s['depth_error'], 3)} | {num(s['r_precision'], 2)} | {s['seconds']:.0f} |" for n, s in summary.items()]
+    if "room" in summary:
+        md += ["", f"Room ({summary['room']['runs']} runs), headline: {room_line(summary['room'])}"]
     md += ["", "Shape confusion (the classifier's shape calls on views where look-alikes differ: el 0 and 60 at az 45, "
            "135, 225, 315; rows: the prompt's shape, mean share over its runs):", "",
            "| shape | " + " | ".join(SHAPE_NAMES) + " |", "|---|" + "---:|" * len(SHAPE_NAMES)]

@@ -199,6 +199,7 @@ def test_object_prompts_keep_their_numbers_and_rooms_are_refused(cube):
     ref = compare(out.rgb.float(), out.alpha.float(), out.depth.float(), render_gt(p, cams))  # the code before the hooks
     clf = shipped_classifier()
     ref.r_precision = clf.r_precision(out.rgb.float().clamp(0, 1), p) if clf is not None else None
+    ref.headline = {"name": "mask_iou", "value": ref.mask_iou}  # an object's headline (metrics.headline)
     assert dataclasses.asdict(m) == dataclasses.asdict(ref)
     assert type(m).__name__ == "ShapeWorldMetrics"
     with pytest.raises(PromptError, match="room"):

@@ -431,6 +431,18 @@ def decide_mode(cfg, argv: Sequence[str], say=None):
     return resolve_mode(cfg, prior_name, say=say, given_by=source or "--mode")
 
 
+def result_summary(m: dict) -> str:
+    """The result line's metrics: the headline (a room's PSNR with its colour error, an object's mask IoU)."""
+    h = m.get("headline") or ({"name": "mask_iou", "value": m["mask_iou"]} if m.get("mask_iou") is not None else None)
+    if h is None or h.get("value") is None:
+        return ""
+    if h["name"] == "psnr":
+        ce = m.get("colour_error")
+        return f", PSNR {h['value']:.1f} dB" + (f", colour error {ce:.3f}" if ce is not None and ce == ce else "")
+    label = {"mask_iou": "mask IoU", "iou_3d": "3D IoU"}.get(h["name"], h["name"])
+    return f", {label} {h['value']:.3f}"
+
+
 def cmd_generate(argv: Sequence[str]) -> int:
     from . import config
     from .generate import GenerateConfig, GenerationError, Interrupted, generate
@@ -453,7 +465,7 @@ def cmd_generate(argv: Sequence[str]) -> int:
                       f"continue with the same command and --resume {escape(str(exc.checkpoint))}", soft_wrap=True)
         return 130
     m = rec.get("metrics") or {}
-    extra = f", mask IoU {m['mask_iou']:.3f}" if m.get("mask_iou") is not None else ""
+    extra = result_summary(m)
     extra += f", nearest mode {m['mode']}" if m.get("mode") else ""  # an open prompt ("a cube"): set_metrics
     console.print(f"wrote {', '.join(rec['outputs'].values())} ({rec['gaussians']:,} Gaussians, "
                   f"{rec['timings']['total_s']:.0f} s{extra})")

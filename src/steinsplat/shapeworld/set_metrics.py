@@ -54,13 +54,12 @@ from ..cameras import object_eval_cameras
 from ..gaussians import Gaussians
 from .groundtruth import GTRender, _TorchThreads, compose_gt, gt_sums, part_albedos, render_gt
 from .metrics import (
-    _mask, _nanmean, colour_error_per_view, depth_error_per_view, mask_iou, mask_iou_per_view, psnr_per_view,
-    shipped_classifier,
+    _mask, _nanmean, colour_error_per_view, depth_error_per_view, headline, mask_iou, mask_iou_per_view,
+    psnr_per_view, shipped_classifier,
 )
 from . import shape_metrics
 from .shape_metrics import (
-    SURFACE_SAMPLES, VOXEL, _distance_to_mesh, iou_3d, low_cameras, sample_surface,
-    surface_of, top_cameras, true_mesh, true_occupancy,
+    SURFACE_SAMPLES, VOXEL, _distance_to_mesh, iou_3d, sample_surface, surface_of, true_mesh, true_occupancy,
 )
 from .vocab import (
     COLOUR_NAMES, COLOURS, ObjectPrompt, OpenPrompt, as_prompt, canonical_text, prompt_modes,
@@ -117,6 +116,7 @@ class SetMetrics:
     view_modes: list = field(default_factory=list)  # each view's nearest mode (text), evaluation-view order
     pixel_purity: float = math.nan  # share of the chosen mode's mask pixels unambiguously of its colour
     per_mode: Optional[list] = None  # [{"mode": text, metric: value, ...}] for every mode (when asked)
+    headline: Optional[dict] = None  # {"name": "mask_iou", "value": the chosen mode's} (metrics.headline)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,13 +175,6 @@ def gt_of(mode: ObjectPrompt, width: int, height: int) -> GTRender:
         return compose_gt(sums, albedos.contiguous(), GT_SUPERSAMPLE)
 
 
-@lru_cache(maxsize=64)
-def _rig_alpha(shape: str, rig: str) -> Tensor:
-    """Ground-truth alpha [B, H, W, 1] of a shape from the top or low rig of shape_metrics (cached)."""
-    cams = top_cameras() if rig == "top" else low_cameras()
-    return render_gt(ObjectPrompt(COLOUR_NAMES[0], shape), cams).alpha
-
-
 @lru_cache(maxsize=16)
 def _true_surface_samples(shape: str, num: int) -> np.ndarray:
     """[num, 3] area samples of a shape's true surface (cached; the same as chamfer_mm draws)."""
@@ -191,22 +184,19 @@ def _true_surface_samples(shape: str, num: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- shape measures
 @torch.no_grad()
 def set_shape_scores(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPrompt", backend: str = "torch",
-                     classifier=None, voxel: Optional[float] = None) -> SetShapeScores:
+                     classifier=None, voxel: Optional[float] = None, views: Optional[dict] = None) -> SetShapeScores:
     """`shape_scores` against every shape the prompt allows, sharing the work: the prediction is carved
     once and rendered once per rig, and compared with each shape's true occupancy, surface and
     silhouettes. The nearest shape (argmax 3D IoU; ties: min chamfer, then shape order) gives the
-    top-level numbers; `per_shape` has them all and `best` the best of each metric."""
-    from ..render import render  # imported late: the renderer pulls in the backends
-
+    top-level numbers; `per_shape` has them all and `best` the best of each metric. views: the caller's
+    `shape_metrics.render_views` of `shape_metrics.shape_rigs()` (rendered here if None)."""
     voxel = VOXEL if voxel is None else voxel
     shapes = distinct_shapes(prompt_modes(open_prompt(prompt)))
     g = gaussians
     occ = shape_metrics.carved_occupancy(g, backend, voxel)  # once, whatever the number of shapes
     pred_mesh = surface_of(occ, voxel)
     pred_samples = sample_surface(*pred_mesh, SURFACE_SAMPLES) if len(pred_mesh[1]) else None
-    rig_alpha = {}
-    for rig, cams in (("top", top_cameras()), ("low", low_cameras())):
-        rig_alpha[rig] = render(g, cams, background=(1.0, 1.0, 1.0), backend=backend).alpha.detach().float().cpu()  # type: ignore[arg-type]
+    views = views if views is not None else shape_metrics.render_views(g, shape_metrics.shape_rigs(), backend)
     per_shape: dict[str, dict] = {}
     for s in shapes:
         if pred_samples is None:
@@ -216,13 +206,13 @@ def set_shape_scores(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPro
             d_ba = _distance_to_mesh(_true_surface_samples(s, SURFACE_SAMPLES), *pred_mesh)
             cham = float(500.0 * (d_ab.mean() + d_ba.mean()))
         per_shape[s] = {
-            "top_iou": mask_iou(rig_alpha["top"], _rig_alpha(s, "top")),
-            "low_iou": mask_iou(rig_alpha["low"], _rig_alpha(s, "low")),
+            "top_iou": mask_iou(views["top"][1], shape_metrics.rig_gt_alpha(s, "top")),
+            "low_iou": mask_iou(views["low"][1], shape_metrics.rig_gt_alpha(s, "low")),
             "iou_3d": iou_3d(occ, true_occupancy(s, voxel)),
             "chamfer_mm": cham,
         }
     nearest = min(shapes, key=lambda s: (-per_shape[s]["iou_3d"], per_shape[s]["chamfer_mm"]))
-    votes = shape_metrics.shape_votes(g, classifier, backend)
+    votes = shape_metrics.shape_votes(g, classifier, backend, rgb=views["confusion"][0])
     best = {k: best_of({s: per_shape[s][k] for s in shapes}, k, "shape", nearest) for k in SHAPE_KEYS}
     return SetShapeScores(shape_votes=votes, shape=nearest, per_shape=per_shape, best=best, **per_shape[nearest])
 
@@ -275,15 +265,11 @@ def evaluate_set(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPrompt"
     `shape` adds the shape measures (the carving: a few seconds, once whatever the modes);
     `per_mode` lists every mode's numbers; `classifier` None skips it, "shipped" loads the shipped one;
     `voxel` is the carving grid's step (default shape_metrics.VOXEL)."""
-    from ..render import render  # imported late: the renderer pulls in the backends
-
     p = open_prompt(prompt)
     modes = prompt_modes(p)
-    cams = object_eval_cameras(width, height)
-    out = render(gaussians, cams, background=(1.0, 1.0, 1.0), backend=backend)  # type: ignore[arg-type]
-    rgb = out.rgb.detach().float().cpu()  # [B, H, W, 3]
-    alpha = out.alpha.detach().float().cpu()  # [B, H, W, 1]
-    depth = out.depth.detach().float().cpu()  # [B, H, W, 1]
+    rigs = {"eval": object_eval_cameras(width, height), **(shape_metrics.shape_rigs() if shape else {})}
+    rendered = shape_metrics.render_views(gaussians, rigs, backend)  # every rig in one batch of calls
+    rgb, alpha, depth = rendered["eval"]  # [B, H, W, 3], [B, H, W, 1], [B, H, W, 1]
     views = _per_view_scores(rgb, alpha, depth, modes, width, height)
     texts = [m.text for m in modes]
     scores = {t: {"mask_iou": float(v["mask_iou"].mean()), "psnr": float(v["psnr"].mean()),
@@ -292,7 +278,7 @@ def evaluate_set(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPrompt"
     clf = None
     if r_precision:
         clf = shipped_classifier() if classifier == "shipped" else classifier
-    sc = set_shape_scores(gaussians, p, backend, classifier=clf, voxel=voxel) if shape else None
+    sc = set_shape_scores(gaussians, p, backend, classifier=clf, voxel=voxel, views=rendered) if shape else None
     if sc is not None:
         for m in modes:
             scores[m.text].update(sc.per_shape[m.shape])
@@ -325,6 +311,7 @@ def evaluate_set(gaussians: Gaussians, prompt: "str | OpenPrompt | ObjectPrompt"
     res.purity = min(ran) if ran else None
     if per_mode:
         res.per_mode = [{"mode": t, **scores[t]} for t in texts]
+    res.headline = headline(res, p)
     return res
 
 
