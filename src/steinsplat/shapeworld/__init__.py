@@ -15,7 +15,8 @@ The embedded models trained on it (weights in `steinsplat/assets/shapeworld/`, t
 - `estimator`: `ShapeWorldEstimator`, relative depth + camera-frame normals from noisy images;
 - `classifier`: `ShapeWorldClassifier`, shape + colour (R-precision);
 - `training`: checkpoints, EMA, seeded batches, the budgeted training loop.
-These three classes are re-exported lazily (importing them pulls in diffusers and timm).
+These three classes are re-exported lazily (they import torch; loading the shipped weights and running them
+imports neither diffusers nor timm, except `ShapeWorldPrior.sample`, which builds diffusers' DDIMScheduler).
 """
 
 from .groundtruth import GTRender, render_gt

@@ -1,7 +1,8 @@
 """ShapeWorld's shape + colour classifier (the R-precision metric, and the prior's evaluation).
 
-A small ResNet built from timm building blocks (`ConvNormAct`, `BasicBlock`, `SelectAdaptivePool2d`;
-nothing pretrained, nothing downloaded) with two heads: 7 shapes and 8 colours (ids as in vocab.py).
+A small ResNet (blocks.py: timm's `ConvNormAct`, `BasicBlock` and `SelectAdaptivePool2d` in plain
+torch, so loading and running it does not import timm; nothing pretrained, nothing downloaded) with
+two heads: 7 shapes and 8 colours (ids as in vocab.py).
 Input: RGB images in [0, 1], [B, H, W, 3] or [B, 3, H, W], any size; they are resized to 64x64
 (bilinear) first, so 32x32 prior samples are up-sampled. GroupNorm throughout, so a prediction
 does not depend on the rest of the batch.
@@ -20,17 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .blocks import ConvNormAct, GlobalAvgPool, resnet_block
 from .vocab import COLOUR_NAMES, SHAPE_NAMES, ObjectPrompt, as_prompt
 from .weights import read_model_folder, save_model_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def group_norm(channels: int, **kwargs) -> nn.GroupNorm:
-    """GroupNorm with 8 groups (or fewer for narrow layers): the norm_layer given to timm blocks
-    (which pass device/dtype keywords through)."""
-    return nn.GroupNorm(min(8, channels), channels, **kwargs)
 
 
 @dataclass
@@ -63,25 +59,17 @@ class ClassifierOutput:
 class ShapeWorldClassifier(nn.Module):
     def __init__(self, config: Optional[ClassifierConfig] = None) -> None:
         super().__init__()
-        from timm.layers import ConvNormAct, SelectAdaptivePool2d
-        from timm.models.resnet import BasicBlock
-
         self.config = config = config or ClassifierConfig()
         w = config.width
         chans = (w, 2 * w, 4 * w, 4 * w)
-        self.stem = ConvNormAct(3, w, 3, stride=2, norm_layer=nn.GroupNorm, act_layer=nn.SiLU,
-                                norm_kwargs={"num_groups": min(8, w)})  # 64 -> 32
+        self.stem = ConvNormAct(3, w, 3, stride=2)  # 64 -> 32
         blocks: list[nn.Module] = []
         c_in = w
         for i, c in enumerate(chans):
-            stride = 1 if i == 0 else 2  # 32 -> 32 -> 16 -> 8 -> 4
-            down = None
-            if stride != 1 or c_in != c:
-                down = nn.Sequential(nn.Conv2d(c_in, c, 1, stride=stride, bias=False), group_norm(c))
-            blocks.append(BasicBlock(c_in, c, stride=stride, downsample=down, act_layer=nn.SiLU, norm_layer=group_norm))
+            blocks.append(resnet_block(c_in, c, stride=1 if i == 0 else 2))  # 32 -> 32 -> 16 -> 8 -> 4
             c_in = c
         self.blocks = nn.Sequential(*blocks)
-        self.pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
+        self.pool = GlobalAvgPool()
         self.shape_head = nn.Linear(c_in, config.num_shapes)
         self.colour_head = nn.Linear(c_in, config.num_colours)
 
@@ -96,7 +84,7 @@ class ShapeWorldClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> ClassifierOutput:
         x = self.prepare(images, self.config.input_size)  # [B, 3, 64, 64]
-        h = self.pool(self.blocks(self.stem(x)))  # [B, C]
+        h = self.pool(self.blocks(self.stem(x)))  # [B, 4w]
         return ClassifierOutput(self.shape_head(h), self.colour_head(h))
 
     def loss(self, images: Tensor, shape_ids: Tensor, colour_ids: Tensor) -> Tensor:

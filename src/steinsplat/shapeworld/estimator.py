@@ -17,9 +17,10 @@ Both are meaningful only on the object's pixels (objects) or everywhere (rooms);
 of an object image is unconstrained.
 
 Everything is differentiable w.r.t. the input image (the Stein control variate of SSD needs
-grad_{x_t} phi(x_t) through this network). Network: a small U-Net of timm building blocks
-(`ConvNormAct`, `BasicBlock`; GroupNorm; nothing pretrained), with the noise level injected as a
-FiLM scale/shift after every stage.
+grad_{x_t} phi(x_t) through this network). Network: a small U-Net of ResNet blocks
+(blocks.py: timm's `ConvNormAct` and `BasicBlock` in plain torch, so loading and running it imports
+neither timm nor diffusers; GroupNorm; nothing pretrained), with the noise level injected as a FiLM
+scale/shift after every stage.
 
 Folder layout: config.json (EstimatorConfig) + model.safetensors (weights + alphas_cumprod).
 """
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .classifier import group_norm
+from .blocks import ConvNormAct, resnet_block
 from .weights import read_model_folder, save_model_folder
 
 CONFIG_NAME = "config.json"
@@ -72,37 +73,25 @@ class _FiLM(nn.Module):
         return h * (1.0 + scale) + shift
 
 
-def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Module:
-    from timm.models.resnet import BasicBlock
-
-    down = None
-    if stride != 1 or c_in != c_out:
-        down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), group_norm(c_out))
-    return BasicBlock(c_in, c_out, stride=stride, downsample=down, act_layer=nn.SiLU, norm_layer=group_norm)
-
-
 class ShapeWorldEstimator(nn.Module):
     def __init__(self, config: Optional[EstimatorConfig] = None, alphas_cumprod: Optional[Tensor] = None) -> None:
         super().__init__()
-        from timm.layers import ConvNormAct
-
         self.config = config = config or EstimatorConfig()
-        if alphas_cumprod is None:
-            from diffusers import DDPMScheduler
-
+        if alphas_cumprod is None:  # the prior's default schedule (schedule.py: diffusers' DDPMScheduler numbers)
             from .prior import scheduler_config
+            from .schedule import DDPMSchedule
 
-            alphas_cumprod = DDPMScheduler(**scheduler_config(config.num_train_timesteps)).alphas_cumprod
+            alphas_cumprod = DDPMSchedule(scheduler_config(config.num_train_timesteps)).alphas_cumprod
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().clone().float())  # [T]
         w, td = config.width, config.time_dim
         self.time_mlp = nn.Sequential(nn.Linear(2 + 16, td), nn.SiLU(), nn.Linear(td, td))
-        self.stem = ConvNormAct(3, w, 3, norm_layer=nn.GroupNorm, act_layer=nn.SiLU, norm_kwargs={"num_groups": min(8, w)})  # R
-        self.enc1, self.film1 = _block(w, w), _FiLM(td, w)  # R
-        self.enc2, self.film2 = _block(w, 2 * w, 2), _FiLM(td, 2 * w)  # R/2
-        self.enc3, self.film3 = _block(2 * w, 4 * w, 2), _FiLM(td, 4 * w)  # R/4
-        self.mid, self.film_mid = _block(4 * w, 4 * w), _FiLM(td, 4 * w)  # R/4
-        self.dec2, self.film_d2 = _block(4 * w + 2 * w, 2 * w), _FiLM(td, 2 * w)  # R/2
-        self.dec1, self.film_d1 = _block(2 * w + w, w), _FiLM(td, w)  # R
+        self.stem = ConvNormAct(3, w, 3)  # R
+        self.enc1, self.film1 = resnet_block(w, w), _FiLM(td, w)  # R
+        self.enc2, self.film2 = resnet_block(w, 2 * w, 2), _FiLM(td, 2 * w)  # R/2
+        self.enc3, self.film3 = resnet_block(2 * w, 4 * w, 2), _FiLM(td, 4 * w)  # R/4
+        self.mid, self.film_mid = resnet_block(4 * w, 4 * w), _FiLM(td, 4 * w)  # R/4
+        self.dec2, self.film_d2 = resnet_block(4 * w + 2 * w, 2 * w), _FiLM(td, 2 * w)  # R/2
+        self.dec1, self.film_d1 = resnet_block(2 * w + w, w), _FiLM(td, w)  # R
         self.head = nn.Conv2d(w, 4, 1)  # depth 1 + normal 3
 
     def time_embedding(self, t: Tensor) -> Tensor:
