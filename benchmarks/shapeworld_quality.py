@@ -32,7 +32,7 @@ from steinsplat import config
 from steinsplat.batch import slugify
 from steinsplat.bench.convergence import finite_mean
 from steinsplat.export.atomic import atomic_write_bytes
-from steinsplat.generate import GenerateConfig, generate
+from steinsplat.pipeline import GenerateConfig, generate
 from steinsplat.shapeworld.vocab import HELD_OUT, SHAPE_NAMES, all_object_prompts, canonical_text, parse_prompt
 
 ROOM = "a room with blue walls and a gray floor"

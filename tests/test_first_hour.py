@@ -12,7 +12,7 @@ import pytest
 
 from steinsplat.cli import main
 from steinsplat.config import ConfigError
-from steinsplat.generate import GenerateConfig
+from steinsplat.pipeline import GenerateConfig
 from steinsplat.prompt_mode import SCENE_NOTE, ModeError, mode_source, resolve_mode
 
 CUBE = "a red cube"
@@ -80,7 +80,7 @@ def test_mode_source_tells_a_mode_given_from_the_default():
 @pytest.fixture
 def fake_generate(monkeypatch):
     """generate() replaced: records each config and writes nothing; returns a run record's keys."""
-    import steinsplat.generate as gen_mod
+    import steinsplat.pipeline as gen_mod
 
     seen: list[GenerateConfig] = []
 

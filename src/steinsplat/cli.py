@@ -33,7 +33,7 @@ class UserError(Exception):
 def require_memory(need_bytes: float, what: str, lower: str) -> None:
     """Refuse sizes whose lower-bound memory need exceeds this machine's RAM (as generation does), before
     any allocation; `lower` says which options to lower."""
-    from .generate import memory_available_bytes
+    from .pipeline import memory_available_bytes
 
     have = memory_available_bytes("cpu")
     if have is not None and need_bytes > have:
@@ -364,7 +364,7 @@ def generate_help() -> str:
     import dataclasses
 
     from . import config
-    from .generate import GenerateConfig
+    from .pipeline import GenerateConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(GenerateConfig) if f.default is not dataclasses.MISSING}
     presets = []
@@ -396,7 +396,7 @@ def full_generate_help(argv: Sequence[str]) -> int:
     import io
 
     from . import config
-    from .generate import GenerateConfig
+    from .pipeline import GenerateConfig
 
     box = io.StringIO()
     try:
@@ -418,7 +418,7 @@ def decide_mode(cfg, argv: Sequence[str], say=None):
     command line (or its --config preset) did not set is taken from a ShapeWorld prompt, object otherwise."""
     import dataclasses
 
-    from .generate import GenerationError, pick_device, pick_prior_name
+    from .pipeline import GenerationError, pick_device, pick_prior_name
     from .prompt_mode import mode_source, resolve_mode
 
     source = mode_source(argv)
@@ -445,7 +445,7 @@ def result_summary(m: dict) -> str:
 
 def cmd_generate(argv: Sequence[str]) -> int:
     from . import config
-    from .generate import GenerateConfig, GenerationError, Interrupted, generate
+    from .pipeline import GenerateConfig, GenerationError, Interrupted, generate
 
     argv = list(argv)
     if "--help-all" in argv:
@@ -514,7 +514,7 @@ class BatchGenerate:
         import io
 
         from . import config
-        from .generate import GenerateConfig
+        from .pipeline import GenerateConfig
 
         for a in job.options:
             flag = a.split("=", 1)[0]
@@ -530,7 +530,7 @@ class BatchGenerate:
 
     def check(self, job, folder: Path, say) -> dict[str, Path]:
         """Refuse the line as generate would before loading anything; returns the files it will write."""
-        from .generate import GenerationError, check_prompt, pick_device, pick_prior_name, validate_numbers, validate_outputs
+        from .pipeline import GenerationError, check_prompt, pick_device, pick_prior_name, validate_numbers, validate_outputs
 
         cfg = self.config(job, folder, say=say)
         try:
@@ -543,7 +543,7 @@ class BatchGenerate:
         return {k: v for k, v in files.items() if v is not None}
 
     def __call__(self, job, folder: Path) -> dict:
-        from .generate import generate
+        from .pipeline import generate
 
         rec = generate(self.config(job, folder), console=None, models=BatchGenerate._models)
         return {"outputs": rec["outputs"], "metrics": rec["metrics"]}
@@ -554,7 +554,7 @@ def cmd_batch(argv: Sequence[str]) -> int:
 
     from . import config
     from .batch import BatchError, check_jobs, parse_prompt_file, run_batch, run_batch_ray, summary_table
-    from .generate import GenerateConfig
+    from .pipeline import GenerateConfig
 
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -247,7 +247,7 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
     mean of `repeats` steps after one warm-up step) and, on CUDA, the peak memory allocated during
     them (GiB). The prior is built once; its weights count in every peak. sd_options: more
     GenerateConfig fields of the prior (generate.SD_PRIOR_OPTIONS, e.g. {"vae_checkpointing": True})."""
-    from .generate import SD_PRIOR_OPTIONS, GenerateConfig, build_guidance, build_prior, init_gaussians
+    from .pipeline import SD_PRIOR_OPTIONS, GenerateConfig, build_guidance, build_prior, init_gaussians
     from .train import OptimConfig, Trainer
 
     sd_options = dict(sd_options or {})

@@ -101,7 +101,7 @@ def check_run_folder(folder: Path, prompt: str, out_name: str, resume: Optional[
         return
     if their_prompt == prompt and (their_out is None or their_out == out_name):
         return
-    from .generate import short
+    from .pipeline import short
 
     theirs = f"{short(their_prompt, 50)!r}" + (f" -> {their_out}" if their_out else "")
     raise RunError(f"'{folder}' holds another run ({theirs}, see {where}); a run folder belongs to one run: give "

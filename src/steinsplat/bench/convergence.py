@@ -22,7 +22,7 @@ import torch
 
 from .. import config
 from ..gaussians import Gaussians
-from ..generate import GenerateConfig, init_gaussians
+from ..pipeline import GenerateConfig, init_gaussians
 from ..shapeworld.metrics import evaluate
 from ..shapeworld.vocab import RoomPrompt, parse_prompt
 from ..train import Trainer

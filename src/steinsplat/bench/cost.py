@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import config
-from ..generate import GenerateConfig, init_gaussians
+from ..pipeline import GenerateConfig, init_gaussians
 from ..train import Trainer
 from .convergence import is_room
 from .methods import build

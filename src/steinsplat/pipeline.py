@@ -1,4 +1,4 @@
-"""`steinsplat "PROMPT" --out FILE`: text to 3D Gaussians, end to end.
+"""`steinsplat "PROMPT" --out FILE` and `steinsplat.generate(cfg)`: text to 3D Gaussians, end to end.
 
 Builds the prior, the geometry estimator and the guidance named by the config (one explicit
 mapping each, no registries), initialises Gaussians for the mode, runs `train.Trainer`, and
