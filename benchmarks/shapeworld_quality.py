@@ -92,7 +92,7 @@ def main() -> None:
             if args.reuse and done.exists() and json.loads(done.read_text()).get("status") == "ok":
                 rec = json.loads(done.read_text())
             else:
-                rec = generate(cfg, models=models)
+                rec = generate(cfg, models=models).to_dict()  # the reused ones are run.json: the same form
             m = rec["metrics"]
             row = {"prompt": prompt, "seed": seed, "held_out": prompt in held, "room": prompt == ROOM,
                    "shape": None if prompt == ROOM else parse_prompt(prompt).shape,

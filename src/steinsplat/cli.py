@@ -427,7 +427,7 @@ def decide_mode(cfg, argv: Sequence[str], say=None):
     try:
         prior_name = pick_prior_name(cfg, pick_device(cfg.device))
     except GenerationError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(as_flags(str(exc))) from None
     return resolve_mode(cfg, prior_name, say=say, given_by=source or "--mode")
 
 
@@ -441,6 +441,20 @@ def result_summary(m: dict) -> str:
         return f", PSNR {h['value']:.1f} dB" + (f", colour error {ce:.3f}" if ce is not None and ce == ce else "")
     label = {"mask_iou": "mask IoU", "iou_3d": "3D IoU"}.get(h["name"], h["name"])
     return f", {label} {h['value']:.3f}"
+
+
+# A library error's GenerateConfig field (and value) -> the flag that sets it: GenerateConfig.init_gaussians
+# -> --init-gaussians, GenerateConfig.optim.lr_means -> --optim.lr-means, GenerateConfig.device="cpu" -> --device cpu.
+CONFIG_FIELD = re.compile(r'GenerateConfig\.(\w+(?:\.\w+)*)(?:="([^"]*)"|=(\d+(?:\.\d+)?))?')
+
+
+def as_flags(message: str) -> str:
+    """A library message (pipeline.GenerationError) in the command line's words."""
+    def flag(m: re.Match) -> str:
+        value = m.group(2) if m.group(2) is not None else m.group(3)
+        return "--" + m.group(1).replace("_", "-") + (f" {value}" if value is not None else "")
+
+    return CONFIG_FIELD.sub(flag, message)
 
 
 def cmd_generate(argv: Sequence[str]) -> int:
@@ -459,16 +473,16 @@ def cmd_generate(argv: Sequence[str]) -> int:
     try:
         rec = generate(cfg, console=console)
     except GenerationError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(as_flags(str(exc))) from None
     except Interrupted as exc:
         console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}): checkpoint saved to {escape(str(exc.checkpoint))}; "
                       f"continue with the same command and --resume {escape(str(exc.checkpoint))}", soft_wrap=True)
         return 130
-    m = rec.get("metrics") or {}
+    m = rec.metrics or {}
     extra = result_summary(m)
     extra += f", nearest mode {m['mode']}" if m.get("mode") else ""  # an open prompt ("a cube"): set_metrics
-    console.print(f"wrote {', '.join(rec['outputs'].values())} ({rec['gaussians']:,} Gaussians, "
-                  f"{rec['timings']['total_s']:.0f} s{extra})")
+    console.print(f"wrote {', '.join(rec.outputs.values())} ({rec.gaussians:,} Gaussians, "
+                  f"{rec.timings.total_s:.0f} s{extra})")
     return 0
 
 
@@ -538,15 +552,20 @@ class BatchGenerate:
             check_prompt(pick_prior_name(cfg, pick_device(cfg.device)), cfg.prompt)
             out = validate_outputs(cfg)
         except GenerationError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(as_flags(str(exc))) from None
         files = {"the splat file": out, "--mesh": cfg.mesh, "--video": cfg.video}
         return {k: v for k, v in files.items() if v is not None}
 
     def __call__(self, job, folder: Path) -> dict:
         from .pipeline import generate
 
-        rec = generate(self.config(job, folder), console=None, models=BatchGenerate._models)
-        return {"outputs": rec["outputs"], "metrics": rec["metrics"]}
+        from .pipeline import GenerationError
+
+        try:
+            rec = generate(self.config(job, folder), console=None, models=BatchGenerate._models)
+        except GenerationError as exc:  # in the command line's words, as the summary shows it
+            raise GenerationError(as_flags(str(exc))) from None
+        return {"outputs": rec.outputs, "metrics": rec.metrics}
 
 
 def cmd_batch(argv: Sequence[str]) -> int:

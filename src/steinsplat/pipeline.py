@@ -9,6 +9,7 @@ checkpoints (every N steps, on Ctrl-C, resumable with --resume).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,18 +17,20 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import torch
 from tyro.conf import Positional
 
 from .batch import slugify
 from .runs import RunError, check_checkpoint_state, check_distinct_outputs, check_learning_rates, check_run_folder
-from .train import OptimConfig, StepLog, Trainer
+from .train import Callback, OptimConfig, StepLog, Trainer
 
 
 class GenerationError(Exception):
-    """A problem the user can fix (bad prompt for the prior, missing weights, bad path)."""
+    """A problem the user can fix (bad prompt for the prior, missing weights, bad path). The message
+    names GenerateConfig's fields as `GenerateConfig.steps` (a value as `GenerateConfig.device="cpu"`);
+    the command line says them as its flags (cli.as_flags: `--steps`, `--device cpu`)."""
 
 
 @dataclass
@@ -77,6 +80,11 @@ class GenerateConfig:
     viewer_every: int = 10  # steps between splat updates sent to the live viewer
     viewer_allow_origin: tuple[str, ...] = ()  # other web page origins allowed to drive the live viewer (its own page always is)
 
+    def __post_init__(self) -> None:
+        for name in ("out", "resume", "mesh", "video"):  # a Python caller may give a str
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, Path(getattr(self, name)))
+
 
 # ---------------------------------------------------------------------------- building blocks
 def short(text: str, limit: int = 80) -> str:
@@ -90,13 +98,14 @@ def pick_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise GenerationError(f"--device {short(name)}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise GenerationError(f"GenerateConfig.device {short(name)}: not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
-        raise GenerationError(f"--device {name}: steinsplat runs on cpu or cuda (auto picks cuda when present)")
+        raise GenerationError(f"GenerateConfig.device {name}: steinsplat runs on cpu or cuda (auto picks cuda when present)")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GenerationError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise GenerationError(f"GenerateConfig.device {name}: CUDA is not available on this machine; "
+                              'use GenerateConfig.device="cpu"')
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise GenerationError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise GenerationError(f"GenerateConfig.device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -170,7 +179,8 @@ def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.de
                 cfg.estimator_model or "depth-anything/Depth-Anything-V2-Small-hf", device=str(device),
                 allow_download=cfg.allow_download)
     except ModelUnavailableError as exc:
-        raise GenerationError(f"{exc}\n(or run without SSD's baseline: --estimator none, or --guidance sds)") from None
+        raise GenerationError(f"{exc}\n(or run without SSD's baseline: GenerateConfig.estimator=\"none\", "
+                              'or GenerateConfig.guidance="sds")') from None
     cls = BASELINES[kind]
     baseline = cls(est, seed=cfg.seed) if issubclass(cls, FieldBaseline) else cls(est)  # the fields' probes follow --seed
     return GUIDANCE["ssd"](prior, baselines=[baseline], config=ssd_cfg)
@@ -204,16 +214,16 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
     out = cfg.out or default_out(cfg.prompt)
     gltf_out = out.name.lower().endswith(".splats.glb")
     if out.suffix.lower() not in (".ply", ".splat", ".spz") and not gltf_out:
-        raise GenerationError(f"--out '{out}': the extension decides the format; use .ply, .splat or .spz, or "
-                              "NAME.splats.glb for glTF (a plain .glb is the --mesh)")
+        raise GenerationError(f"GenerateConfig.out '{out}': the extension decides the format; use .ply, .splat or .spz, or "
+                              "NAME.splats.glb for glTF (a plain .glb is the GenerateConfig.mesh)")
     if cfg.mesh is not None and (cfg.mesh.suffix.lower() not in (".ply", ".obj", ".glb")
                                  or cfg.mesh.name.lower().endswith(".splats.glb")):
-        raise GenerationError(f"--mesh '{cfg.mesh}': use .ply, .obj or .glb (NAME.splats.glb is for --out: Gaussians)")
+        raise GenerationError(f"GenerateConfig.mesh '{cfg.mesh}': use .ply, .obj or .glb (NAME.splats.glb is for GenerateConfig.out: Gaussians)")
     if cfg.up not in ("z", "y") and gltf_out:
-        raise GenerationError(f"--up {cfg.up} with --out '{out}': glTF is +Y up by definition; drop --up or write .ply")
+        raise GenerationError(f"GenerateConfig.up {cfg.up} with GenerateConfig.out '{out}': glTF is +Y up by definition; drop GenerateConfig.up or write .ply")
     if cfg.video is not None and cfg.video.suffix.lower() not in (".mp4", ".gif"):
-        raise GenerationError(f"--video '{cfg.video}': use .mp4 or .gif")
-    for p, flag in [(out, "--out"), (cfg.mesh, "--mesh"), (cfg.video, "--video")]:
+        raise GenerationError(f"GenerateConfig.video '{cfg.video}': use .mp4 or .gif")
+    for p, flag in [(out, "GenerateConfig.out"), (cfg.mesh, "GenerateConfig.mesh"), (cfg.video, "GenerateConfig.video")]:
         if p is None:
             continue
         if p.is_dir():  # found now, not after the whole optimisation
@@ -222,9 +232,9 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
         try:
             ensure_writable_folder(folder)
         except OSError as exc:
-            raise GenerationError(f"cannot write to '{folder}': {exc.strerror or exc}; choose another --out") from None
+            raise GenerationError(f"cannot write to '{folder}': {exc.strerror or exc}; choose another GenerateConfig.out") from None
     try:  # one file per output, one run per folder (nothing of another run is overwritten)
-        check_distinct_outputs({"--out": out, "--mesh": cfg.mesh, "--video": cfg.video})
+        check_distinct_outputs({"GenerateConfig.out": out, "GenerateConfig.mesh": cfg.mesh, "GenerateConfig.video": cfg.video})
         check_run_folder(out.parent, cfg.prompt, out.name, resume=cfg.resume)
     except RunError as exc:
         raise GenerationError(str(exc)) from None
@@ -236,10 +246,10 @@ def validate_outputs(cfg: GenerateConfig) -> Path:
             require_viser()
             check_config(ViewerConfig(host=cfg.viewer_host, port=cfg.viewer, allow_origin=cfg.viewer_allow_origin))
         except ViewerError as exc:
-            msg = str(exc).replace("--port", "--viewer").replace("--host", "--viewer-host")
-            raise GenerationError(msg.replace("--allow-origin", "--viewer-allow-origin")) from None
+            msg = str(exc).replace("--port", "GenerateConfig.viewer").replace("--host", "GenerateConfig.viewer_host")
+            raise GenerationError(msg.replace("--allow-origin", "GenerateConfig.viewer_allow_origin")) from None
         if cfg.viewer_every <= 0:
-            raise GenerationError("--viewer-every must be positive")
+            raise GenerationError("GenerateConfig.viewer_every must be positive")
     return out
 
 
@@ -249,14 +259,15 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 def validate_numbers(cfg: GenerateConfig) -> None:
     """Numbers that cannot make a run, refused before anything is loaded (one line each)."""
     if cfg.steps <= 0 or cfg.views <= 0 or cfg.resolution < 8 or (cfg.init_gaussians is not None and cfg.init_gaussians <= 0):
-        raise GenerationError("--steps, --views and --init-gaussians must be positive and --resolution at least 8")
+        raise GenerationError("GenerateConfig.steps, GenerateConfig.views and GenerateConfig.init_gaussians must be positive and "
+                              "GenerateConfig.resolution at least 8")
     if not 0 <= cfg.seed <= MAX_SEED:
-        raise GenerationError(f"--seed must be an integer from 0 to {MAX_SEED} (2^63 - 1)")
+        raise GenerationError(f"GenerateConfig.seed must be an integer from 0 to {MAX_SEED} (2^63 - 1)")
     if not cfg.perp_neg >= 0 or not math.isfinite(cfg.perp_neg):
-        raise GenerationError(f"--perp-neg must be a finite number >= 0 (0 turns Perp-Neg off), got {cfg.perp_neg}")
+        raise GenerationError(f"GenerateConfig.perp_neg must be a finite number >= 0 (0 turns Perp-Neg off), got {cfg.perp_neg}")
     if cfg.guidance_scale is not None and not (math.isfinite(cfg.guidance_scale) and cfg.guidance_scale >= 0):
-        raise GenerationError(f"--guidance-scale must be a finite number >= 0, got {cfg.guidance_scale}")
-    for flag, value in (("--checkpoint-every", cfg.checkpoint_every), ("--preview-every", cfg.preview_every)):
+        raise GenerationError(f"GenerateConfig.guidance_scale must be a finite number >= 0, got {cfg.guidance_scale}")
+    for flag, value in (("GenerateConfig.checkpoint_every", cfg.checkpoint_every), ("GenerateConfig.preview_every", cfg.preview_every)):
         if value < 0:
             raise GenerationError(f"{flag} must be >= 0 (0: never), got {value}")
     try:
@@ -266,9 +277,10 @@ def validate_numbers(cfg: GenerateConfig) -> None:
     need, have = memory_needed_bytes(cfg), memory_available_bytes(cfg.device)
     if have is not None and need > have:
         raise GenerationError(
-            f"--resolution {cfg.resolution} with --views {cfg.views} and {cfg.init_gaussians or 'the default'} initial "
+            f"GenerateConfig.resolution {cfg.resolution} with GenerateConfig.views {cfg.views} and {cfg.init_gaussians or 'the default'} initial "
             f"Gaussians needs at least {need / 2**30:,.1f} GiB, more than this machine's {have / 2**30:,.1f} GiB; "
-            "lower --resolution (64 is the default; the prior resizes to its own size), --views or --init-gaussians")
+            "lower GenerateConfig.resolution (64 is the default; the prior resizes to its own size), GenerateConfig.views or "
+            "GenerateConfig.init_gaussians")
 
 
 # Lower bounds of what a step holds in memory, measured from the loop's own tensors (float32):
@@ -357,21 +369,21 @@ def find_checkpoint(path: Path, say=None) -> Path:
     if path.is_dir():
         cands = list(path.glob(CHECKPOINT_GLOB)) or list((path / "checkpoints").glob(CHECKPOINT_GLOB))
         if not cands:
-            raise GenerationError(f"--resume '{path}': no checkpoint ({CHECKPOINT_GLOB}) in that folder")
+            raise GenerationError(f"GenerateConfig.resume '{path}': no checkpoint ({CHECKPOINT_GLOB}) in that folder")
         best, skipped = newest_intact(cands)
         if best is None:
-            raise GenerationError(f"--resume '{path}': no checkpoint there is readable ({skipped[0][1]})")
+            raise GenerationError(f"GenerateConfig.resume '{path}': no checkpoint there is readable ({skipped[0][1]})")
         for p, why in skipped:
             if say is not None:
                 say(f"warning: skipping {p.name}: {why}")
         return best
     if not path.is_file():
         what = "is not a regular file (a FIFO or a device?)" if path.exists() else "no such checkpoint file or run folder"
-        raise GenerationError(f"--resume '{path}': {what}")
+        raise GenerationError(f"GenerateConfig.resume '{path}': {what}")
     try:
         read_meta(path)
     except CheckpointError as exc:
-        raise GenerationError(f"--resume: {exc}") from None
+        raise GenerationError(f"GenerateConfig.resume: {exc}") from None
     return path
 
 
@@ -380,11 +392,11 @@ def check_resume_options(path: Path, options: dict[str, Any]) -> None:
     from .checkpoint import read_meta
 
     saved = read_meta(path).get("options") or {}
-    diffs = [f"--{k.replace('_', '-')} {short(str(saved[k]), 40)!s} (now {short(str(v), 40)})"
+    diffs = [f"GenerateConfig.{k} {short(str(saved[k]), 40)!s} (now {short(str(v), 40)})"
              for k, v in options.items() if k in saved and saved[k] != v]
     if diffs:
-        raise GenerationError(f"--resume '{path}': the checkpoint was made with {'; '.join(diffs)}; resume with the "
-                              "same options, or drop --resume to start afresh")
+        raise GenerationError(f"GenerateConfig.resume '{path}': the checkpoint was made with {'; '.join(diffs)}; resume with the "
+                              "same options, or drop GenerateConfig.resume to start afresh")
 
 
 def load_checkpoint(trainer: Trainer, path: Path) -> None:
@@ -394,9 +406,9 @@ def load_checkpoint(trainer: Trainer, path: Path) -> None:
         tensors, meta = read_checkpoint(path)
         trainer.load_state_tensors(tensors, meta)
     except CheckpointError as exc:
-        raise GenerationError(f"--resume: {exc}") from None
+        raise GenerationError(f"GenerateConfig.resume: {exc}") from None
     except (KeyError, RuntimeError, ValueError) as exc:  # tensors of another model or size
-        raise GenerationError(f"--resume '{path}': the checkpoint does not fit this run ({type(exc).__name__}: "
+        raise GenerationError(f"GenerateConfig.resume '{path}': the checkpoint does not fit this run ({type(exc).__name__}: "
                               f"{short(str(exc), 120)})") from None
 
 
@@ -454,21 +466,224 @@ class Interrupted(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
-def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Run one prompt end to end; returns the run record (also written as run.json).
+# ---------------------------------------------------------------------------- what the stages hand on
+@dataclass
+class Plan:
+    """What stage 1 (check) settles before any model loads."""
 
-    models: a cache {"prior:<name>": prior, "guidance": ...} shared across prompts by `batch`
-    (guidance objects hold per-run state, so only priors and estimators are reused).
-    """
-    from .export import export_gaussians
-    from .export.image import image_row, write_png
-    from .render import render
-    from .render.torch_backend import set_compile
+    device: torch.device  # where the run computes
+    prior_name: str  # "shapeworld" or "sd" (GenerateConfig.prior with "auto" resolved for the device)
+    out: Path  # the splat file: GenerateConfig.out or outputs/<prompt>/<prompt>.ply
+    options: dict[str, Any]  # the RUN_OPTIONS values a checkpoint records (JSON types) and a resume must match
+    checkpoint: Optional[Path]  # the checkpoint to resume (GenerateConfig.resume located), or None
 
-    from .interrupts import StopOnSignal
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: run.json, checkpoints/, previews/ and snapshots/ go here."""
+        return self.out.parent
 
-    t_start = time.perf_counter()
-    say = (lambda m: console.print(m, markup=False)) if console is not None else (lambda _m: None)
+
+@dataclass
+class Optimised:
+    """What stage 4 (optimise) hands on to the exports."""
+
+    final: Optional[Path]  # the checkpoint of the whole optimisation; None: it could not be written
+    final_problem: Optional[str]  # why the final checkpoint could not be written, in a few words; None: it was
+    failed_checkpoints: list[str]  # why periodic checkpoints could not be written, one entry per failure
+
+
+@dataclass
+class Timings:
+    """Wall time of a run's phases (seconds, time.perf_counter)."""
+
+    load_s: float  # checks, models, the trainer, the live viewer's start
+    optimise_s: float  # the loop and the final checkpoint
+    export_s: float  # splat file, mesh, turntable
+    total_s: float  # from the call to the run record (includes the metrics)
+
+
+@dataclass
+class RunRecord:
+    """What `generate` returns: the run as run.json holds it (`to_dict()` is that file's content, in
+    its order). Field order is the file's key order."""
+
+    status: str  # "ok" (a failed or stopped run raises instead)
+    prompt: str  # the prompt, as given
+    prior: str  # the prior that ran: "shapeworld" or "sd"
+    seed: int  # the seed of init, cameras and noise
+    config: dict[str, Any]  # the whole GenerateConfig, JSON types (paths as strings)
+    versions: dict[str, str]  # python, steinsplat, torch, gsplat, diffusers, transformers
+    device: str  # "cpu", "cuda", "cuda:1" ...
+    timings: Timings  # seconds per phase
+    steps: int  # steps run, in all (a resumed run counts the checkpoint's too)
+    skipped_steps: int  # steps skipped for non-finite gradients
+    gaussians: int  # Gaussians in the splat file
+    densify: list[dict[str, Any]]  # one row per refinement: step, before, after, over
+    outputs: dict[str, str]  # "splats", and "mesh" / "video" when asked for: the files written
+    metrics: Optional[dict[str, Any]]  # ShapeWorld prompts: shapeworld.metrics.evaluate's measures; else None
+    final_loss: Optional[float]  # the guidance's loss at the last step that ran; None: no step ran
+    not_written: list[str]  # checkpoints that could not be written (at most the final one and one periodic)
+
+    @property
+    def out(self) -> Path:
+        """The splat file (.ply, .splat, .spz or .splats.glb)."""
+        return Path(self.outputs["splats"])
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder of run.json, checkpoints/ and previews/."""
+        return self.out.parent
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """run.json's text."""
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ---------------------------------------------------------------------------- callbacks of the loop
+class RefineLines(Callback):
+    """Says each refinement of the densifier as it happens (`refine_line`)."""
+
+    def __init__(self, trainer: Trainer, say: Callable[[str], None]) -> None:
+        self.say, self.seen = say, len(trainer.densifier.history)  # a resumed run's refinements were said before
+
+    def on_step(self, log: Optional[StepLog], trainer: Trainer) -> None:
+        for row in trainer.densifier.history[self.seen:]:
+            self.say(refine_line(row, trainer.densifier.cfg.grow_grad2d))
+        self.seen = len(trainer.densifier.history)
+
+
+class Checkpoints(Callback):
+    """A checkpoint every `every` steps (0: none) but the last, and the final one (`save`); a failed
+    write is warned about once and the run goes on."""
+
+    def __init__(self, every: int, plan: Plan, say: Callable[[str], None]) -> None:
+        self.every, self.folder, self.options, self.out_name = every, plan.run_dir / "checkpoints", plan.options, plan.out.name
+        self.say = say
+        self.failed: list[str] = []  # why each failed periodic write failed
+
+    def save(self, trainer: Trainer) -> tuple[Optional[Path], Optional[str]]:
+        return try_checkpoint(trainer, self.folder, self.options, self.out_name)
+
+    def on_step(self, log: Optional[StepLog], trainer: Trainer) -> None:
+        s = trainer.state.step
+        if not self.every or s % self.every or s >= trainer.cfg.steps:
+            return
+        problem = self.save(trainer)[1]
+        if problem is not None and not self.failed:
+            self.say(f"warning: the checkpoint of step {s} could not be written ({problem}); the run goes on")
+        self.failed.extend([problem] if problem else [])
+
+
+class Previews(Callback):
+    """Every `every` steps, a row of evaluation views: `folder/step_NNNNNN.png`."""
+
+    def __init__(self, every: int, folder: Path, mode: str, resolution: int, device: torch.device) -> None:
+        self.every, self.folder, self.mode, self.resolution, self.device = every, folder, mode, resolution, device
+
+    def on_step(self, log: Optional[StepLog], trainer: Trainer) -> None:
+        from .cameras import object_eval_cameras, scene_eval_cameras
+        from .export.image import image_row, write_png
+        from .render import render
+
+        s = trainer.state.step
+        if s % self.every:
+            return
+        cams = (object_eval_cameras if self.mode == "object" else scene_eval_cameras)(self.resolution, self.resolution)
+        with torch.no_grad():
+            rgb = render(trainer.g, cams[::2].to(self.device), background=trainer.background).rgb  # [B, H, W, 3]
+        write_png(self.folder / f"step_{s:06d}.png", image_row(rgb))
+
+
+class LiveViewerCallback(Callback):
+    """The live viewer (--viewer): started here (loading viser counts as loading), sent the splats
+    as they train, let go on a signal (a paused page then stops and saves the run), closed at the end."""
+
+    def __init__(self, cfg: GenerateConfig, plan: Plan, trainer: Trainer, say: Callable[[str], None]) -> None:
+        from .viewer import LiveConfig, ViewerConfig, ViewerError, start_live_viewer
+
+        self.say = say
+        try:
+            self.server, self.live = start_live_viewer(
+                ViewerConfig(host=cfg.viewer_host, port=cfg.viewer, allow_origin=cfg.viewer_allow_origin),
+                LiveConfig(push_every=cfg.viewer_every, snapshot_dir=plan.run_dir / "snapshots"), cfg.prompt, say=say,
+                warn=lambda m: say(f"warning: {m}"))
+        except ViewerError as exc:
+            raise GenerationError(str(exc)) from None
+        self.live.push(trainer.g)
+
+    def on_start(self, trainer: Trainer, should_stop: Callable[[], bool]) -> None:
+        self.live.should_stop = should_stop
+
+    def on_step(self, log: Optional[StepLog], trainer: Trainer) -> None:
+        self.live.on_step(log, trainer)
+
+    def close(self) -> None:
+        from .viewer import stop_live_viewer
+
+        stop_live_viewer(self.server, self.live)
+        self.say("live viewer closed")
+
+
+class RichProgress(Callback):
+    """The progress bar on a terminal: step, loss, gradient variance, Gaussians, skipped steps, times."""
+
+    def __init__(self, console, description: str) -> None:
+        self.console, self.description = console, description
+        self.progress = self.task = None
+
+    def on_start(self, trainer: Trainer, should_stop: Callable[[], bool]) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4g}"), TextColumn("var {task.fields[var]:.3g}"),
+            TextColumn("{task.fields[n]:,} G"), TextColumn("skipped {task.fields[skipped]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=trainer.cfg.steps, completed=trainer.state.step,
+                                           loss=float("nan"), var=float("nan"), n=len(trainer.g), skipped=0)
+
+    def on_step(self, log: Optional[StepLog], trainer: Trainer) -> None:
+        var = log.grad_variance if log and log.grad_variance is not None else float("nan")
+        self.progress.update(self.task, completed=trainer.state.step, loss=log.loss if log else float("nan"),
+                             var=var, n=len(trainer.g), skipped=trainer.state.skipped)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class PlainProgress(Callback):
+    """Progress when the output is not a terminal (a log file, a pipe), where the bar shows nothing:
+    one line every 10 % of the steps (and at the last): step/steps, loss, Gaussians, elapsed seconds."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say, self.t0 = say, time.perf_counter()
+
+    def on_start(self, trainer: Trainer, should_stop: Callable[[], bool]) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_step(self, log: Optional[StepLog], trainer: Trainer) -> None:
+        s, steps = trainer.state.step, trainer.cfg.steps
+        if s % max(1, math.ceil(steps / 10)) and s != steps:
+            return
+        loss = f"{log.loss:.4g}" if log else "nan (skipped)"
+        self.say(f"step {s}/{steps}: loss {loss}, {len(trainer.g):,} Gaussians, {time.perf_counter() - self.t0:.0f} s")
+
+
+def progress_display(console, description: str, say: Callable[[str], None]) -> Callback:
+    """The bar on a terminal, plain lines elsewhere."""
+    return RichProgress(console, description) if console.is_terminal else PlainProgress(say)
+
+
+# ---------------------------------------------------------------------------- the stages
+def check_run(cfg: GenerateConfig, say: Callable[[str], None]) -> Plan:
+    """Stage 1: refuse what cannot make a run, before any model loads: the numbers, the device, the
+    prompt (ShapeWorld's grammar), the outputs, and a checkpoint to resume (its header and options)."""
     validate_numbers(cfg)
     device = pick_device(cfg.device)
     prior_name = pick_prior_name(cfg, device)
@@ -476,195 +691,219 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     out = validate_outputs(cfg)
     options = run_options(cfg, prior_name)
     ckpt = None
-    if cfg.resume is not None:  # fail before loading any model
+    if cfg.resume is not None:
         ckpt = find_checkpoint(cfg.resume, say=say)
         try:
             check_checkpoint_state(ckpt, cfg.steps)
         except RunError as exc:
             raise GenerationError(str(exc)) from None
         check_resume_options(ckpt, options)
-    run_dir = out.parent
+    return Plan(device, prior_name, out, options, ckpt)
+
+
+def load_models(cfg: GenerateConfig, plan: Plan, models: Optional[dict[str, Any]] = None) -> tuple[Any, Any]:
+    """Stage 2: (prior, guidance). The prior comes from `models` when it holds one built with the same
+    options (`prior_cache_key`; a batch shares it across prompts), else it is built and put there; the
+    guidance (per-run state) and its geometry estimator are built afresh."""
+    from .render.torch_backend import set_compile
+
     set_compile(cfg.compile)
     models = {} if models is None else models
-    key = prior_cache_key(cfg, prior_name, device)
+    key = prior_cache_key(cfg, plan.prior_name, plan.device)
     if key not in models:
-        models[key] = build_prior(cfg, prior_name, device)
-    prior = models[key]
-    guidance = build_guidance(cfg, prior, prior_name, device)
-    embeds = prior.encode_prompt(cfg.prompt, cfg.negative)
+        models[key] = build_prior(cfg, plan.prior_name, plan.device)
+    return models[key], build_guidance(cfg, models[key], plan.prior_name, plan.device)
+
+
+def build_trainer(cfg: GenerateConfig, prior, guidance, device: torch.device, embeds=None,
+                  edit_optim: Optional[Callable[[OptimConfig], OptimConfig]] = None) -> Trainer:
+    """Stage 3: the Trainer of `cfg` (its initial Gaussians, the prompt's embeddings, GenerateConfig.optim
+    with steps/views/resolution from cfg). The one setup of generation, the benchmarks (bench/convergence.py,
+    bench/cost.py) and doctor's step timing.
+    embeds: the prompt's embeddings if the caller has them (doctor encodes once for every guidance);
+    edit_optim(OptimConfig) -> OptimConfig: a last change of the optimiser's settings (a benchmark's)."""
+    if embeds is None:
+        embeds = prior.encode_prompt(cfg.prompt, cfg.negative)
     g = init_gaussians(cfg, device)
     optim = dataclasses.replace(cfg.optim, steps=cfg.steps, views=cfg.views, resolution=cfg.resolution)
-    trainer = Trainer(g, prior, guidance, embeds, optim, mode=cfg.mode, seed=cfg.seed)
-    if ckpt is not None:
-        load_checkpoint(trainer, ckpt)
-    live = server = None  # the live viewer (--viewer); importing viser and starting it count as loading
+    if edit_optim is not None:
+        optim = edit_optim(optim)
+    return Trainer(g, prior, guidance, embeds, optim, mode=cfg.mode, seed=cfg.seed)
+
+
+def build_callbacks(cfg: GenerateConfig, plan: Plan, trainer: Trainer, checkpoints: Checkpoints, console,
+                    say: Callable[[str], None]) -> list[Callback]:
+    """Stage 3 (continued): what watches the loop, in the order it runs after each step: refinement
+    lines, checkpoints, previews, the live viewer (started here), progress."""
+    callbacks: list[Callback] = [RefineLines(trainer, say)] if not cfg.quiet else []
+    callbacks.append(checkpoints)
+    if cfg.preview_every:
+        callbacks.append(Previews(cfg.preview_every, plan.run_dir / "previews", cfg.mode, cfg.resolution, plan.device))
     if cfg.viewer is not None:
-        from .viewer import LiveConfig, ViewerConfig, ViewerError, start_live_viewer
+        callbacks.append(LiveViewerCallback(cfg, plan, trainer, say))
+    if not cfg.quiet and console is not None:
+        callbacks.append(progress_display(console, cfg.prompt[:30], say))
+    return callbacks
 
-        try:
-            server, live = start_live_viewer(
-                ViewerConfig(host=cfg.viewer_host, port=cfg.viewer, allow_origin=cfg.viewer_allow_origin),
-                LiveConfig(push_every=cfg.viewer_every, snapshot_dir=run_dir / "snapshots"), cfg.prompt, say=say,
-                warn=lambda m: say(f"warning: {m}"))
-        except ViewerError as exc:
-            raise GenerationError(str(exc)) from None
-        live.push(trainer.g)
-    t_loaded = time.perf_counter()
-    ckpt_dir = run_dir / "checkpoints"
+
+def optimise(cfg: GenerateConfig, plan: Plan, trainer: Trainer, callbacks: list[Callback], checkpoints: Checkpoints,
+             say: Callable[[str], None]) -> Optimised:
+    """Stage 4: the loop under a signal scope (Ctrl-C / SIGTERM / SIGHUP: finish the step, then stop;
+    a second one: at once), then the final checkpoint: the whole optimisation is saved before the
+    exports, so nothing is lost if one of them fails or is interrupted (--resume of it goes straight to
+    them). A disk too full for it may still take the (much smaller) splat file: that is tried."""
+    from .interrupts import StopOnSignal
+
     if not cfg.quiet:  # --quiet: the result line and warnings only (run.json keeps the refinements)
-        for line in run_header(cfg, prior_name, prior, guidance, trainer, run_dir):
+        for line in run_header(cfg, plan.prior_name, trainer.prior, trainer.guidance, trainer, plan.run_dir):
             say(line)
-    refines_seen = len(trainer.densifier.history)
-
-    def on_step(log: Optional[StepLog], tr: Trainer) -> None:
-        nonlocal refines_seen
-        s = tr.state.step
-        if not cfg.quiet:
-            for row in tr.densifier.history[refines_seen:]:
-                say(refine_line(row, tr.densifier.cfg.grow_grad2d))
-        refines_seen = len(tr.densifier.history)
-        if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < optim.steps:
-            problem = try_checkpoint(tr, ckpt_dir, options, out.name)[1]
-            if problem is not None and not failed_checkpoints:
-                say(f"warning: the checkpoint of step {s} could not be written ({problem}); the run goes on")
-            failed_checkpoints.extend([problem] if problem else [])
-        if cfg.preview_every and s % cfg.preview_every == 0:
-            from .cameras import object_eval_cameras, scene_eval_cameras
-
-            cams = (object_eval_cameras if cfg.mode == "object" else scene_eval_cameras)(cfg.resolution, cfg.resolution)
-            with torch.no_grad():
-                rgb = render(tr.g, cams[::2].to(device), background=tr.background).rgb
-            write_png(run_dir / "previews" / f"step_{s:06d}.png", image_row(rgb))
-        if live is not None:
-            live.on_step(log, tr)
-        if progress is not None:
-            fields = {"loss": log.loss if log else float("nan"), "n": len(tr.g),
-                      "var": (log.grad_variance if log and log.grad_variance is not None else float("nan")),
-                      "skipped": tr.state.skipped}
-            progress.update(task, completed=s, **fields)
-
-    progress = task = None
-    failed_checkpoints: list[str] = []
+    first_step, first_skipped = trainer.state.step, trainer.state.skipped
     try:
-        if not cfg.quiet and console is not None:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("loss {task.fields[loss]:.4g}"), TextColumn("var {task.fields[var]:.3g}"),
-                TextColumn("{task.fields[n]:,} G"), TextColumn("skipped {task.fields[skipped]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-            )
-            progress.start()
-            task = progress.add_task(cfg.prompt[:30], total=optim.steps, completed=trainer.state.step,
-                                     loss=float("nan"), var=float("nan"), n=len(g), skipped=0)
-        first_step, first_skipped = trainer.state.step, trainer.state.skipped
-        with StopOnSignal() as stop:  # Ctrl-C / SIGTERM / SIGHUP: finish the step, then stop (a second one: at once)
-            if live is not None:  # a paused page lets go on a signal: the run stops and saves
-                live.should_stop = lambda: stop.requested is not None
-            trainer.run(on_step, should_stop=lambda: stop.requested is not None)
-            # The whole optimisation is saved before the exports, so nothing is lost if one of them fails
-            # or is interrupted: --resume of this checkpoint goes straight to the exports. A disk too full
-            # for it may still take the (much smaller) splat file: that is written, and the miss said.
-            final, final_problem = try_checkpoint(trainer, ckpt_dir, options, out.name)
-        if stop.requested is not None:
-            if final is None:
-                raise GenerationError(f"interrupted ({stop.requested}) at step {trainer.state.step}, and its checkpoint "
-                                      f"could not be written ({final_problem}); free some space and run again")
-            raise Interrupted(final, stop.requested)
-        ran = trainer.state.step - first_step
-        if ran > 0 and trainer.state.skipped - first_skipped >= ran:
-            raise GenerationError(f"every one of the {ran} steps was skipped: the guidance gave non-finite gradients "
-                                  "(check --guidance-scale and the learning rates); nothing was written")
+        with StopOnSignal() as stop:
+            for cb in callbacks:
+                cb.on_start(trainer, lambda: stop.requested is not None)
+            trainer.run(should_stop=lambda: stop.requested is not None, callbacks=callbacks)
+            final, final_problem = checkpoints.save(trainer)
     finally:
-        if progress is not None:
-            progress.stop()
-        if live is not None:
-            from .viewer import stop_live_viewer
+        for cb in reversed(callbacks):
+            cb.close()
+    if stop.requested is not None:
+        if final is None:
+            raise GenerationError(f"interrupted ({stop.requested}) at step {trainer.state.step}, and its checkpoint "
+                                  f"could not be written ({final_problem}); free some space and run again")
+        raise Interrupted(final, stop.requested)
+    ran = trainer.state.step - first_step
+    if ran > 0 and trainer.state.skipped - first_skipped >= ran:
+        raise GenerationError(f"every one of the {ran} steps was skipped: the guidance gave non-finite gradients "
+                              "(check GenerateConfig.guidance_scale and the learning rates); nothing was written")
+    return Optimised(final, final_problem, checkpoints.failed)
 
-            stop_live_viewer(server, live)
-            say("live viewer closed")
-    t_opt = time.perf_counter()
-    # Ctrl-C / SIGTERM during the exports: the one under way finishes (every file is written
-    # atomically), the rest are skipped, exit 130; a second signal stops at once. The optimisation
-    # is saved in `final`, and --resume of it goes straight here.
+
+def interrupted_during_exports(opt: Optimised, signal_name: str) -> Exception:
+    if opt.final is None:  # the disk took no final checkpoint: say what there is
+        return GenerationError(f"interrupted ({signal_name}) during the exports, and the final checkpoint could not "
+                               f"be written ({opt.final_problem}); free some space and run again")
+    return Interrupted(opt.final, signal_name)
+
+
+@contextlib.contextmanager
+def export_signals(opt: Optimised) -> Iterator[Callable[[], None]]:
+    """Stages 5 and 6 under a signal scope: Ctrl-C / SIGTERM during the exports lets the one under way
+    finish (every file is written atomically), skips the rest and raises Interrupted (exit 130; the
+    optimisation is saved in `opt.final`, and --resume of it goes straight to the exports); a second
+    signal stops at once. Yields `stop_here()`, called between two exports."""
+    from .interrupts import StopOnSignal
+
     exports = StopOnSignal("stopping after this export (Ctrl-C again to stop at once)")
-
-    def interrupted(signal_name: str) -> Exception:
-        if final is None:  # the disk took no final checkpoint: say what there is
-            return GenerationError(f"interrupted ({signal_name}) during the exports, and the final checkpoint could not "
-                                   f"be written ({final_problem}); free some space and run again")
-        return Interrupted(final, signal_name)
 
     def stop_here() -> None:
         if exports.requested is not None:
-            raise interrupted(exports.requested)
+            raise interrupted_during_exports(opt, exports.requested)
 
     try:
         with exports:
-            outputs = {"splats": str(out)}
-            splats = trainer.g
-            if cfg.display_filter:
-                from .export.display_filter import DisplayFilterConfig, bake_display_filter
-
-                splats = bake_display_filter(trainer.g, DisplayFilterConfig.of_sampler(trainer.sampler, cfg.mode))
-            try:
-                n_written = export_gaussians(out, splats, up=None if cfg.up == "z" else cfg.up)
-            except (OSError, ValueError) as exc:  # ExportError is a ValueError
-                if final_problem is None:
-                    raise
-                raise GenerationError(f"{exc}; the final checkpoint could not be written either ({final_problem}): "
-                                      "nothing of this run was saved, free some space and run again") from None
-            if final_problem is not None:
-                say(f"warning: the final checkpoint could not be written ({final_problem}); the result is in {out}")
-            stop_here()
-            if live is not None:
-                say(f"to look at the result again: steinsplat view {out}")
-            if cfg.mesh is not None:
-                from .export.mesh import MeshConfig, export_mesh
-
-                export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode, method=cfg.mesh_method, up=cfg.up))
-                outputs["mesh"] = str(cfg.mesh)
-                stop_here()
-            if cfg.video is not None:
-                from .export.video import VideoConfig, export_video
-
-                export_video(cfg.video, trainer.g, VideoConfig(mode=cfg.mode))
-                outputs["video"] = str(cfg.video)
-                stop_here()
-            t_export = time.perf_counter()
-            metrics = None
-            if prior_name == "shapeworld":
-                from .shapeworld.metrics import evaluate
-
-                with torch.no_grad():
-                    metrics = dataclasses.asdict(evaluate(trainer.g.to("cpu"), cfg.prompt))
-                    stop_here()
-            record = {
-                "status": "ok",
-                "prompt": cfg.prompt,
-                "prior": prior_name,
-                "seed": cfg.seed,
-                "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
-                "versions": versions(),
-                "device": str(device),
-                "timings": {"load_s": t_loaded - t_start, "optimise_s": t_opt - t_loaded, "export_s": t_export - t_opt,
-                            "total_s": time.perf_counter() - t_start},
-                "steps": trainer.state.step,
-                "skipped_steps": trainer.state.skipped,
-                "gaussians": n_written,
-                "densify": trainer.densifier.history,  # one row per refinement: step, before, after, over
-                "outputs": outputs,
-                "metrics": metrics,
-                "final_loss": trainer.state.history[-1].loss if trainer.state.history else None,
-                "not_written": ([f"final checkpoint: {final_problem}"] if final_problem else [])
-                + [f"a periodic checkpoint: {p}" for p in failed_checkpoints[:1]],
-            }
-            from .export.atomic import atomic_write_bytes
-
-            atomic_write_bytes(run_dir / "run.json", json.dumps(record, indent=2).encode())
-            return record
+            yield stop_here
     except Interrupted:
         raise
     except KeyboardInterrupt:  # the second signal
-        raise interrupted(exports.requested or "SIGINT") from None
+        raise interrupted_during_exports(opt, exports.requested or "SIGINT") from None
+
+
+def export_outputs(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised, say: Callable[[str], None],
+                   stop_here: Callable[[], None]) -> tuple[dict[str, str], int]:
+    """Stage 5: the splat file (first: it is the result; with GenerateConfig.display_filter baked in),
+    then the mesh and the turntable. Returns (outputs, Gaussians written)."""
+    from .export import export_gaussians
+
+    splats = trainer.g
+    if cfg.display_filter:
+        from .export.display_filter import DisplayFilterConfig, bake_display_filter
+
+        splats = bake_display_filter(trainer.g, DisplayFilterConfig.of_sampler(trainer.sampler, cfg.mode))
+    try:
+        n_written = export_gaussians(plan.out, splats, up=None if cfg.up == "z" else cfg.up)
+    except (OSError, ValueError) as exc:  # ExportError is a ValueError
+        if opt.final_problem is None:
+            raise
+        raise GenerationError(f"{exc}; the final checkpoint could not be written either ({opt.final_problem}): "
+                              "nothing of this run was saved, free some space and run again") from None
+    if opt.final_problem is not None:
+        say(f"warning: the final checkpoint could not be written ({opt.final_problem}); the result is in {plan.out}")
+    stop_here()
+    if cfg.viewer is not None:
+        say(f"to look at the result again: steinsplat view {plan.out}")
+    outputs = {"splats": str(plan.out)}
+    if cfg.mesh is not None:
+        from .export.mesh import MeshConfig, export_mesh
+
+        export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode, method=cfg.mesh_method, up=cfg.up))
+        outputs["mesh"] = str(cfg.mesh)
+        stop_here()
+    if cfg.video is not None:
+        from .export.video import VideoConfig, export_video
+
+        export_video(cfg.video, trainer.g, VideoConfig(mode=cfg.mode))
+        outputs["video"] = str(cfg.video)
+        stop_here()
+    return outputs, n_written
+
+
+def record_run(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised, outputs: dict[str, str],
+               n_written: int, clock: dict[str, float], stop_here: Callable[[], None]) -> RunRecord:
+    """Stage 6: the ShapeWorld metrics (for a ShapeWorld prior), the run record, and run.json beside the outputs.
+    clock: time.perf_counter() at the start and at the ends of loading, optimising and exporting."""
+    from .export.atomic import atomic_write_bytes
+
+    metrics = None
+    if plan.prior_name == "shapeworld":
+        from .shapeworld.metrics import evaluate
+
+        with torch.no_grad():
+            metrics = dataclasses.asdict(evaluate(trainer.g.to("cpu"), cfg.prompt))
+            stop_here()
+    record = RunRecord(
+        status="ok", prompt=cfg.prompt, prior=plan.prior_name, seed=cfg.seed,
+        config=json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), versions=versions(),
+        device=str(plan.device),
+        timings=Timings(clock["loaded"] - clock["start"], clock["optimised"] - clock["loaded"],
+                        clock["exported"] - clock["optimised"], time.perf_counter() - clock["start"]),
+        steps=trainer.state.step, skipped_steps=trainer.state.skipped, gaussians=n_written,
+        densify=trainer.densifier.history, outputs=outputs, metrics=metrics,
+        final_loss=trainer.state.history[-1].loss if trainer.state.history else None,
+        not_written=([f"final checkpoint: {opt.final_problem}"] if opt.final_problem else [])
+        + [f"a periodic checkpoint: {p}" for p in opt.failed_checkpoints[:1]],
+    )
+    atomic_write_bytes(plan.run_dir / "run.json", record.to_json().encode())
+    return record
+
+
+def console_say(console) -> Callable[[str], None]:
+    """say(message): a line on `console` (no rich markup), or nowhere without one."""
+    return (lambda m: console.print(m, markup=False)) if console is not None else (lambda _m: None)
+
+
+def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]] = None) -> RunRecord:
+    """Run one prompt end to end; returns the run record (also written as run.json beside the outputs).
+
+    console: a rich Console for the run header, progress and warnings (None: silent).
+    models: a cache {prior_cache_key: prior} shared across prompts by `batch` (guidance objects hold
+    per-run state, so only priors are reused).
+    Raises GenerationError (worded with GenerateConfig's field names) for what the caller can fix,
+    Interrupted when a signal stopped the run (its state saved).
+    """
+    clock = {"start": time.perf_counter()}
+    say = console_say(console)
+    plan = check_run(cfg, say)  # 1. check
+    prior, guidance = load_models(cfg, plan, models)  # 2. load models
+    trainer = build_trainer(cfg, prior, guidance, plan.device)  # 3. build the trainer
+    if plan.checkpoint is not None:
+        load_checkpoint(trainer, plan.checkpoint)
+    checkpoints = Checkpoints(cfg.checkpoint_every, plan, say)
+    callbacks = build_callbacks(cfg, plan, trainer, checkpoints, console, say)
+    clock["loaded"] = time.perf_counter()
+    opt = optimise(cfg, plan, trainer, callbacks, checkpoints, say)  # 4. optimise
+    clock["optimised"] = time.perf_counter()
+    with export_signals(opt) as stop_here:
+        outputs, n_written = export_outputs(cfg, plan, trainer, opt, say, stop_here)  # 5. export
+        clock["exported"] = time.perf_counter()
+        return record_run(cfg, plan, trainer, opt, outputs, n_written, clock, stop_here)  # 6. record
