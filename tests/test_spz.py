@@ -234,11 +234,14 @@ def test_generate_accepts_spz_out(tmp_path: Path) -> None:
 def test_batch_format_spz_writes_spz_per_prompt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """`batch --format spz`: every prompt's splats go to <name>/<name>.spz (the generator is replaced by one that
     writes a small cloud where it is told to, so the wiring is tested without an optimisation)."""
+    from types import SimpleNamespace
+
     import steinsplat.pipeline as gen_mod
 
     def fake_generate(cfg, console=None, models=None):  # noqa: ANN001
         n = export_gaussians(cfg.out, in_range_gaussians(10, 0))
-        return {"outputs": {"splats": str(cfg.out)}, "metrics": {}, "gaussians": n, "timings": {"total_s": 0.0}}
+        return SimpleNamespace(outputs={"splats": str(cfg.out)}, metrics={}, gaussians=n,  # a RunRecord's fields
+                               timings=SimpleNamespace(total_s=0.0))
 
     monkeypatch.setattr(gen_mod, "generate", fake_generate)
     prompts = tmp_path / "p.txt"

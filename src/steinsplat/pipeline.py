@@ -1,10 +1,13 @@
 """`steinsplat "PROMPT" --out FILE` and `steinsplat.generate(cfg)`: text to 3D Gaussians, end to end.
 
-Builds the prior, the geometry estimator and the guidance named by the config (one explicit
-mapping each, no registries), initialises Gaussians for the mode, runs `train.Trainer`, and
-writes the outputs: splats (.ply / .splat / .spz by extension), optional mesh and turntable video, a
-`run.json` beside them (prompt, config, seed, versions, timings, final metrics), previews and
-checkpoints (every N steps, on Ctrl-C, resumable with --resume).
+`generate` runs six stages, each a function below read in order: 1 `check_run` (numbers, device,
+prompt, outputs, the checkpoint to resume: all before any model loads), 2 `load_models` (the prior,
+cached across a batch, and the guidance with its geometry estimator: one explicit mapping each, no
+registries), 3 `build_trainer` (initial Gaussians for the mode, `train.Trainer`) and
+`build_callbacks` (checkpoints every N steps, previews, the live viewer, progress: `train.Callback`s),
+4 `optimise` (the loop; Ctrl-C saves a checkpoint, resumable with --resume), 5 `export_outputs`
+(splats as .ply / .splat / .spz by extension, optional mesh and turntable video), 6 `record_run`
+(metrics, the `RunRecord` it returns, written as `run.json` beside the outputs).
 """
 
 from __future__ import annotations
