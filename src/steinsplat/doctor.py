@@ -246,7 +246,7 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
     """Per guidance: seconds per optimisation step (render, encode, guidance, backward, Adam; the
     mean of `repeats` steps after one warm-up step) and, on CUDA, the peak memory allocated during
     them (GiB). The prior is built once; its weights count in every peak. sd_options: more
-    GenerateConfig fields of the prior (generate.SD_PRIOR_OPTIONS, e.g. {"vae_checkpointing": True})."""
+    GenerateConfig fields of the prior (pipeline.SD_PRIOR_OPTIONS, e.g. {"vae_checkpointing": True})."""
     from .pipeline import SD_PRIOR_OPTIONS, GenerateConfig, build_guidance, build_prior, build_trainer
 
     sd_options = dict(sd_options or {})
