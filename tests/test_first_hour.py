@@ -79,7 +79,9 @@ def test_mode_source_tells_a_mode_given_from_the_default():
 # ---------------------------------------------------------------------------- the command line
 @pytest.fixture
 def fake_generate(monkeypatch):
-    """generate() replaced: records each config and writes nothing; returns a run record's keys."""
+    """generate() replaced: records each config and writes nothing; returns a run record's fields."""
+    from types import SimpleNamespace
+
     import steinsplat.pipeline as gen_mod
 
     seen: list[GenerateConfig] = []
@@ -87,8 +89,8 @@ def fake_generate(monkeypatch):
     def fake(cfg, console=None, models=None):  # noqa: ANN001
         assert cfg.mode in ("object", "scene")  # never "auto": the CLI decides it before generate
         seen.append(cfg)
-        return {"outputs": {"splats": str(cfg.out)}, "metrics": {"mask_iou": 0.9}, "gaussians": 7,
-                "timings": {"total_s": 0.0}}
+        return SimpleNamespace(outputs={"splats": str(cfg.out)}, metrics={"mask_iou": 0.9}, gaussians=7,
+                               timings=SimpleNamespace(total_s=0.0))  # a RunRecord's fields
 
     monkeypatch.setattr(gen_mod, "generate", fake)
     return seen
