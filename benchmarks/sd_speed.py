@@ -40,7 +40,7 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, dict]]:
 
 def main(argv: list[str] | None = None) -> int:
     from steinsplat.doctor import GUIDANCE_CHOICES, time_guidance_steps
-    from steinsplat.generate import GenerationError
+    from steinsplat.pipeline import GenerationError
     from steinsplat.priors.stable_diffusion import DEFAULT_MODEL
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -32,7 +32,7 @@ from steinsplat import config
 from steinsplat.batch import slugify
 from steinsplat.bench.convergence import finite_mean
 from steinsplat.export.atomic import atomic_write_bytes
-from steinsplat.generate import GenerateConfig, generate
+from steinsplat.pipeline import GenerateConfig, generate
 from steinsplat.shapeworld.vocab import HELD_OUT, SHAPE_NAMES, all_object_prompts, canonical_text, parse_prompt
 
 ROOM = "a room with blue walls and a gray floor"
@@ -92,7 +92,7 @@ def main() -> None:
             if args.reuse and done.exists() and json.loads(done.read_text()).get("status") == "ok":
                 rec = json.loads(done.read_text())
             else:
-                rec = generate(cfg, models=models)
+                rec = generate(cfg, models=models).to_dict()  # the reused ones are run.json: the same form
             m = rec["metrics"]
             row = {"prompt": prompt, "seed": seed, "held_out": prompt in held, "room": prompt == ROOM,
                    "shape": None if prompt == ROOM else parse_prompt(prompt).shape,

@@ -58,7 +58,7 @@ def main() -> None:
     from steinsplat.bench.study import Task, load_results, run_task, save_result
     from steinsplat.estimators import ShapeWorldEstimatorAdapter
     from steinsplat.export.atomic import atomic_write_bytes
-    from steinsplat.generate import versions
+    from steinsplat.pipeline import versions
     from steinsplat.priors import ShapeWorldPriorAdapter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -47,7 +47,7 @@ def main() -> None:
     from steinsplat.estimators import ShapeWorldEstimatorAdapter
     from steinsplat.export.atomic import atomic_write_bytes
     from steinsplat.gaussians import Gaussians
-    from steinsplat.generate import versions
+    from steinsplat.pipeline import versions
     from steinsplat.priors import ShapeWorldPriorAdapter
     from steinsplat.bench.regimes import REGIMES, apply_regime, regime_prompt
     from steinsplat.bench.study import scaled_optim

@@ -37,7 +37,7 @@ from steinsplat.bench.decomposition import bootstrap_mean, measure_decomposition
 from steinsplat.bench.run import ROOM, machine, prompt_list
 from steinsplat.bench.variance import measure_variance, sds_snapshot
 from steinsplat.estimators import ShapeWorldEstimatorAdapter
-from steinsplat.generate import versions
+from steinsplat.pipeline import versions
 from steinsplat.priors import ShapeWorldPriorAdapter
 
 

@@ -25,7 +25,7 @@ import steinsplat, pathlib
 where = pathlib.Path(steinsplat.__file__).resolve()
 assert "site-packages" in str(where), f"steinsplat imported from {where}, not from the installed wheel"
 from steinsplat import config
-from steinsplat.generate import GenerateConfig
+from steinsplat.pipeline import GenerateConfig
 cfg = config.parse(GenerateConfig, ["a corgi in a spacesuit", "--config", "sd-object"], prog="wheel-check")
 assert cfg.prior == "sd", cfg.prior
 print(f"wheel check: --config sd-object resolves (prior {cfg.prior}, {cfg.steps} steps)")

@@ -183,7 +183,7 @@ def test_integer_schedule_points_are_steps_and_bad_values_say_what_to_write():
 
 def test_yaml_and_command_line_keep_integers_as_steps_and_decimals_as_fractions(tmp_path):
     from steinsplat import config
-    from steinsplat.generate import GenerateConfig
+    from steinsplat.pipeline import GenerateConfig
 
     cli = config.parse(GenerateConfig, ["a red cube", "--optim.densify.start", "100", "--optim.densify.stop", "0.9"],
                        prog="t")

@@ -380,7 +380,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(ssd_ckpt, 
     shutil.copy(ssd_ckpt, run / "checkpoints" / "step_000001.safetensors")
     data = ssd_ckpt.read_bytes()
     (run / "checkpoints" / "step_000002.safetensors").write_bytes(data[: len(data) // 2])
-    from steinsplat.generate import find_checkpoint
+    from steinsplat.pipeline import find_checkpoint
 
     notes = []
     assert find_checkpoint(run, say=notes.append).name == "step_000001.safetensors"

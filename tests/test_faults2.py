@@ -388,7 +388,7 @@ def _fake_checkpoint(path: Path, step, prompt=CUBE, extra=(), shapes=None, out_n
     """A checkpoint header as generate writes it (options of `prompt` + extra), with small tensors."""
     from steinsplat import config
     from steinsplat.checkpoint import write_checkpoint
-    from steinsplat.generate import GenerateConfig, run_options
+    from steinsplat.pipeline import GenerateConfig, run_options
 
     cfg = config.parse(GenerateConfig, [prompt, *extra], prog="steinsplat")
     n = 4
@@ -421,7 +421,7 @@ def test_a_second_prompt_into_a_run_folder_is_refused(tmp_path, capsys):
 
 def test_the_same_run_again_may_use_its_folder(tmp_path):
     from steinsplat import config
-    from steinsplat.generate import GenerateConfig, validate_outputs
+    from steinsplat.pipeline import GenerateConfig, validate_outputs
 
     run = tmp_path / "mine"
     run.mkdir()
@@ -694,7 +694,7 @@ def test_batch_prompt_list_too_large_is_refused(tmp_path, capsys, monkeypatch):
 
 
 def test_a_fifo_in_a_resume_folder_is_skipped_not_waited_on(tmp_path):
-    from steinsplat.generate import find_checkpoint
+    from steinsplat.pipeline import find_checkpoint
 
     run = tmp_path / "run"
     good = _fake_checkpoint(run / "checkpoints" / "step_000002.safetensors", 2)
@@ -781,7 +781,7 @@ def test_export_past_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, 
 def test_resuming_a_folder_may_change_its_output_name(tmp_path):
     """--resume of the run in this folder is that run going on: --out may name another file."""
     from steinsplat import config
-    from steinsplat.generate import GenerateConfig, validate_outputs
+    from steinsplat.pipeline import GenerateConfig, validate_outputs
 
     run = tmp_path / "mine"
     _fake_checkpoint(run / "checkpoints" / "step_000002.safetensors", 2, out_name="c.ply")

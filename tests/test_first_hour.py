@@ -12,7 +12,7 @@ import pytest
 
 from steinsplat.cli import main
 from steinsplat.config import ConfigError
-from steinsplat.generate import GenerateConfig
+from steinsplat.pipeline import GenerateConfig
 from steinsplat.prompt_mode import SCENE_NOTE, ModeError, mode_source, resolve_mode
 
 CUBE = "a red cube"
@@ -79,16 +79,18 @@ def test_mode_source_tells_a_mode_given_from_the_default():
 # ---------------------------------------------------------------------------- the command line
 @pytest.fixture
 def fake_generate(monkeypatch):
-    """generate() replaced: records each config and writes nothing; returns a run record's keys."""
-    import steinsplat.generate as gen_mod
+    """generate() replaced: records each config and writes nothing; returns a run record's fields."""
+    from types import SimpleNamespace
+
+    import steinsplat.pipeline as gen_mod
 
     seen: list[GenerateConfig] = []
 
     def fake(cfg, console=None, models=None):  # noqa: ANN001
         assert cfg.mode in ("object", "scene")  # never "auto": the CLI decides it before generate
         seen.append(cfg)
-        return {"outputs": {"splats": str(cfg.out)}, "metrics": {"mask_iou": 0.9}, "gaussians": 7,
-                "timings": {"total_s": 0.0}}
+        return SimpleNamespace(outputs={"splats": str(cfg.out)}, metrics={"mask_iou": 0.9}, gaussians=7,
+                               timings=SimpleNamespace(total_s=0.0))  # a RunRecord's fields
 
     monkeypatch.setattr(gen_mod, "generate", fake)
     return seen

@@ -165,7 +165,7 @@ def test_second_interrupt_stops_at_once(tmp_path, tiny_models, monkeypatch, caps
 @pytest.mark.parametrize("name", ["object", "scene", "sd-object", "sd-scene"])
 def test_presets_parse(name):
     from steinsplat import config
-    from steinsplat.generate import GenerateConfig
+    from steinsplat.pipeline import GenerateConfig
 
     cfg = config.parse(GenerateConfig, ["--config", name, "a prompt", "--steps", "7"], prog="t")
     assert cfg.steps == 7 and cfg.prompt == "a prompt"

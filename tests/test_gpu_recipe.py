@@ -201,7 +201,7 @@ def test_vsd_uses_its_own_guidance_scale_and_lora_rate_with_sd(tiny_sd):
 # ---------------------------------------------------------------------------- cameras, CFG, timesteps
 def test_stratified_azimuths_cover_the_circle_with_the_sd_framing():
     from steinsplat import config
-    from steinsplat.generate import GenerateConfig
+    from steinsplat.pipeline import GenerateConfig
 
     cfg = config.load_preset(GenerateConfig, "sd-object")
     assert cfg.optim.stratify and cfg.optim.background == "white_black" and cfg.init_color == "grey"

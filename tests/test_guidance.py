@@ -848,7 +848,7 @@ def test_baseline_mapping_is_explicit_and_pixel_baselines_run_through_the_render
                                        ("normal-pixel", NormalPixelBaseline)])
 def test_generate_builds_the_named_baseline(kind, cls):
     from steinsplat import config
-    from steinsplat.generate import GenerateConfig, build_guidance
+    from steinsplat.pipeline import GenerateConfig, build_guidance
 
     cfg = config.parse(GenerateConfig, ["a red cube", "--baseline", kind, "--seed", "3", "--quiet"], prog="test")
     prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from steinsplat.config import load_preset
-from steinsplat.generate import GenerateConfig
+from steinsplat.pipeline import GenerateConfig
 from steinsplat.priors import PriorUnavailableError, StableDiffusionPrior
 from steinsplat.priors.stable_diffusion import DEFAULT_MODEL, REMOVED_MODELS, StableDiffusionPriorConfig
 

@@ -438,7 +438,7 @@ def test_compile_unet_with_inductor_on_cpu(tiny_sd, tiny_sd_reference):
 
 def test_memory_flags_reach_the_prior_from_the_command_line(tiny_sd):
     from steinsplat import config
-    from steinsplat.generate import GenerateConfig, build_prior, prior_cache_key
+    from steinsplat.pipeline import GenerateConfig, build_prior, prior_cache_key
 
     argv = ["a red cube", "--prior", "sd", "--model", str(tiny_sd), "--device", "cpu", "--vae-slicing",
             "--vae-checkpointing", "--channels-last", "--attention-slicing"]

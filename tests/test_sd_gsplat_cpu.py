@@ -33,7 +33,7 @@ def spy(gsplat_cpu, monkeypatch):
 
     import steinsplat.export.mesh as mesh
     import steinsplat.export.video as video
-    import steinsplat.generate as generate
+    import steinsplat.pipeline as pipeline
 
     seen = {"calls": 0, "dtypes": set(), "priors": []}
     real = gsplat.rasterization
@@ -43,7 +43,7 @@ def spy(gsplat_cpu, monkeypatch):
         seen["dtypes"] |= {str(kw[k].dtype) for k in ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks")}
         return real(**kw)
 
-    real_build = generate.build_prior
+    real_build = pipeline.build_prior
 
     def build_prior(*a, **k):
         p = real_build(*a, **k)
@@ -51,7 +51,7 @@ def spy(gsplat_cpu, monkeypatch):
         return p
 
     monkeypatch.setattr(gsplat, "rasterization", rasterization)
-    monkeypatch.setattr(generate, "build_prior", build_prior)
+    monkeypatch.setattr(pipeline, "build_prior", build_prior)
     monkeypatch.setattr(mesh, "MeshConfig", functools.partial(mesh.MeshConfig, views=6, resolution=48, voxel=0.05))
     monkeypatch.setattr(video, "VideoConfig", functools.partial(video.VideoConfig, frames=4, resolution=32))
     return seen

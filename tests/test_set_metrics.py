@@ -208,7 +208,7 @@ def test_object_prompts_keep_their_numbers_and_rooms_are_refused(cube):
 
 def test_an_open_prompts_record_fits_run_json(cube):
     g = _solid(cube, "green")
-    m = evaluate(g, OpenPrompt(shape="cube"), shape=False)  # the hook, as generate.py calls it
+    m = evaluate(g, OpenPrompt(shape="cube"), shape=False)  # the hook, as pipeline.py calls it
     d = json.loads(json.dumps(dataclasses.asdict(m)))
     assert d["mode"] == "a green cube" and d["prompt"] == "a cube" and d["per_mode"] is None
     assert set(d["best"]) == {"mask_iou", "psnr", "colour_error", "depth_error"}

@@ -224,7 +224,7 @@ def test_cli_export_info_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_generate_accepts_spz_out(tmp_path: Path) -> None:
-    from steinsplat.generate import GenerateConfig, GenerationError, validate_outputs
+    from steinsplat.pipeline import GenerateConfig, GenerationError, validate_outputs
 
     assert validate_outputs(GenerateConfig("a red cube", out=tmp_path / "x.spz")) == tmp_path / "x.spz"
     with pytest.raises(GenerationError, match=r"\.spz"):
@@ -234,11 +234,14 @@ def test_generate_accepts_spz_out(tmp_path: Path) -> None:
 def test_batch_format_spz_writes_spz_per_prompt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """`batch --format spz`: every prompt's splats go to <name>/<name>.spz (the generator is replaced by one that
     writes a small cloud where it is told to, so the wiring is tested without an optimisation)."""
-    import steinsplat.generate as gen_mod
+    from types import SimpleNamespace
+
+    import steinsplat.pipeline as gen_mod
 
     def fake_generate(cfg, console=None, models=None):  # noqa: ANN001
         n = export_gaussians(cfg.out, in_range_gaussians(10, 0))
-        return {"outputs": {"splats": str(cfg.out)}, "metrics": {}, "gaussians": n, "timings": {"total_s": 0.0}}
+        return SimpleNamespace(outputs={"splats": str(cfg.out)}, metrics={}, gaussians=n,  # a RunRecord's fields
+                               timings=SimpleNamespace(total_s=0.0))
 
     monkeypatch.setattr(gen_mod, "generate", fake_generate)
     prompts = tmp_path / "p.txt"

@@ -275,7 +275,7 @@ def test_a_new_baseline_from_the_recipe_runs_in_ssd():
 
 # ---------------------------------------------------------------------------- presets
 def test_presets_are_defined_once_and_used_by_bench_and_cli():
-    from steinsplat.generate import SSD_NOISE_PRESETS
+    from steinsplat.pipeline import SSD_NOISE_PRESETS
 
     assert set(SSD_PRESETS) == {"paper", "steinsplat"}
     assert SSD_PRESETS["paper"]() == SSDConfig()

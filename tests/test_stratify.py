@@ -10,7 +10,7 @@ import torch
 
 from steinsplat.cameras import InsideOutSampler, OrbitSampler, stratified_circle
 from steinsplat.gaussians import Gaussians
-from steinsplat.generate import load_checkpoint, save_checkpoint
+from steinsplat.pipeline import load_checkpoint, save_checkpoint
 from steinsplat.guidance import GUIDANCE, sample_timesteps, stratified_timesteps
 from steinsplat.priors.tiny import TinyPixelPrior
 from steinsplat.train import OptimConfig, Trainer

@@ -8,7 +8,7 @@ import torch
 
 from steinsplat.densify import DensifyConfig
 from steinsplat.gaussians import Gaussians
-from steinsplat.generate import load_checkpoint, save_checkpoint
+from steinsplat.pipeline import load_checkpoint, save_checkpoint
 from steinsplat.guidance import GUIDANCE, NormalBaseline
 from steinsplat.estimators.tiny import TinyConvEstimator
 from steinsplat.priors.tiny import TinyPixelPrior

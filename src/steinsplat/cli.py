@@ -33,7 +33,7 @@ class UserError(Exception):
 def require_memory(need_bytes: float, what: str, lower: str) -> None:
     """Refuse sizes whose lower-bound memory need exceeds this machine's RAM (as generation does), before
     any allocation; `lower` says which options to lower."""
-    from .generate import memory_available_bytes
+    from .pipeline import memory_available_bytes
 
     have = memory_available_bytes("cpu")
     if have is not None and need_bytes > have:
@@ -364,7 +364,7 @@ def generate_help() -> str:
     import dataclasses
 
     from . import config
-    from .generate import GenerateConfig
+    from .pipeline import GenerateConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(GenerateConfig) if f.default is not dataclasses.MISSING}
     presets = []
@@ -396,7 +396,7 @@ def full_generate_help(argv: Sequence[str]) -> int:
     import io
 
     from . import config
-    from .generate import GenerateConfig
+    from .pipeline import GenerateConfig
 
     box = io.StringIO()
     try:
@@ -418,7 +418,7 @@ def decide_mode(cfg, argv: Sequence[str], say=None):
     command line (or its --config preset) did not set is taken from a ShapeWorld prompt, object otherwise."""
     import dataclasses
 
-    from .generate import GenerationError, pick_device, pick_prior_name
+    from .pipeline import GenerationError, pick_device, pick_prior_name
     from .prompt_mode import mode_source, resolve_mode
 
     source = mode_source(argv)
@@ -427,7 +427,7 @@ def decide_mode(cfg, argv: Sequence[str], say=None):
     try:
         prior_name = pick_prior_name(cfg, pick_device(cfg.device))
     except GenerationError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(as_flags(str(exc))) from None
     return resolve_mode(cfg, prior_name, say=say, given_by=source or "--mode")
 
 
@@ -443,9 +443,23 @@ def result_summary(m: dict) -> str:
     return f", {label} {h['value']:.3f}"
 
 
+# A library error's GenerateConfig field (and value) -> the flag that sets it: GenerateConfig.init_gaussians
+# -> --init-gaussians, GenerateConfig.optim.lr_means -> --optim.lr-means, GenerateConfig.device="cpu" -> --device cpu.
+CONFIG_FIELD = re.compile(r'GenerateConfig\.(\w+(?:\.\w+)*)(?:="([^"]*)"|=(\d+(?:\.\d+)?))?')
+
+
+def as_flags(message: str) -> str:
+    """A library message (pipeline.GenerationError) in the command line's words."""
+    def flag(m: re.Match) -> str:
+        value = m.group(2) if m.group(2) is not None else m.group(3)
+        return "--" + m.group(1).replace("_", "-") + (f" {value}" if value is not None else "")
+
+    return CONFIG_FIELD.sub(flag, message)
+
+
 def cmd_generate(argv: Sequence[str]) -> int:
     from . import config
-    from .generate import GenerateConfig, GenerationError, Interrupted, generate
+    from .pipeline import GenerateConfig, GenerationError, Interrupted, generate
 
     argv = list(argv)
     if "--help-all" in argv:
@@ -459,16 +473,16 @@ def cmd_generate(argv: Sequence[str]) -> int:
     try:
         rec = generate(cfg, console=console)
     except GenerationError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(as_flags(str(exc))) from None
     except Interrupted as exc:
         console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}): checkpoint saved to {escape(str(exc.checkpoint))}; "
                       f"continue with the same command and --resume {escape(str(exc.checkpoint))}", soft_wrap=True)
         return 130
-    m = rec.get("metrics") or {}
+    m = rec.metrics or {}
     extra = result_summary(m)
     extra += f", nearest mode {m['mode']}" if m.get("mode") else ""  # an open prompt ("a cube"): set_metrics
-    console.print(f"wrote {', '.join(rec['outputs'].values())} ({rec['gaussians']:,} Gaussians, "
-                  f"{rec['timings']['total_s']:.0f} s{extra})")
+    console.print(f"wrote {', '.join(rec.outputs.values())} ({rec.gaussians:,} Gaussians, "
+                  f"{rec.timings.total_s:.0f} s{extra})")
     return 0
 
 
@@ -514,7 +528,7 @@ class BatchGenerate:
         import io
 
         from . import config
-        from .generate import GenerateConfig
+        from .pipeline import GenerateConfig
 
         for a in job.options:
             flag = a.split("=", 1)[0]
@@ -530,7 +544,7 @@ class BatchGenerate:
 
     def check(self, job, folder: Path, say) -> dict[str, Path]:
         """Refuse the line as generate would before loading anything; returns the files it will write."""
-        from .generate import GenerationError, check_prompt, pick_device, pick_prior_name, validate_numbers, validate_outputs
+        from .pipeline import GenerationError, check_prompt, pick_device, pick_prior_name, validate_numbers, validate_outputs
 
         cfg = self.config(job, folder, say=say)
         try:
@@ -538,15 +552,20 @@ class BatchGenerate:
             check_prompt(pick_prior_name(cfg, pick_device(cfg.device)), cfg.prompt)
             out = validate_outputs(cfg)
         except GenerationError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(as_flags(str(exc))) from None
         files = {"the splat file": out, "--mesh": cfg.mesh, "--video": cfg.video}
         return {k: v for k, v in files.items() if v is not None}
 
     def __call__(self, job, folder: Path) -> dict:
-        from .generate import generate
+        from .pipeline import generate
 
-        rec = generate(self.config(job, folder), console=None, models=BatchGenerate._models)
-        return {"outputs": rec["outputs"], "metrics": rec["metrics"]}
+        from .pipeline import GenerationError
+
+        try:
+            rec = generate(self.config(job, folder), console=None, models=BatchGenerate._models)
+        except GenerationError as exc:  # in the command line's words, as the summary shows it
+            raise GenerationError(as_flags(str(exc))) from None
+        return {"outputs": rec.outputs, "metrics": rec.metrics}
 
 
 def cmd_batch(argv: Sequence[str]) -> int:
@@ -554,7 +573,7 @@ def cmd_batch(argv: Sequence[str]) -> int:
 
     from . import config
     from .batch import BatchError, check_jobs, parse_prompt_file, run_batch, run_batch_ray, summary_table
-    from .generate import GenerateConfig
+    from .pipeline import GenerateConfig
 
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -246,9 +246,8 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
     """Per guidance: seconds per optimisation step (render, encode, guidance, backward, Adam; the
     mean of `repeats` steps after one warm-up step) and, on CUDA, the peak memory allocated during
     them (GiB). The prior is built once; its weights count in every peak. sd_options: more
-    GenerateConfig fields of the prior (generate.SD_PRIOR_OPTIONS, e.g. {"vae_checkpointing": True})."""
-    from .generate import SD_PRIOR_OPTIONS, GenerateConfig, build_guidance, build_prior, init_gaussians
-    from .train import OptimConfig, Trainer
+    GenerateConfig fields of the prior (pipeline.SD_PRIOR_OPTIONS, e.g. {"vae_checkpointing": True})."""
+    from .pipeline import SD_PRIOR_OPTIONS, GenerateConfig, build_guidance, build_prior, build_trainer
 
     sd_options = dict(sd_options or {})
     unknown = set(sd_options) - set(SD_PRIOR_OPTIONS)
@@ -271,8 +270,7 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
                                   estimator="transformers" if name == "ssd-depth" else "none",
                                   estimator_model=estimator_model, baseline="depth" if name == "ssd-depth" else "none")
         guidance = build_guidance(cfg, prior, "sd", dev)
-        optim = dataclasses.replace(OptimConfig(), steps=10 + repeats, views=views, resolution=resolution)
-        trainer = Trainer(init_gaussians(cfg, dev), prior, guidance, embeds, optim, mode="object", seed=0)
+        trainer = build_trainer(dataclasses.replace(cfg, steps=10 + repeats), prior, guidance, dev, embeds=embeds)
         trainer.step()  # warm-up: kernels, caches, allocator (and the compile with compile_unet)
         if dev.type == "cuda":
             torch.cuda.synchronize()

@@ -101,11 +101,11 @@ def check_run_folder(folder: Path, prompt: str, out_name: str, resume: Optional[
         return
     if their_prompt == prompt and (their_out is None or their_out == out_name):
         return
-    from .generate import short
+    from .pipeline import short
 
     theirs = f"{short(their_prompt, 50)!r}" + (f" -> {their_out}" if their_out else "")
     raise RunError(f"'{folder}' holds another run ({theirs}, see {where}); a run folder belongs to one run: give "
-                   f"this one its own folder, e.g. --out {folder / Path(out_name).stem / out_name}")
+                   f"this one its own folder, e.g. GenerateConfig.out=\"{folder / Path(out_name).stem / out_name}\"")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -130,17 +130,17 @@ def check_checkpoint_state(path: Path, steps: int) -> int:
 
     from .checkpoint import CheckpointError, read_meta
 
-    where = f"--resume '{path}'"
+    where = f"GenerateConfig.resume '{path}'"
     try:
         meta = read_meta(path)
     except CheckpointError as exc:
-        raise RunError(f"--resume: {exc}") from None
+        raise RunError(f"GenerateConfig.resume: {exc}") from None
     step = meta.get("step")
     if not _is_int(step) or step < 0:
         raise RunError(f"{where}: the checkpoint's step is {str(step)[:30]!r}, not a whole number >= 0; "
                        "the file is damaged, resume from another checkpoint or start afresh")
     if step > steps:
-        raise RunError(f"{where}: the checkpoint is at step {step:,}, beyond --steps {steps:,}; give --steps {step} "
+        raise RunError(f"{where}: the checkpoint is at step {step:,}, beyond GenerateConfig.steps {steps:,}; give GenerateConfig.steps={step} "
                        "or more to continue it (exactly that: only the exports)")
     skipped = meta.get("skipped", 0)
     if not _is_int(skipped) or not 0 <= skipped <= step:
@@ -192,4 +192,4 @@ def check_learning_rates(optim: Any) -> None:
         if f.name.startswith("lr_"):
             v = getattr(optim, f.name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise RunError(f"--optim.{f.name.replace('_', '-')} must be a finite number >= 0, got {v}")
+                raise RunError(f"GenerateConfig.optim.{f.name} must be a finite number >= 0, got {v}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -71,6 +71,22 @@ class LoopState:
     step: int = 0  # next step to run
     skipped: int = 0  # steps skipped because something was non-finite
     history: list[StepLog] = field(default_factory=list)
+
+
+class Callback:
+    """Something that watches the loop (checkpoints, previews, the live viewer, progress): `Trainer.run`
+    calls `on_step` after every step; whoever runs the loop calls `on_start` before the first step
+    and `close` after the last (also when the run fails or is stopped). Every hook does nothing
+    unless a subclass says otherwise."""
+
+    def on_start(self, trainer: "Trainer", should_stop: Callable[[], bool]) -> None:
+        """Before the first step; `should_stop()` tells whether a signal asked the run to stop."""
+
+    def on_step(self, log: Optional["StepLog"], trainer: "Trainer") -> None:
+        """After each step (`log`: None when the step was skipped, see LoopState.skipped)."""
+
+    def close(self) -> None:
+        """After the last step, whatever ended the loop."""
 
 
 class Trainer:
@@ -176,14 +192,18 @@ class Trainer:
         return log
 
     def run(self, on_step: Optional[Callable[[Optional[StepLog], "Trainer"], None]] = None,
-            should_stop: Optional[Callable[[], bool]] = None) -> LoopState:
-        """Step until the budget; `should_stop()` is asked between steps (a stop never splits one)."""
+            should_stop: Optional[Callable[[], bool]] = None, callbacks: Sequence["Callback"] = ()) -> LoopState:
+        """Step until the budget; `should_stop()` is asked between steps (a stop never splits one).
+        After each step `on_step(log, trainer)`, then each callback's `on_step`, in order (log: None
+        for a skipped step)."""
         while self.state.step < self.cfg.steps:
             if should_stop is not None and should_stop():
                 break
             log = self.step()
             if on_step is not None:
                 on_step(log, self)
+            for cb in callbacks:
+                cb.on_step(log, self)
         return self.state
 
     # ------------------------------------------------------------------ checkpoints

@@ -22,7 +22,7 @@ import torch
 
 from .. import config
 from ..gaussians import Gaussians
-from ..generate import GenerateConfig, init_gaussians
+from ..pipeline import GenerateConfig, build_trainer
 from ..shapeworld.metrics import evaluate
 from ..shapeworld.vocab import RoomPrompt, parse_prompt
 from ..train import Trainer
@@ -73,15 +73,10 @@ def bench_trainer(method: str, prompt: str, seed: int, steps: int, prior, est, v
     mode = "scene" if is_room(prompt) else "object"
     cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--steps", str(steps), "--mode", mode,
                                         "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
-    g = init_gaussians(cfg, torch.device("cpu"))
-    guidance = build(method, prior, est, mode)
-    embeds = prior.encode_prompt(prompt)
     # the base rates, constant (lr_mult 1, lr_final 1) whatever generation's default schedule: a bench's
     # learning-rate multipliers are relative to these
-    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution, lr_mult=1.0, lr_final=1.0)
-    if edit_optim is not None:
-        optim = edit_optim(optim)
-    return Trainer(g, prior, guidance, embeds, optim, mode=mode, seed=seed)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr_mult=1.0, lr_final=1.0))
+    return build_trainer(cfg, prior, build(method, prior, est, mode), torch.device("cpu"), edit_optim=edit_optim)
 
 
 def run_one(method: str, prompt: str, seed: int, steps: int, eval_every: int, prior, est, views: int, resolution: int,

@@ -10,15 +10,13 @@ optimisation's own working memory.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
 from .. import config
-from ..generate import GenerateConfig, init_gaussians
-from ..train import Trainer
+from ..pipeline import GenerateConfig, build_trainer
 from .convergence import is_room
 from .methods import build
 
@@ -70,10 +68,9 @@ def _one(name: str, prompt: str, seed: int, steps: int, views: int, resolution: 
     prior = ShapeWorldPriorAdapter.from_pretrained(None)
     est = ShapeWorldEstimatorAdapter.from_pretrained(None)
     mode = "scene" if is_room(prompt) else "object"
-    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--mode", mode, "--quiet"], prog="bench")
-    g = init_gaussians(cfg, prior.device)
-    optim = dataclasses.replace(cfg.optim, steps=steps, views=views, resolution=resolution)
-    trainer = Trainer(g, prior, build(name, prior, est, mode), prior.encode_prompt(prompt), optim, mode=mode, seed=seed)
+    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--mode", mode, "--steps", str(steps),
+                                        "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
+    trainer = build_trainer(cfg, prior, build(name, prior, est, mode), prior.device)
     cuda = torch.cuda.is_available() and str(prior.device).startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -147,7 +147,7 @@ def check_targets(rep: dict) -> list[dict]:
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
-    from ..generate import versions
+    from ..pipeline import versions
     from ..priors import ShapeWorldPriorAdapter
     from ..estimators import ShapeWorldEstimatorAdapter
 

@@ -339,7 +339,7 @@ def ensure_cost(cfg: StudyConfig, log: Callable[[str], None]) -> Optional[dict]:
     log(f"study: measuring the cost per step of {', '.join(cells)} side by side ({cfg.probe_steps}-step runs, 2 rounds)")
     if "models" not in _WORKER:
         _init_worker()
-    from ..generate import versions
+    from ..pipeline import versions
     from .convergence import code_fingerprint
     from .run import machine
 

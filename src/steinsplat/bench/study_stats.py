@@ -315,7 +315,7 @@ def _clean(o):
 
 
 def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict, cost: Optional[dict] = None) -> dict:
-    from ..generate import versions
+    from ..pipeline import versions
     from .run import machine
 
     rep: dict = {"meta": {"command": "steinsplat study", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
