@@ -57,15 +57,15 @@ class GenerateConfig:
     estimator_model: Optional[str] = None  # transformers depth model id or folder (Depth Anything, DPT)
     baseline: Literal["auto", "depth", "normal", "depth-pixel", "normal-pixel", "none"] = "auto"  # SSD's estimator baseline: depth/normal = the paper's scalar phi, *-pixel = per-pixel Stein fields (guidance/stein_pixel.py); auto: none for objects (no measured gain over ssd_noise "filter", +35 % time), depth for scenes
     ssd_noise: Literal["filter", "constant"] = "filter"  # SSD's noise terms: a learned 3x3 content-dependent filter of eps (guidance/noise_cv.py) or the paper's constant term
-    mode: Literal["object", "scene"] = "object"  # orbit cameras + ball init, or inside-out cameras + room init
-    steps: int = 500  # optimisation steps
+    mode: Literal["auto", "object", "scene"] = "auto"  # orbit cameras + ball init, or inside-out cameras + room init; auto: the prompt decides (a ShapeWorld room is a scene), else object
+    steps: int = 100  # optimisation steps (the default schedule: 100 steps at 4x the base learning rates, measured on all 56 ShapeWorld pairs against the earlier 500 at 1x, docs/results/2026-12.md; that one is `--config object-500`)
     seed: int = 0  # seeds init, cameras and noise
     negative: str = ""  # negative prompt (Stable Diffusion)
     guidance_scale: Optional[float] = None  # classifier-free guidance; default: the prior's
     resolution: int = 64  # render size (square)
     views: int = 4  # cameras per step
     init_gaussians: Optional[int] = None  # initial number of Gaussians; default 1000 for objects (densification grows them), 8000 for scenes (no densification)
-    init_color: Literal["random", "grey"] = "random"  # object init colours: uniform random (ShapeWorld's measured default) or mid-grey 0.5 (the SD presets, as DreamGaussian and threestudio-3dgs start; docs/gpu.md)
+    init_color: Literal["random", "grey"] = "grey"  # object init colours: mid-grey 0.5 (as DreamGaussian and threestudio-3dgs start; in the short default schedule a random init leaves more colour error, docs/results/2026-12.md) or uniform random (the 500-step schedule's)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
     resume: Optional[Path] = None  # a checkpoint file or a run folder (its latest checkpoint)
     mesh: Optional[Path] = None  # also write a mesh: .ply, .obj or .glb
@@ -76,7 +76,7 @@ class GenerateConfig:
     checkpoint_every: int = 100  # steps between checkpoints (0: only on Ctrl-C)
     preview_every: int = 100  # steps between preview images (0: none)
     compile: bool = False  # fuse the CPU rasteriser's kernels with torch.compile (pays off on long runs)
-    optim: OptimConfig = field(default_factory=OptimConfig)  # learning rates and densification (steps/views/resolution above win)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr_mult=4.0, colour_average=0.2))  # learning rates and densification (steps/views/resolution above win); the default schedule runs the base rates x4 and ends on the colours averaged over its last 20 % (a preset's `optim:` starts from OptimConfig's own x1, no averaging)
     quiet: bool = False  # no progress display, run header or refinement lines (the result line and warnings stay)
     viewer: Optional[int] = None  # watch the run in the browser on this port (`--viewer` alone: 8080); needs steinsplat[viewer]
     viewer_host: str = "127.0.0.1"  # interface the live viewer listens on (other than loopback: with a warning)
@@ -193,7 +193,7 @@ def init_gaussians(cfg: GenerateConfig, device: torch.device):
     from .gaussians import Gaussians
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.mode == "object":
+    if require_mode(cfg) == "object":
         g = Gaussians.random_ball(cfg.init_gaussians or 1000, radius=0.45, opacity=0.1, generator=gen)
         if cfg.init_color == "grey":  # the same draws, then every colour 0.5 (SH DC coefficient 0)
             with torch.no_grad():
@@ -297,7 +297,7 @@ BYTES_PER_GAUSSIAN_VIEW = 4 * 24
 
 
 def memory_needed_bytes(cfg: GenerateConfig) -> int:
-    n = cfg.init_gaussians or (1000 if cfg.mode == "object" else 8000)
+    n = cfg.init_gaussians or (1000 if require_mode(cfg) == "object" else 8000)
     if cfg.mode == "object":
         n = max(n, cfg.optim.densify.cap)  # densification may grow the cloud up to its cap
     return (cfg.views * cfg.resolution ** 2 * BYTES_PER_PIXEL + n * BYTES_PER_GAUSSIAN
@@ -503,6 +503,8 @@ class Timings:
     optimise_s: float  # the loop and the final checkpoint
     export_s: float  # splat file, mesh, turntable
     total_s: float  # from the call to the run record (includes the metrics)
+    metrics_s: Optional[float] = None  # the ShapeWorld metrics (part of total_s; None without them)
+    first_step_s: Optional[float] = None  # from the process's start (interpreter and imports included) to the end of the run's first step; None off Linux or when the run did no step
 
 
 @dataclass
@@ -684,6 +686,25 @@ def progress_display(console, description: str, say: Callable[[str], None]) -> C
 
 
 # ---------------------------------------------------------------------------- the stages
+def settle_mode(cfg: GenerateConfig, say: Callable[[str], None]) -> GenerateConfig:
+    """Stage 1a: cfg with GenerateConfig.mode decided (prompt_mode.resolve_mode: "auto" takes a ShapeWorld
+    prompt's mode, a contradicting one is refused); the prior it depends on is resolved for the device."""
+    from .prompt_mode import ModeError, resolve_mode
+
+    try:
+        return resolve_mode(cfg, pick_prior_name(cfg, pick_device(cfg.device)), say=say, given_by="GenerateConfig.mode")
+    except ModeError as exc:
+        raise GenerationError(str(exc)) from None
+
+
+def require_mode(cfg: GenerateConfig) -> str:
+    """cfg.mode, which must be decided ("object" or "scene") by now."""
+    if cfg.mode not in ("object", "scene"):
+        raise ValueError(f"GenerateConfig.mode is {cfg.mode!r}: settle it first (pipeline.settle_mode, or set "
+                         "mode='object' / 'scene')")
+    return cfg.mode
+
+
 def check_run(cfg: GenerateConfig, say: Callable[[str], None]) -> Plan:
     """Stage 1: refuse what cannot make a run, before any model loads: the numbers, the device, the
     prompt (ShapeWorld's grammar), the outputs, and a checkpoint to resume (its header and options)."""
@@ -731,14 +752,29 @@ def build_trainer(cfg: GenerateConfig, prior, guidance, device: torch.device, em
     optim = dataclasses.replace(cfg.optim, steps=cfg.steps, views=cfg.views, resolution=cfg.resolution)
     if edit_optim is not None:
         optim = edit_optim(optim)
-    return Trainer(g, prior, guidance, embeds, optim, mode=cfg.mode, seed=cfg.seed)
+    return Trainer(g, prior, guidance, embeds, optim, mode=require_mode(cfg), seed=cfg.seed)
+
+
+class FirstStepClock(Callback):
+    """Notes how long after the process's start the run's first step ended (Timings.first_step_s)."""
+
+    def __init__(self) -> None:
+        self.at: Optional[float] = None
+
+    def on_step(self, log: Optional[StepLog], trainer: Trainer) -> None:
+        if self.at is None:
+            from .timing import process_age_s
+
+            self.at = process_age_s()
 
 
 def build_callbacks(cfg: GenerateConfig, plan: Plan, trainer: Trainer, checkpoints: Checkpoints, console,
                     say: Callable[[str], None]) -> list[Callback]:
     """Stage 3 (continued): what watches the loop, in the order it runs after each step: refinement
     lines, checkpoints, previews, the live viewer (started here), progress."""
-    callbacks: list[Callback] = [RefineLines(trainer, say)] if not cfg.quiet else []
+    callbacks: list[Callback] = [FirstStepClock()]
+    if not cfg.quiet:
+        callbacks.append(RefineLines(trainer, say))
     callbacks.append(checkpoints)
     if cfg.preview_every:
         callbacks.append(Previews(cfg.preview_every, plan.run_dir / "previews", cfg.mode, cfg.resolution, plan.device))
@@ -852,24 +888,27 @@ def export_outputs(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optim
 
 
 def record_run(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised, outputs: dict[str, str],
-               n_written: int, clock: dict[str, float], stop_here: Callable[[], None]) -> RunRecord:
+               n_written: int, clock: dict[str, Optional[float]], stop_here: Callable[[], None]) -> RunRecord:
     """Stage 6: the ShapeWorld metrics (for a ShapeWorld prior), the run record, and run.json beside the outputs.
     clock: time.perf_counter() at the start and at the ends of loading, optimising and exporting."""
     from .export.atomic import atomic_write_bytes
 
-    metrics = None
+    metrics, metrics_s = None, None
     if plan.prior_name == "shapeworld":
         from .shapeworld.metrics import evaluate
 
+        t0 = time.perf_counter()
         with torch.no_grad():
             metrics = dataclasses.asdict(evaluate(trainer.g.to("cpu"), cfg.prompt))
             stop_here()
+        metrics_s = time.perf_counter() - t0
     record = RunRecord(
         status="ok", prompt=cfg.prompt, prior=plan.prior_name, seed=cfg.seed,
         config=json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), versions=versions(),
         device=str(plan.device),
         timings=Timings(clock["loaded"] - clock["start"], clock["optimised"] - clock["loaded"],
-                        clock["exported"] - clock["optimised"], time.perf_counter() - clock["start"]),
+                        clock["exported"] - clock["optimised"], time.perf_counter() - clock["start"], metrics_s,
+                        clock.get("first_step_age")),
         steps=trainer.state.step, skipped_steps=trainer.state.skipped, gaussians=n_written,
         densify=trainer.densifier.history, outputs=outputs, metrics=metrics,
         final_loss=trainer.state.history[-1].loss if trainer.state.history else None,
@@ -894,9 +933,10 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     Raises GenerationError (worded with GenerateConfig's field names) for what the caller can fix,
     Interrupted when a signal stopped the run (its state saved).
     """
-    clock = {"start": time.perf_counter()}
+    clock: dict[str, Optional[float]] = {"start": time.perf_counter()}
     say = console_say(console)
-    plan = check_run(cfg, say)  # 1. check
+    cfg = settle_mode(cfg, say)  # 1. check: the mode from the prompt ("auto"), then everything else
+    plan = check_run(cfg, say)
     prior, guidance = load_models(cfg, plan, models)  # 2. load models
     trainer = build_trainer(cfg, prior, guidance, plan.device)  # 3. build the trainer
     if plan.checkpoint is not None:
@@ -906,6 +946,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     clock["loaded"] = time.perf_counter()
     opt = optimise(cfg, plan, trainer, callbacks, checkpoints, say)  # 4. optimise
     clock["optimised"] = time.perf_counter()
+    clock["first_step_age"] = next((c.at for c in callbacks if isinstance(c, FirstStepClock)), None)
     with export_signals(opt) as stop_here:
         outputs, n_written = export_outputs(cfg, plan, trainer, opt, say, stop_here)  # 5. export
         clock["exported"] = time.perf_counter()

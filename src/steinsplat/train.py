@@ -44,6 +44,7 @@ class OptimConfig:
     lr_sh0: float = 1e-2
     lr_shN: float = 5e-4
     lr_mult: float = 1.0  # every learning rate above (lr_means_final too) is multiplied by this: the step size of a short schedule
+    colour_average: float = 0.0  # average the colours (sh0, shN) over this last fraction of the run and end on that average (Polyak averaging; 0: off): each step's colours carry the guidance's noise, their mean over the last steps less of it; only steps after the last refinement count (the set of Gaussians must be fixed)
     lr_final: float = 1.0  # scales, quats, opacities, sh0 and shN decay exponentially to this fraction of their rate by the last step (1: constant); a short schedule at a high rate ends at a small one, which settles the colours instead of leaving them speckled
     background: Literal["auto", "white", "black", "random", "white_black"] = "auto"  # behind the splats in training: random = a uniform random colour per view, white_black = white or black at random per view (DreamGaussian's invert_bg_prob 0.5); auto: white for objects, random for scenes (docs/shapeworld.md, Backgrounds)
     orbit_distance: Optional[tuple[float, float]] = None  # objects: camera distance range in metres (None: the sampler's 1.6-2.0, ShapeWorld's training range)
@@ -132,6 +133,8 @@ class Trainer:
         self.densifier = Densifier(for_mode(cfg.densify, mode), gaussians, self.optimizers, scene_scale=scene_scale,
                                    steps=cfg.steps)
         self.state = LoopState()
+        self.colour_sum: dict[str, Tensor] = {}  # running sums of the colours over the averaging window
+        self.colour_count = 0  # iterates in those sums
         self.t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ one step
@@ -186,10 +189,36 @@ class Trainer:
             o.step()
             o.zero_grad(set_to_none=True)
         self.densifier.post_backward(s, out.info, lr=lr)
+        self.average_colours(s)
         self.state.step += 1
         log = StepLog(s, float(gout.loss), gout.diagnostics.running_variance, len(self.g), time.perf_counter() - self.t0)
         self.state.history.append(log)
         return log
+
+    # ------------------------------------------------------------------ colour averaging
+    COLOURS = ("sh0", "shN")
+
+    def colour_window_start(self) -> int:
+        """The first step whose colours the average holds: the last colour_average of the run, and not before
+        the refinements end (densification changes the set of Gaussians)."""
+        cfg = self.cfg
+        return max(int(round(cfg.steps * (1.0 - cfg.colour_average))), self.densifier.schedule.stop)
+
+    @torch.no_grad()
+    def average_colours(self, s: int) -> None:
+        """After step s: add the colours to the window's sums; after the last step, set them to the mean."""
+        cfg = self.cfg
+        if cfg.colour_average <= 0 or s < self.colour_window_start():
+            return
+        if self.colour_sum and next(iter(self.colour_sum.values())).shape[0] != len(self.g):
+            self.colour_sum, self.colour_count = {}, 0  # the set changed (a late prune): start the window again
+        for k in self.COLOURS:
+            v = self.g.splats[k].detach()
+            self.colour_sum[k] = self.colour_sum[k] + v if k in self.colour_sum else v.clone()
+        self.colour_count += 1
+        if s == cfg.steps - 1:
+            for k in self.COLOURS:
+                self.g.splats[k].data.copy_(self.colour_sum[k] / self.colour_count)
 
     def run(self, on_step: Optional[Callable[[Optional[StepLog], "Trainer"], None]] = None,
             should_stop: Optional[Callable[[], bool]] = None, callbacks: Sequence["Callback"] = ()) -> LoopState:
@@ -223,7 +252,9 @@ class Trainer:
         if guidance_tensors is not None:
             for k, v in guidance_tensors().items():
                 t[f"guidance.{k}"] = v.detach().cpu().clone()
-        meta = {"step": self.state.step, "skipped": self.state.skipped,
+        for k, v in self.colour_sum.items():
+            t[f"colour_sum.{k}"] = v.detach().cpu().clone()
+        meta = {"step": self.state.step, "skipped": self.state.skipped, "colour_count": self.colour_count,
                 "history": [vars(h) for h in self.state.history],
                 "densify_scalars": {k: v for k, v in self.densifier.state.items() if not isinstance(v, Tensor)},
                 "densify_history": self.densifier.history}
@@ -245,6 +276,8 @@ class Trainer:
         self.densifier.optimizers = self.optimizers
         for k, v in meta.get("densify_scalars", {}).items():
             self.densifier.state[k] = v
+        self.colour_sum = {k.split(".", 1)[1]: v.to(self.g.device) for k, v in t.items() if k.startswith("colour_sum.")}
+        self.colour_count = int(meta.get("colour_count", 0))
         for k, v in t.items():
             if k.startswith("densify."):
                 self.densifier.state[k.split(".", 1)[1]] = v.to(self.g.device)
