@@ -1,10 +1,10 @@
 """Text-to-3D quality and speed on the embedded default, against ShapeWorld's ground truth.
 
-    python benchmarks/shapeworld_quality.py [--set all|quick] [--seeds 0] [--guidance ssd] [--steps 500]
+    python benchmarks/shapeworld_quality.py [--set all|quick|rooms] [--seeds 0] [--guidance ssd] [--steps 100]
                                             [--out-dir runs/quality] [--shard I/N] [--reuse] [extra generation options ...]
 
 For each prompt (all 56 colour/shape pairs plus a room with --set all; one pair per shape, three
-of them held out, plus the room with --set quick) it runs `steinsplat PROMPT` with the defaults
+of them held out, plus the room with --set quick; four rooms with --set rooms) it runs `steinsplat PROMPT` with the defaults
 (models loaded once) and collects the ShapeWorld metrics of its run.json: mask IoU, PSNR,
 colour error, depth error, R-precision (shipped classifier), the shape-aware measures (top-view
 and low-view mask IoU, 3D IoU, chamfer distance in mm, the classifier's shape votes on views where
@@ -36,6 +36,8 @@ from steinsplat.pipeline import GenerateConfig, generate
 from steinsplat.shapeworld.vocab import HELD_OUT, SHAPE_NAMES, all_object_prompts, canonical_text, parse_prompt
 
 ROOM = "a room with blue walls and a gray floor"
+ROOMS = (ROOM, "a room with red walls and a yellow floor", "a room with green walls and a purple floor",
+         "a room with cyan walls and an orange floor")  # --set rooms
 QUICK = ["a red cube", "a blue sphere", "a yellow cylinder", "an orange cone", "a cyan torus", "a gray pyramid",
          "a purple capsule"]  # blue sphere, orange cone, cyan torus are held out
 KEYS = ("mask_iou", "psnr", "colour_error", "depth_error", "r_precision", "top_iou", "low_iou", "iou_3d", "chamfer_mm")
@@ -63,14 +65,17 @@ def room_line(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", choices=["all", "quick"], default="quick")
+    ap.add_argument("--set", choices=["all", "quick", "rooms"], default="quick")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out-dir", type=Path, default=Path("runs/quality"))
     ap.add_argument("--shard", type=str, default="0/1", help="I/N: run every N-th prompt starting at the I-th")
     ap.add_argument("--reuse", action="store_true", help="read finished runs' run.json instead of generating again")
     args, extra = ap.parse_known_args()
-    prompts = [canonical_text(p) for p in all_object_prompts()] if args.set == "all" else list(QUICK)
-    prompts.append(ROOM)
+    if args.set == "rooms":
+        prompts = list(ROOMS)
+    else:
+        prompts = [canonical_text(p) for p in all_object_prompts()] if args.set == "all" else list(QUICK)
+        prompts.append(ROOM)
     try:
         shard, shards = (int(v) for v in args.shard.split("/"))
         assert 0 <= shard < shards
@@ -84,7 +89,7 @@ def main() -> None:
           f"{'top':>6} {'low':>6} {'3D':>6} {'CD mm':>6} {'s':>6}")
     for prompt in prompts:
         for seed in args.seeds:
-            mode = ["--mode", "scene"] if prompt == ROOM else []
+            mode = ["--mode", "scene"] if prompt in ROOMS else []
             out = args.out_dir / f"{slugify(prompt)}-seed{seed}" / "splats.ply"
             cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--out", str(out), "--quiet",
                                                 "--checkpoint-every", "0", *mode, *extra], prog="quality")
@@ -94,8 +99,8 @@ def main() -> None:
             else:
                 rec = generate(cfg, models=models).to_dict()  # the reused ones are run.json: the same form
             m = rec["metrics"]
-            row = {"prompt": prompt, "seed": seed, "held_out": prompt in held, "room": prompt == ROOM,
-                   "shape": None if prompt == ROOM else parse_prompt(prompt).shape,
+            row = {"prompt": prompt, "seed": seed, "held_out": prompt in held, "room": prompt in ROOMS,
+                   "shape": None if prompt in ROOMS else parse_prompt(prompt).shape,
                    "seconds": rec["timings"]["total_s"], **{k: m.get(k) for k in KEYS}, "shape_votes": m.get("shape_votes"),
                    "headline": m.get("headline")}
             rows.append(row)
