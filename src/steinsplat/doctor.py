@@ -256,8 +256,8 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     dev = torch.device(device)
-    base = GenerateConfig(prompt="a corgi in a spacesuit", prior="sd", model=model, device=device, resolution=resolution,
-                          views=views, init_gaussians=gaussians, quiet=True, **{"dtype": dtype, **sd_options})  # type: ignore[arg-type]
+    base = GenerateConfig(prompt="a corgi in a spacesuit", prior="sd", model=model, device=device, mode="object",
+                          resolution=resolution, views=views, init_gaussians=gaussians, quiet=True, **{"dtype": dtype, **sd_options})  # type: ignore[arg-type]
     prior = build_prior(base, "sd", dev)
     embeds = prior.encode_prompt(base.prompt, "")
     results: dict[str, dict] = {}
