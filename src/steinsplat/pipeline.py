@@ -155,20 +155,19 @@ def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
         raise GenerationError(str(exc)) from None
 
 
-# --ssd-noise -> the SSD preset of guidance/ssd_config.py: the learned noise filter, or the paper's constant term.
-SSD_NOISE_PRESETS = {"filter": "steinsplat", "constant": "paper"}
-
-
 def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.device):
-    from .guidance import BASELINES, GUIDANCE, SSD_PRESETS, FieldBaseline
+    """The guidance of cfg. SSD's noise terms and baseline are guidance/ssd_choices.py's (ssd_config_for,
+    baseline_kind: "auto" is depth for scenes, none for objects); its estimator is loaded only when a
+    baseline needs it."""
+    from .guidance import GUIDANCE, baseline_kind, make_baselines, ssd_config_for
 
     if cfg.guidance != "ssd":
         return GUIDANCE[cfg.guidance](prior)
-    ssd_cfg = SSD_PRESETS[SSD_NOISE_PRESETS[cfg.ssd_noise]]()
+    ssd_cfg = ssd_config_for(cfg.ssd_noise)
     est_name = cfg.estimator
     if est_name == "auto":
         est_name = "shapeworld" if prior_name == "shapeworld" else "transformers"
-    kind = cfg.baseline if cfg.baseline != "auto" else ("depth" if cfg.mode == "scene" else "none")
+    kind = baseline_kind(cfg.baseline, cfg.mode)
     if est_name == "none" or kind == "none":
         return GUIDANCE["ssd"](prior, config=ssd_cfg)  # the noise control variates only, no estimator
     from .estimators import ESTIMATORS
@@ -184,9 +183,8 @@ def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.de
     except ModelUnavailableError as exc:
         raise GenerationError(f"{exc}\n(or run without SSD's baseline: GenerateConfig.estimator=\"none\", "
                               'or GenerateConfig.guidance="sds")') from None
-    cls = BASELINES[kind]
-    baseline = cls(est, seed=cfg.seed) if issubclass(cls, FieldBaseline) else cls(est)  # the fields' probes follow --seed
-    return GUIDANCE["ssd"](prior, baselines=[baseline], config=ssd_cfg)
+    # the per-pixel fields' probes follow GenerateConfig.seed
+    return GUIDANCE["ssd"](prior, baselines=make_baselines(kind, est, seed=cfg.seed), config=ssd_cfg)
 
 
 def init_gaussians(cfg: GenerateConfig, device: torch.device):
