@@ -128,11 +128,24 @@ def check_prompt(prior_name: str, prompt: str) -> None:
             raise GenerationError(str(exc)) from None
 
 
-# The GenerateConfig fields build_prior hands to the Stable Diffusion prior as they are (besides
-# model, guidance_scale and allow_download); `generate`'s model cache key holds them all, so a batch
-# never reuses a prior built with other options.
-SD_PRIOR_OPTIONS = ("attention_slicing", "vae_slicing", "vae_checkpointing", "channels_last", "compile_unet",
-                    "perp_neg", "dtype")
+# StableDiffusionPriorConfig's fields that build_prior passes itself: model (from_pretrained's first
+# argument), allow_download, device (as pick_device resolved it) and guidance_scale (None: the prior's own).
+SD_PRIOR_OWN = ("model", "allow_download", "device", "guidance_scale")
+
+
+def sd_prior_options() -> tuple[str, ...]:
+    """The GenerateConfig fields build_prior hands to the Stable Diffusion prior as they are: every field
+    of StableDiffusionPriorConfig that GenerateConfig has by the same name, besides SD_PRIOR_OWN. So a new
+    SD option is one field of StableDiffusionPriorConfig plus the same field (its flag) on GenerateConfig."""
+    from .priors.stable_diffusion import StableDiffusionPriorConfig
+
+    ours = {f.name for f in dataclasses.fields(GenerateConfig)}
+    return tuple(f.name for f in dataclasses.fields(StableDiffusionPriorConfig)
+                 if f.name in ours and f.name not in SD_PRIOR_OWN)
+
+
+# `generate`'s model cache key holds them all, so a batch never reuses a prior built with other options.
+SD_PRIOR_OPTIONS = sd_prior_options()  # ("dtype", "perp_neg", "attention_slicing", "vae_slicing", ...)
 
 
 def prior_cache_key(cfg: GenerateConfig, prior_name: str, device: torch.device) -> str:
