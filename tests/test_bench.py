@@ -142,3 +142,14 @@ def test_stored_runs_are_keyed_by_settings_and_code(monkeypatch):
     assert "/" not in a and " " not in a
     monkeypatch.setattr(convergence, "code_fingerprint", lambda: "0123456789")  # other code: other runs
     assert a != convergence.run_key("ssd", "a red cube", 0, 200, 40, 4, 64)
+
+
+@pytest.mark.parametrize("prompt, mode", [("a red cube", "object"), ("a room with blue walls and a gray floor", "scene")])
+def test_bench_config_is_the_command_line_it_replaced(prompt, mode):
+    # bench_config builds the GenerateConfig in Python; it equals what the benchmarks used to parse from argv
+    from steinsplat import config
+    from steinsplat.bench.convergence import bench_config
+    from steinsplat.pipeline import GenerateConfig
+
+    argv = [prompt, "--seed", "3", "--steps", "12", "--mode", mode, "--views", "2", "--resolution", "32", "--quiet"]
+    assert bench_config(prompt, 3, 12, 2, 32) == config.parse(GenerateConfig, argv, prog="bench")

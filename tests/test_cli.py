@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from steinsplat.cli import main
@@ -68,6 +70,36 @@ def test_config_presets_and_overrides(tmp_path, monkeypatch):
         assert "stepz" in str(exc) and "steps" in str(exc)
     monkeypatch.chdir(tmp_path)
     assert main(["fit-demo", "--config", "nope"]) == 2
+
+
+GENERATE_PRESETS = sorted(q.stem for q in (Path(__file__).resolve().parents[1] / "src/steinsplat/configs").glob("*.yaml")
+                          if not q.stem.startswith("fit-demo"))
+
+
+def test_every_shipped_generate_preset_is_tested():
+    from steinsplat import config
+
+    assert set(GENERATE_PRESETS) == {q.stem for q in config.REPO_PRESETS.glob("*.yaml")} - {"fit-demo-quick"}
+    assert {"object", "object-500", "scene", "sd-object", "sd-scene"} <= set(GENERATE_PRESETS)
+
+
+@pytest.mark.parametrize("name", GENERATE_PRESETS)
+def test_a_preset_plus_flags_equals_the_same_config_built_in_python(name):
+    import dataclasses
+
+    from steinsplat import config
+    from steinsplat.pipeline import GenerateConfig
+
+    preset = config.load_preset(GenerateConfig, name)
+    got = config.parse(GenerateConfig, ["--config", name, "x", "--steps", "7"], prog="t")
+    assert got == dataclasses.replace(preset, prompt="x", steps=7)
+    got = config.parse(GenerateConfig, ["x", "--config", name, "--seed", "3", "--quiet", "--optim.lr-mult", "2",
+                                        "--optim.densify.cap", "1234", "--baseline", "normal"], prog="t")
+    optim = dataclasses.replace(preset.optim, lr_mult=2.0,
+                                densify=dataclasses.replace(preset.optim.densify, cap=1234))
+    assert got == dataclasses.replace(preset, prompt="x", seed=3, quiet=True, optim=optim, baseline="normal")
+    # without the flags, the preset as it is (with the prompt the command line gives)
+    assert config.parse(GenerateConfig, ["--config", name, "y"], prog="t") == dataclasses.replace(preset, prompt="y")
 
 
 def test_shapeworld_render_command(tmp_path, capsys):

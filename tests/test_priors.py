@@ -455,3 +455,51 @@ def test_memory_flags_reach_the_prior_from_the_command_line(tiny_sd):
             (cfg, plain, dataclasses.replace(plain, compile_unet=True), dataclasses.replace(plain, dtype="bfloat16"),
              dataclasses.replace(plain, perp_neg=1.0))}
     assert len(keys) == 5
+
+
+def _other_value(value, hint):
+    """A value of `hint` other than `value` (the field's default)."""
+    import typing
+
+    if hint is bool:
+        return not value
+    if hint is float:
+        return value + 1.0
+    if typing.get_origin(hint) is typing.Literal:
+        return next(a for a in typing.get_args(hint) if a != value)
+    raise AssertionError(f"no other value for {hint}: extend _other_value")
+
+
+def test_every_sd_prior_field_generate_config_has_is_forwarded(monkeypatch):
+    # SD_PRIOR_OPTIONS is derived from StableDiffusionPriorConfig's fields, so the two cannot drift: every
+    # field both configs have reaches the prior, and the batch's model cache key tells each value apart
+    import typing
+
+    from steinsplat import pipeline
+    from steinsplat.priors import PRIORS
+    from steinsplat.priors.stable_diffusion import StableDiffusionPriorConfig
+
+    sd_fields = {f.name for f in dataclasses.fields(StableDiffusionPriorConfig)}
+    shared = sd_fields & {f.name for f in dataclasses.fields(pipeline.GenerateConfig)}
+    assert shared == set(pipeline.SD_PRIOR_OPTIONS) | set(pipeline.SD_PRIOR_OWN)
+    assert set(pipeline.SD_PRIOR_OWN) <= sd_fields and not set(pipeline.SD_PRIOR_OPTIONS) & set(pipeline.SD_PRIOR_OWN)
+    assert {"attention_slicing", "vae_slicing", "vae_checkpointing", "channels_last", "compile_unet", "dtype",
+            "perp_neg"} <= set(pipeline.SD_PRIOR_OPTIONS)
+
+    seen: list[dict] = []
+    monkeypatch.setitem(PRIORS, "sd", type("Capture", (), {"from_pretrained": staticmethod(
+        lambda model, **kw: seen.append({"model": model, **kw}) or object())}))
+    hints = typing.get_type_hints(pipeline.GenerateConfig)
+    base = pipeline.GenerateConfig(prompt="a corgi", prior="sd", model="some/model", guidance_scale=7.5,
+                                   allow_download=True)
+    keys = {pipeline.prior_cache_key(base, "sd", torch.device("cpu"))}
+    for name in pipeline.SD_PRIOR_OPTIONS:
+        cfg = dataclasses.replace(base, **{name: _other_value(getattr(base, name), hints[name])})
+        pipeline.build_prior(cfg, "sd", torch.device("cpu"))
+        kw = seen[-1]
+        assert kw[name] == getattr(cfg, name) != getattr(base, name)
+        assert {k: kw[k] for k in pipeline.SD_PRIOR_OPTIONS} == {k: getattr(cfg, k) for k in pipeline.SD_PRIOR_OPTIONS}
+        assert (kw["model"], kw["allow_download"], kw["guidance_scale"], kw["device"]) == ("some/model", True, 7.5, "cpu")
+        assert set(kw) <= sd_fields  # each keyword is a StableDiffusionPriorConfig field
+        keys.add(pipeline.prior_cache_key(cfg, "sd", torch.device("cpu")))
+    assert len(keys) == 1 + len(pipeline.SD_PRIOR_OPTIONS)

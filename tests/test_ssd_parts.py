@@ -3,6 +3,8 @@ baselines' shared plumbing (baselines.py), the presets (ssd_config.py), and SSD'
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -275,7 +277,7 @@ def test_a_new_baseline_from_the_recipe_runs_in_ssd():
 
 # ---------------------------------------------------------------------------- presets
 def test_presets_are_defined_once_and_used_by_bench_and_cli():
-    from steinsplat.pipeline import SSD_NOISE_PRESETS
+    from steinsplat.guidance import SSD_NOISE_PRESETS
 
     assert set(SSD_PRESETS) == {"paper", "steinsplat"}
     assert SSD_PRESETS["paper"]() == SSDConfig()
@@ -314,3 +316,38 @@ def test_ssd_resumes_exactly_from_its_state_tensors(preset):
         b = back.step(x, emb, cams, render=r, generator=gb)
         assert torch.equal(a.grad, b.grad)
     assert all(torch.equal(v, back.state_tensors()[k]) for k, v in ssd.state_tensors().items())
+
+
+def test_ssd_choices_are_written_once_and_match_the_command_line():
+    # the one rule of `baseline: auto` and the one map of `ssd_noise`, which generation and the bench share
+    import typing
+
+    from steinsplat.guidance import BASELINES, SSD_NOISE_PRESETS, baseline_kind, ssd_config_for
+    from steinsplat.pipeline import GenerateConfig
+
+    hints = typing.get_type_hints(GenerateConfig)
+    assert set(typing.get_args(hints["ssd_noise"])) == set(SSD_NOISE_PRESETS)
+    assert set(typing.get_args(hints["baseline"])) == {"auto", "none", *BASELINES}
+    assert (baseline_kind("auto", "scene"), baseline_kind("auto", "object")) == ("depth", "none")
+    assert baseline_kind("normal", "object") == "normal" and baseline_kind("none", "scene") == "none"
+    with pytest.raises(ValueError, match="settle it first"):
+        baseline_kind("auto", "auto")
+    assert ssd_config_for("filter") == SSD_PRESETS["steinsplat"]() and ssd_config_for("constant") == SSDConfig()
+    assert ssd_config_for("filter", sham=True).sham and not SSD_PRESETS["steinsplat"]().sham
+    with pytest.raises(ValueError, match="ssd_noise"):
+        ssd_config_for("loud")
+
+
+@pytest.mark.parametrize("method, noise, kinds", [
+    ("ssd", "filter", {"object": [], "scene": ["depth"]}), ("ssd-depth", "constant", {"object": ["depth"]}),
+    ("ssd-normal-pixel", "constant", {"object": ["normal-pixel"]}), ("filter+depth", "filter", {"scene": ["depth"]}),
+    ("ssd-sham", "filter", {"object": [], "scene": ["depth"]})])
+def test_bench_ssd_methods_are_built_from_the_same_choices(method, noise, kinds):
+    from steinsplat.guidance import BASELINES
+
+    prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
+    for mode, names in kinds.items():
+        g = build_method(method, prior, TinyConvEstimator(), mode)
+        assert [type(b) for b in g.baselines] == [BASELINES[n] for n in names]
+        assert g.config == dataclasses.replace(SSD_PRESETS["steinsplat" if noise == "filter" else "paper"](),
+                                               sham=method == "ssd-sham")

@@ -32,7 +32,15 @@ from .priors.stable_diffusion import DEFAULT_MODEL
 
 DEFAULT_ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"
 Status = Literal["ok", "warn", "fail", "skip"]
-GUIDANCE_CHOICES = ("sds", "vsd", "ssd", "ssd-depth")
+# doctor --gpu's guidance names -> the GenerateConfig fields each is timed with (SSD's choices then go
+# through pipeline.build_guidance, as in generation; "ssd-depth" needs the depth estimator)
+GUIDANCE_FIELDS: dict[str, dict[str, str]] = {
+    "sds": {"guidance": "sds", "estimator": "none", "baseline": "none"},
+    "vsd": {"guidance": "vsd", "estimator": "none", "baseline": "none"},
+    "ssd": {"guidance": "ssd", "estimator": "none", "baseline": "none"},
+    "ssd-depth": {"guidance": "ssd", "estimator": "transformers", "baseline": "depth"},
+}
+GUIDANCE_CHOICES = tuple(GUIDANCE_FIELDS)
 
 
 @dataclass
@@ -256,8 +264,8 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     dev = torch.device(device)
-    base = GenerateConfig(prompt="a corgi in a spacesuit", prior="sd", model=model, device=device, resolution=resolution,
-                          views=views, init_gaussians=gaussians, quiet=True, **{"dtype": dtype, **sd_options})  # type: ignore[arg-type]
+    base = GenerateConfig(prompt="a corgi in a spacesuit", prior="sd", model=model, device=device, mode="object",
+                          resolution=resolution, views=views, init_gaussians=gaussians, quiet=True, **{"dtype": dtype, **sd_options})  # type: ignore[arg-type]
     prior = build_prior(base, "sd", dev)
     embeds = prior.encode_prompt(base.prompt, "")
     results: dict[str, dict] = {}
@@ -266,9 +274,7 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
             raise ValueError(f"unknown guidance {name!r} to time: choose from {GUIDANCE_CHOICES}")
         if name == "ssd-depth" and estimator_model is None:
             continue
-        cfg = dataclasses.replace(base, guidance="vsd" if name == "vsd" else ("sds" if name == "sds" else "ssd"),
-                                  estimator="transformers" if name == "ssd-depth" else "none",
-                                  estimator_model=estimator_model, baseline="depth" if name == "ssd-depth" else "none")
+        cfg = dataclasses.replace(base, estimator_model=estimator_model, **GUIDANCE_FIELDS[name])  # type: ignore[arg-type]
         guidance = build_guidance(cfg, prior, "sd", dev)
         trainer = build_trainer(dataclasses.replace(cfg, steps=10 + repeats), prior, guidance, dev, embeds=embeds)
         trainer.step()  # warm-up: kernels, caches, allocator (and the compile with compile_unet)

@@ -128,11 +128,24 @@ def check_prompt(prior_name: str, prompt: str) -> None:
             raise GenerationError(str(exc)) from None
 
 
-# The GenerateConfig fields build_prior hands to the Stable Diffusion prior as they are (besides
-# model, guidance_scale and allow_download); `generate`'s model cache key holds them all, so a batch
-# never reuses a prior built with other options.
-SD_PRIOR_OPTIONS = ("attention_slicing", "vae_slicing", "vae_checkpointing", "channels_last", "compile_unet",
-                    "perp_neg", "dtype")
+# StableDiffusionPriorConfig's fields that build_prior passes itself: model (from_pretrained's first
+# argument), allow_download, device (as pick_device resolved it) and guidance_scale (None: the prior's own).
+SD_PRIOR_OWN = ("model", "allow_download", "device", "guidance_scale")
+
+
+def sd_prior_options() -> tuple[str, ...]:
+    """The GenerateConfig fields build_prior hands to the Stable Diffusion prior as they are: every field
+    of StableDiffusionPriorConfig that GenerateConfig has by the same name, besides SD_PRIOR_OWN. So a new
+    SD option is one field of StableDiffusionPriorConfig plus the same field (its flag) on GenerateConfig."""
+    from .priors.stable_diffusion import StableDiffusionPriorConfig
+
+    ours = {f.name for f in dataclasses.fields(GenerateConfig)}
+    return tuple(f.name for f in dataclasses.fields(StableDiffusionPriorConfig)
+                 if f.name in ours and f.name not in SD_PRIOR_OWN)
+
+
+# `generate`'s model cache key holds them all, so a batch never reuses a prior built with other options.
+SD_PRIOR_OPTIONS = sd_prior_options()  # ("dtype", "perp_neg", "attention_slicing", "vae_slicing", ...)
 
 
 def prior_cache_key(cfg: GenerateConfig, prior_name: str, device: torch.device) -> str:
@@ -155,20 +168,19 @@ def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
         raise GenerationError(str(exc)) from None
 
 
-# --ssd-noise -> the SSD preset of guidance/ssd_config.py: the learned noise filter, or the paper's constant term.
-SSD_NOISE_PRESETS = {"filter": "steinsplat", "constant": "paper"}
-
-
 def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.device):
-    from .guidance import BASELINES, GUIDANCE, SSD_PRESETS, FieldBaseline
+    """The guidance of cfg. SSD's noise terms and baseline are guidance/ssd_choices.py's (ssd_config_for,
+    baseline_kind: "auto" is depth for scenes, none for objects); its estimator is loaded only when a
+    baseline needs it."""
+    from .guidance import GUIDANCE, baseline_kind, make_baselines, ssd_config_for
 
     if cfg.guidance != "ssd":
         return GUIDANCE[cfg.guidance](prior)
-    ssd_cfg = SSD_PRESETS[SSD_NOISE_PRESETS[cfg.ssd_noise]]()
+    ssd_cfg = ssd_config_for(cfg.ssd_noise)
     est_name = cfg.estimator
     if est_name == "auto":
         est_name = "shapeworld" if prior_name == "shapeworld" else "transformers"
-    kind = cfg.baseline if cfg.baseline != "auto" else ("depth" if cfg.mode == "scene" else "none")
+    kind = baseline_kind(cfg.baseline, cfg.mode)
     if est_name == "none" or kind == "none":
         return GUIDANCE["ssd"](prior, config=ssd_cfg)  # the noise control variates only, no estimator
     from .estimators import ESTIMATORS
@@ -184,9 +196,8 @@ def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.de
     except ModelUnavailableError as exc:
         raise GenerationError(f"{exc}\n(or run without SSD's baseline: GenerateConfig.estimator=\"none\", "
                               'or GenerateConfig.guidance="sds")') from None
-    cls = BASELINES[kind]
-    baseline = cls(est, seed=cfg.seed) if issubclass(cls, FieldBaseline) else cls(est)  # the fields' probes follow --seed
-    return GUIDANCE["ssd"](prior, baselines=[baseline], config=ssd_cfg)
+    # the per-pixel fields' probes follow GenerateConfig.seed
+    return GUIDANCE["ssd"](prior, baselines=make_baselines(kind, est, seed=cfg.seed), config=ssd_cfg)
 
 
 def init_gaussians(cfg: GenerateConfig, device: torch.device):

@@ -20,7 +20,6 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import config
 from ..gaussians import Gaussians
 from ..pipeline import GenerateConfig, build_trainer
 from ..shapeworld.metrics import evaluate
@@ -65,18 +64,23 @@ def is_room(prompt: str) -> bool:
     return isinstance(parse_prompt(prompt), RoomPrompt)
 
 
+def bench_config(prompt: str, seed: int, steps: int, views: int, resolution: int) -> GenerateConfig:
+    """Generation's defaults for `prompt` (its mode decided by the prompt: a ShapeWorld room is a scene),
+    with the benchmark's seed, steps, views and resolution."""
+    return GenerateConfig(prompt=prompt, seed=seed, steps=steps, mode="scene" if is_room(prompt) else "object",
+                          views=views, resolution=resolution, quiet=True)
+
+
 def bench_trainer(method: str, prompt: str, seed: int, steps: int, prior, est, views: int, resolution: int,
                   edit_optim: Optional[Callable] = None) -> Trainer:
     """The Trainer generation builds for `prompt` with its defaults (initial Gaussians, base learning
     rates, densification; CPU), with `method`'s guidance; `edit_optim(OptimConfig) -> OptimConfig`
     may change the optimiser's settings (e.g. scale the learning rates)."""
-    mode = "scene" if is_room(prompt) else "object"
-    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--steps", str(steps), "--mode", mode,
-                                        "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
+    cfg = bench_config(prompt, seed, steps, views, resolution)
     # the base rates, constant (lr_mult 1, lr_final 1) whatever generation's default schedule: a bench's
     # learning-rate multipliers are relative to these
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr_mult=1.0, lr_final=1.0))
-    return build_trainer(cfg, prior, build(method, prior, est, mode), torch.device("cpu"), edit_optim=edit_optim)
+    return build_trainer(cfg, prior, build(method, prior, est, cfg.mode), torch.device("cpu"), edit_optim=edit_optim)
 
 
 def run_one(method: str, prompt: str, seed: int, steps: int, eval_every: int, prior, est, views: int, resolution: int,

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import config
-from ..pipeline import GenerateConfig, build_trainer
-from .convergence import is_room
+from ..pipeline import build_trainer
+from .convergence import bench_config
 from .methods import build
 
 
@@ -67,10 +66,8 @@ def _one(name: str, prompt: str, seed: int, steps: int, views: int, resolution: 
     torch.set_num_threads(threads)
     prior = ShapeWorldPriorAdapter.from_pretrained(None)
     est = ShapeWorldEstimatorAdapter.from_pretrained(None)
-    mode = "scene" if is_room(prompt) else "object"
-    cfg = config.parse(GenerateConfig, [prompt, "--seed", str(seed), "--mode", mode, "--steps", str(steps),
-                                        "--views", str(views), "--resolution", str(resolution), "--quiet"], prog="bench")
-    trainer = build_trainer(cfg, prior, build(name, prior, est, mode), prior.device)
+    cfg = bench_config(prompt, seed, steps, views, resolution)
+    trainer = build_trainer(cfg, prior, build(name, prior, est, cfg.mode), prior.device)
     cuda = torch.cuda.is_available() and str(prior.device).startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -1,4 +1,5 @@
-"""The estimators the benchmark compares: one explicit mapping from names to builders.
+"""The estimators the benchmark compares: one explicit mapping from names to builders. SSD's are
+(ssd_noise, baseline, SSDConfig fields) of guidance/ssd_choices.build_ssd, the choices generation makes.
 
 Main methods (issue "Evidence"):
     sds          Score Distillation Sampling
@@ -27,41 +28,37 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..guidance import (
-    SDS, SSD, SSD_PRESETS, VSD, DepthBaseline, DepthPixelBaseline, NormalBaseline, NormalPixelBaseline, SDSConfig,
-    SSDConfig, VSDConfig,
-)
+from ..guidance import SDS, SSD, VSD, DepthBaseline, SDSConfig, VSDConfig, build_ssd
 
 
-def _ssd_default(prior, est, mode, sham: bool = False):
-    baselines = [DepthBaseline(est)] if mode == "scene" else []
-    cfg = SSD_PRESETS["steinsplat"]()
-    cfg.sham = sham
-    return SSD(prior, baselines, cfg)
+def _ssd(ssd_noise: str, baseline: str, **overrides) -> Callable:
+    """The builder of an SSD method: guidance/ssd_choices.build_ssd with these choices (the ones
+    `steinsplat --ssd-noise ... --baseline ...` makes; "auto": depth for scenes, none for objects)."""
+    return lambda prior, est, mode: build_ssd(prior, est, ssd_noise, baseline, mode, **overrides)
 
 
 METHODS: dict[str, Callable] = {  # name -> builder(prior, estimator, mode) -> Guidance
     "sds": lambda prior, est, mode: SDS(prior),
     "vsd": lambda prior, est, mode: VSD(prior, VSDConfig()),
-    "ssd": _ssd_default,
-    "ssd-depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)]),
-    "ssd-normal": lambda prior, est, mode: SSD(prior, [NormalBaseline(est)]),
-    "ssd-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)]),
-    "ssd-normal-pixel": lambda prior, est, mode: SSD(prior, [NormalPixelBaseline(est)]),
-    "ssd-filter-depth-pixel": lambda prior, est, mode: SSD(prior, [DepthPixelBaseline(est)], SSD_PRESETS["steinsplat"]()),
+    "ssd": _ssd("filter", "auto"),  # generation's default SSD
+    "ssd-depth": _ssd("constant", "depth"),
+    "ssd-normal": _ssd("constant", "normal"),
+    "ssd-depth-pixel": _ssd("constant", "depth-pixel"),
+    "ssd-normal-pixel": _ssd("constant", "normal-pixel"),
+    "ssd-filter-depth-pixel": _ssd("filter", "depth-pixel"),
     "sds-antithetic": lambda prior, est, mode: SDS(prior, SDSConfig(antithetic=True)),
     "sds-eps4": lambda prior, est, mode: SDS(prior, SDSConfig(eps_draws=4)),
-    "ssd-sham": lambda prior, est, mode: _ssd_default(prior, est, mode, sham=True),
+    "ssd-sham": _ssd("filter", "auto", sham=True),
 }
 
 ABLATIONS: dict[str, Callable] = {
-    "mu-scalar": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_granularity="scalar")),
-    "mu-channel": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_granularity="channel")),
-    "mu-pixel": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_granularity="pixel")),
-    "mu-optimizer": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(mu_mode="optimizer")),
-    "no-constant": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSDConfig(constant_term=False)),
+    "mu-scalar": _ssd("constant", "depth", mu_granularity="scalar"),
+    "mu-channel": _ssd("constant", "depth", mu_granularity="channel"),
+    "mu-pixel": _ssd("constant", "depth", mu_granularity="pixel"),
+    "mu-optimizer": _ssd("constant", "depth", mu_mode="optimizer"),
+    "no-constant": _ssd("constant", "depth", constant_term=False),
     "half-res-estimator": lambda prior, est, mode: SSD(prior, [DepthBaseline(est, input_scale=0.5)]),
-    "filter+depth": lambda prior, est, mode: SSD(prior, [DepthBaseline(est)], SSD_PRESETS["steinsplat"]()),
+    "filter+depth": _ssd("filter", "depth"),
 }
 
 # What `steinsplat bench` compares unless --methods says otherwise: the estimators of the published

@@ -13,6 +13,7 @@ from .base import (
 from .baselines import DepthBaseline, FunctionBaseline, NormalBaseline, stein_control_variate
 from .sds import SDS, SDSConfig
 from .ssd import SSD
+from .ssd_choices import BASELINES, SSD_NOISE_PRESETS, baseline_kind, build_ssd, make_baselines, ssd_config_for
 from .ssd_config import SSD_PRESETS, SSDConfig
 from .stein_pixel import (
     DepthPixelBaseline, FieldBaseline, FunctionFieldBaseline, NormalPixelBaseline, stein_field_control_variate,
@@ -25,22 +26,11 @@ GUIDANCE = {
     "ssd": SSD,
 }
 
-# SSD's estimator baselines by name (CLI `--baseline`, bench methods): "depth" and "normal" are the
-# paper's scalar form (baselines.py, one phi per view; with the `paper` preset, the paper's SSD),
-# "depth-pixel" and "normal-pixel" the per-pixel Stein fields of stein_pixel.py. Each takes the
-# geometry estimator as first argument. A new baseline: one module plus one entry here (baselines.py).
-BASELINES = {
-    "depth": DepthBaseline,
-    "normal": NormalBaseline,
-    "depth-pixel": DepthPixelBaseline,
-    "normal-pixel": NormalPixelBaseline,
-}
-
 __all__ = [
     "GUIDANCE", "Guidance", "GuidanceConfig", "GuidanceDiagnostics", "GuidanceOutput", "ParameterVariance",
     "parameter_gradient_variance", "sample_timesteps", "stratified_timesteps", "surrogate_loss", "weighting",
     "SDS", "SDSConfig", "VSD", "VSDConfig", "LoRAParticleScore",
     "SSD", "SSDConfig", "SSD_PRESETS", "DepthBaseline", "NormalBaseline", "FunctionBaseline", "stein_control_variate",
     "BASELINES", "FieldBaseline", "FunctionFieldBaseline", "DepthPixelBaseline", "NormalPixelBaseline",
-    "stein_field_control_variate",
+    "stein_field_control_variate", "SSD_NOISE_PRESETS", "ssd_config_for", "baseline_kind", "make_baselines", "build_ssd",
 ]

@@ -35,7 +35,7 @@ Adding a baseline: one module under guidance/ with a class such as
             self.require_render(ctx)
             return lambda x_t: ...  # [B], differentiable in x_t
 
-and one entry in guidance/__init__.py's BASELINES (name -> class; the CLI's `--baseline`
+and one entry in guidance/ssd_choices.py's BASELINES (name -> class; the CLI's `--baseline`
 choices are the Literal of pipeline.GenerateConfig.baseline).
 """
 
