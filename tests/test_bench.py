@@ -151,5 +151,9 @@ def test_bench_config_is_the_command_line_it_replaced(prompt, mode):
     from steinsplat.bench.convergence import bench_config
     from steinsplat.pipeline import GenerateConfig
 
-    argv = [prompt, "--seed", "3", "--steps", "12", "--mode", mode, "--views", "2", "--resolution", "32", "--quiet"]
+    argv = [prompt, "--seed", "3", "--steps", "12", "--mode", mode, "--views", "2", "--resolution", "32", "--quiet",
+            "--init-color", "random", "--optim.lr-mult", "1", "--optim.lr-final", "1", "--optim.colour-average", "0"]
     assert bench_config(prompt, 3, 12, 2, 32) == config.parse(GenerateConfig, argv, prog="bench")
+    # the schedule the benchmarks were built on, whatever generation's default
+    cfg = bench_config(prompt, 3, 12, 2, 32)
+    assert (cfg.optim.lr_mult, cfg.optim.colour_average, cfg.init_color) == (1.0, 0.0, "random")
