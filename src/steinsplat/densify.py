@@ -333,13 +333,14 @@ def _cpu_mcmc_ops(device: torch.device) -> Iterator[None]:
         ops.compute_relocation, ops.quat_scale_to_covar_preci = saved
 
 
-def per_param_optimizers(gaussians: Gaussians, lrs: dict[str, float], eps: float = 1e-15) -> dict[str, torch.optim.Adam]:
-    """One Adam per parameter (gsplat's convention, needed by its strategies)."""
+def per_param_optimizers(gaussians: Gaussians, lrs: dict[str, float], eps: float = 1e-15) -> dict[str, Any]:
+    """One Adam per parameter (gsplat's convention, needed by its strategies): steinsplat.optim.Adam on a
+    CPU (torch.optim.Adam's numbers without importing torch._dynamo, a third of the time to the first
+    step), torch.optim.Adam elsewhere."""
     missing = set(gaussians.splats) - set(lrs)
     if missing:
         raise ValueError(f"learning rates missing for {sorted(missing)}")
-    return {
-        k: torch.optim.Adam([{"params": [p], "lr": lrs[k], "name": k}], eps=eps)
-        for k, p in gaussians.splats.items()
-    }
+    from .optim import adam
+
+    return {k: adam([{"params": [p], "lr": lrs[k], "name": k}], eps=eps) for k, p in gaussians.splats.items()}
 

@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..optim import adam
 from .noise_cv import NoiseFeatures
 from .ssd_config import SSDConfig
 
@@ -141,7 +142,7 @@ class MuFit:
         param = torch.nn.Parameter(table.clone())
         self.state = MuState(A=torch.zeros(nb, K, K, *shape, device=dev), b=torch.zeros(nb, K, *shape, device=dev),
                              n=torch.zeros(nb, dtype=torch.long, device=dev), mu_table=table, mu_param=param,
-                             opt=torch.optim.Adam([param], lr=self.config.opt_lr))
+                             opt=adam([param], lr=self.config.opt_lr))
         return self.state
 
     # ---- using mu
@@ -283,7 +284,7 @@ class MuFit:
             raise ValueError(f"saved SSD state has {tuple(table.shape[:2])} (bins, control variates), this SSD has "
                              f"({self.config.timestep_bins}, {self.K}): use the same baselines and timestep_bins")
         param = torch.nn.Parameter(tensors["ssd.mu_param"].to(device).clone())
-        opt = torch.optim.Adam([param], lr=self.config.opt_lr)
+        opt = adam([param], lr=self.config.opt_lr)
         saved = {k[len("ssd.opt."):]: v.to(device).clone() for k, v in tensors.items() if k.startswith("ssd.opt.")}
         if saved:
             opt.state[param] = saved
