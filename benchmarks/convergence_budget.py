@@ -20,7 +20,7 @@ import statistics
 
 from steinsplat.bench.convergence import run_one
 from steinsplat.bench.run import prompt_list
-from steinsplat.estimators import ShapeWorldEstimatorAdapter
+from steinsplat.geometry import ShapeWorldEstimatorAdapter
 from steinsplat.priors import ShapeWorldPriorAdapter
 
 

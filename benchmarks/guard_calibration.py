@@ -33,7 +33,7 @@ from steinsplat.bench.guard_check import synthetic_refusal_rate
 from steinsplat.guidance import SSDConfig
 from steinsplat.guidance.base import weighting
 from steinsplat.guidance.guard import Guard, render_pullback
-from steinsplat.train import render
+from steinsplat.trainer import render
 
 
 class OldGuard(Guard):
@@ -73,7 +73,7 @@ def main() -> None:
     print(json.dumps(rep["neutral_synthetic"], indent=1))
 
     # ---- 2. the real snapshot
-    from steinsplat.estimators import ShapeWorldEstimatorAdapter
+    from steinsplat.geometry import ShapeWorldEstimatorAdapter
     from steinsplat.priors import ShapeWorldPriorAdapter
 
     prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)

@@ -60,12 +60,12 @@ def load_models(resolution: int):
         what = (f"NO trained ShapeWorld prior in {assets / 'prior'}: using a tiny RANDOM pixel-space prior "
                 f"({resolution}x{resolution}); variance ratios say little about a real prior")
     if (assets / "estimator" / "config.json").exists():
-        from steinsplat.estimators import ShapeWorldEstimatorAdapter
+        from steinsplat.geometry import ShapeWorldEstimatorAdapter
 
         est = ShapeWorldEstimatorAdapter.from_pretrained(assets / "estimator")
         what_e = f"ShapeWorld estimator from {assets / 'estimator'}"
     else:
-        from steinsplat.estimators.tiny import TinyConvEstimator
+        from steinsplat.geometry.tiny import TinyConvEstimator
 
         est = TinyConvEstimator()
         what_e = (f"NO trained ShapeWorld estimator in {assets / 'estimator'}: using a tiny RANDOM estimator "

@@ -36,7 +36,7 @@ from steinsplat.bench.convergence import code_fingerprint, is_room
 from steinsplat.bench.decomposition import bootstrap_mean, measure_decomposition, summarise_decomposition
 from steinsplat.bench.run import ROOM, machine, prompt_list
 from steinsplat.bench.variance import measure_variance, sds_snapshot
-from steinsplat.estimators import ShapeWorldEstimatorAdapter
+from steinsplat.geometry import ShapeWorldEstimatorAdapter
 from steinsplat.pipeline import versions
 from steinsplat.priors import ShapeWorldPriorAdapter
 

@@ -7,7 +7,7 @@ import torch
 
 from steinsplat.bench.methods import SAME_MEAN_AS_SDS, build
 from steinsplat.cameras import orbit_cameras
-from steinsplat.estimators.tiny import TinyConvEstimator
+from steinsplat.geometry.tiny import TinyConvEstimator
 from steinsplat.gaussians import Gaussians
 from steinsplat.guidance import SDS, SSD, SSD_PRESETS, DepthBaseline, SSDConfig
 from steinsplat.priors.tiny import TinyPixelPrior
@@ -43,7 +43,7 @@ def _sham_cfg(base: SSDConfig) -> SSDConfig:
     return base
 
 
-@pytest.mark.parametrize("preset", ["paper", "steinsplat"])
+@pytest.mark.parametrize("preset", ["constant", "filter"])
 def test_the_sham_serves_exactly_sds_gradient_for_the_same_t_eps_and_cameras(preset):
     prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
     cams, r = _scene()
@@ -89,9 +89,9 @@ def test_the_sham_mean_gradient_equals_sds_mean():
 
 @pytest.mark.parametrize("mode", ["object", "scene"])
 def test_the_sham_costs_what_ssd_costs(mode):
-    """Same prior calls, same estimator calls (the baselines run), same fit and guard updates as "ssd"."""
+    """Same prior calls, same estimator calls (the baselines run), same fit and guard updates as "ssd-filter"."""
     counts = {}
-    for name in ("ssd", "ssd-sham", "sds"):
+    for name in ("ssd-filter", "ssd-sham", "sds"):
         prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
         est = TinyConvEstimator()
         prior.predict_noise = _Counting(prior.predict_noise)
@@ -107,9 +107,9 @@ def test_the_sham_costs_what_ssd_costs(mode):
         counts[name] = (prior.predict_noise.calls, prior.predict_noise.rows, counted.calls, counted.rows,
                         None if fit is None else fit.state.n.tolist(),
                         None if fit is None else float(guidance.guard.state.stats[2].sum()))
-    assert counts["ssd-sham"] == counts["ssd"]
-    assert counts["ssd"][:2] == counts["sds"][:2] == (6, 12)  # one prior call per step, one row per view
+    assert counts["ssd-sham"] == counts["ssd-filter"]
+    assert counts["ssd-filter"][:2] == counts["sds"][:2] == (6, 12)  # one prior call per step, one row per view
     if mode == "scene":
-        assert counts["ssd"][2] == 6  # the depth baseline's estimator runs every step, in the sham too
+        assert counts["ssd-filter"][2] == 6  # the depth baseline's estimator runs every step, in the sham too
     assert build("ssd-sham", TinyPixelPrior(resolution=8, block_out_channels=(4, 8)), None, "object").config.sham
-    assert not build("ssd", TinyPixelPrior(resolution=8, block_out_channels=(4, 8)), None, "object").config.sham
+    assert not build("ssd-filter", TinyPixelPrior(resolution=8, block_out_channels=(4, 8)), None, "object").config.sham

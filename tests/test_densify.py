@@ -141,7 +141,7 @@ def test_clone_small_and_split_large_gaussians():
 # ---------------------------------------------------------------------------- budget-relative schedules
 def test_schedule_fractions_map_to_the_old_absolute_steps_at_500():
     from steinsplat.densify import resolve_schedule
-    from steinsplat.train import OptimConfig
+    from steinsplat.trainer import OptimConfig
 
     cfg = OptimConfig().densify
     s = resolve_schedule(cfg, 500)

@@ -392,7 +392,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(ssd_ckpt, 
 
 def test_every_step_skipped_is_an_error_not_a_result(files, capsys, monkeypatch, one_intra_op_thread):
     """A run whose every step had non-finite gradients fails loudly instead of writing its init."""
-    from steinsplat import train
+    from steinsplat import trainer as train
 
     def nan_step(self):  # what Trainer.step does when the guidance's gradient is not finite
 
@@ -533,7 +533,7 @@ def test_no_socket_is_opened_without_allow_download(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    from steinsplat.estimators.transformers_depth import TransformersDepthEstimator
+    from steinsplat.geometry.transformers_depth import TransformersDepthEstimator
     from steinsplat.priors.base import ModelUnavailableError
     from steinsplat.priors.stable_diffusion import StableDiffusionPrior
 

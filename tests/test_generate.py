@@ -67,7 +67,7 @@ def test_signal_stops_between_steps_and_resume_gives_the_same_bytes(tmp_path, ti
     import os
     import signal
 
-    from steinsplat import train
+    from steinsplat import trainer as train
 
     sd, _ = tiny_models
 
@@ -143,7 +143,7 @@ def test_second_interrupt_stops_at_once(tmp_path, tiny_models, monkeypatch, caps
     import os
     import signal
 
-    from steinsplat import train
+    from steinsplat import trainer as train
 
     sd, _ = tiny_models
     out = tmp_path / "run" / "x.ply"

@@ -121,7 +121,7 @@ def test_sd_object_recipe_tiny_200_steps_stays_far_below_the_cap(tmp_path, tiny_
 def _trainer(seed: int, background: str):
     from steinsplat.guidance import GUIDANCE
     from steinsplat.priors.tiny import TinyPixelPrior
-    from steinsplat.train import OptimConfig, Trainer
+    from steinsplat.trainer import OptimConfig, Trainer
 
     prior = TinyPixelPrior(resolution=8)
     g = Gaussians.random_ball(20, radius=0.3, generator=torch.Generator().manual_seed(0))

@@ -14,7 +14,7 @@ from steinsplat.guidance import (
     GUIDANCE, SDS, SSD, VSD, DepthBaseline, FunctionBaseline, GuidanceConfig, NormalBaseline, SSDConfig, VSDConfig,
     parameter_gradient_variance, stein_control_variate, surrogate_loss,
 )
-from steinsplat.estimators.tiny import TinyConvEstimator
+from steinsplat.geometry.tiny import TinyConvEstimator
 from steinsplat.priors.base import TimestepRange
 from steinsplat.priors.tiny import AnalyticGaussianPrior, TinyPixelPrior
 from steinsplat.render import render

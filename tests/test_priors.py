@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from steinsplat.cameras import orbit_cameras
-from steinsplat.estimators import (
+from steinsplat.geometry import (
     ESTIMATORS, EstimatorUnavailableError, TransformersDepthEstimator, normals_from_depth,
 )
 from steinsplat.guidance import SSD, VSD, DepthBaseline, NormalBaseline, VSDConfig
@@ -261,7 +261,7 @@ def test_prior_mapping_is_explicit():
 
 
 def test_shapeworld_estimator_adapter_in_ssd_through_the_renderer(tmp_path):
-    from steinsplat.estimators import ShapeWorldEstimatorAdapter
+    from steinsplat.geometry import ShapeWorldEstimatorAdapter
     from steinsplat.gaussians import Gaussians
     from steinsplat.render import render
     from steinsplat.shapeworld.estimator import EstimatorConfig, ShapeWorldEstimator

@@ -9,7 +9,7 @@ from steinsplat import config
 from steinsplat.pipeline import GenerateConfig, init_gaussians
 from steinsplat.priors.tiny import TinyPixelPrior
 from steinsplat.guidance import SDS, SDSConfig
-from steinsplat.train import OptimConfig, Trainer
+from steinsplat.trainer import OptimConfig, Trainer
 
 
 def trainer(optim: OptimConfig) -> Trainer:

@@ -14,7 +14,8 @@ from steinsplat.shapeworld.set_metrics import (
     ModeDiversity, SetMetrics, SetShapeScores, best_of, evaluate_set, gt_of, majority, mode_diversity, scene_diversity,
 )
 from steinsplat.shapeworld import shape_metrics
-from steinsplat.shapeworld.shape_metrics import gaussians_from_solid, shape_scores
+from steinsplat.shapeworld.metrics import shape_scores  # any prompt: an open one through set_metrics
+from steinsplat.shapeworld.shape_metrics import gaussians_from_solid
 from steinsplat.shapeworld.vocab import COLOUR_NAMES, COLOURS, ObjectPrompt, OpenPrompt, PromptError
 from steinsplat.shapeworld.world import shade, world_mesh
 

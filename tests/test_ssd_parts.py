@@ -10,8 +10,8 @@ import torch
 
 from steinsplat.bench.methods import build as build_method
 from steinsplat.cameras import orbit_cameras
-from steinsplat.estimators.base import GeometryPrediction
-from steinsplat.estimators.tiny import TinyConvEstimator
+from steinsplat.geometry.base import GeometryPrediction
+from steinsplat.geometry.tiny import TinyConvEstimator
 from steinsplat.gaussians import Gaussians
 from steinsplat.guidance import (
     BASELINES, SSD, SSD_PRESETS, DepthBaseline, DepthPixelBaseline, FieldBaseline, FunctionBaseline, NormalBaseline,
@@ -279,20 +279,35 @@ def test_a_new_baseline_from_the_recipe_runs_in_ssd():
 def test_presets_are_defined_once_and_used_by_bench_and_cli():
     from steinsplat.guidance import SSD_NOISE_PRESETS
 
-    assert set(SSD_PRESETS) == {"paper", "steinsplat"}
-    assert SSD_PRESETS["paper"]() == SSDConfig()
-    fil = SSD_PRESETS["steinsplat"]()
+    assert set(SSD_PRESETS) == {"filter", "constant"}  # one name per variant: --ssd-noise's
+    assert SSD_PRESETS["constant"]() == SSDConfig()
+    fil = SSD_PRESETS["filter"]()
     assert (fil.noise_kernel, fil.noise_mix_channels, fil.noise_maps) == (3, True, "poly2")
     fil.noise_kernel = 5
-    assert SSD_PRESETS["steinsplat"]().noise_kernel == 3  # a fresh config per call
-    assert SSD_NOISE_PRESETS == {"filter": "steinsplat", "constant": "paper"}
+    assert SSD_PRESETS["filter"]().noise_kernel == 3  # a fresh config per call
+    assert SSD_NOISE_PRESETS == {"filter": "filter", "constant": "constant"}
     prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
-    assert build_method("ssd", prior, None, "object").config == SSD_PRESETS["steinsplat"]()
-    assert build_method("ssd-depth", prior, TinyConvEstimator(), "object").config == SSD_PRESETS["paper"]()
+    assert build_method("ssd-filter", prior, None, "object").config == SSD_PRESETS["filter"]()
+    assert build_method("ssd-depth", prior, TinyConvEstimator(), "object").config == SSD_PRESETS["constant"]()
+
+
+def test_the_old_names_of_the_ssd_variants_still_work_with_one_warning():
+    from steinsplat.bench.methods import METHODS
+
+    for old, new in (("steinsplat", "filter"), ("paper", "constant")):
+        with pytest.warns(FutureWarning, match=f"SSD preset '{old}' is now '{new}'"):
+            assert SSD_PRESETS[old]() == SSD_PRESETS[new]()
+    assert "paper" in SSD_PRESETS and "paper" not in list(SSD_PRESETS)  # found, but not listed
+    prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
+    with pytest.warns(FutureWarning, match="bench method 'ssd' is now 'ssd-filter'"):
+        assert build_method("ssd", prior, None, "object").config == SSD_PRESETS["filter"]()
+    assert "ssd" in METHODS and "ssd" not in list(METHODS)
+    with pytest.raises(KeyError):
+        SSD_PRESETS["loud"]
 
 
 # ---------------------------------------------------------------------------- SSD's state
-@pytest.mark.parametrize("preset", ["paper", "steinsplat"])
+@pytest.mark.parametrize("preset", ["constant", "filter"])
 def test_ssd_resumes_exactly_from_its_state_tensors(preset):
     prior = TinyPixelPrior(resolution=8, block_out_channels=(4, 8))
     cams, r = _scene()
@@ -332,14 +347,14 @@ def test_ssd_choices_are_written_once_and_match_the_command_line():
     assert baseline_kind("normal", "object") == "normal" and baseline_kind("none", "scene") == "none"
     with pytest.raises(ValueError, match="settle it first"):
         baseline_kind("auto", "auto")
-    assert ssd_config_for("filter") == SSD_PRESETS["steinsplat"]() and ssd_config_for("constant") == SSDConfig()
-    assert ssd_config_for("filter", sham=True).sham and not SSD_PRESETS["steinsplat"]().sham
+    assert ssd_config_for("filter") == SSD_PRESETS["filter"]() and ssd_config_for("constant") == SSDConfig()
+    assert ssd_config_for("filter", sham=True).sham and not SSD_PRESETS["filter"]().sham
     with pytest.raises(ValueError, match="ssd_noise"):
         ssd_config_for("loud")
 
 
 @pytest.mark.parametrize("method, noise, kinds", [
-    ("ssd", "filter", {"object": [], "scene": ["depth"]}), ("ssd-depth", "constant", {"object": ["depth"]}),
+    ("ssd-filter", "filter", {"object": [], "scene": ["depth"]}), ("ssd-depth", "constant", {"object": ["depth"]}),
     ("ssd-normal-pixel", "constant", {"object": ["normal-pixel"]}), ("filter+depth", "filter", {"scene": ["depth"]}),
     ("ssd-sham", "filter", {"object": [], "scene": ["depth"]})])
 def test_bench_ssd_methods_are_built_from_the_same_choices(method, noise, kinds):
@@ -349,5 +364,5 @@ def test_bench_ssd_methods_are_built_from_the_same_choices(method, noise, kinds)
     for mode, names in kinds.items():
         g = build_method(method, prior, TinyConvEstimator(), mode)
         assert [type(b) for b in g.baselines] == [BASELINES[n] for n in names]
-        assert g.config == dataclasses.replace(SSD_PRESETS["steinsplat" if noise == "filter" else "paper"](),
+        assert g.config == dataclasses.replace(SSD_PRESETS[noise](),
                                                sham=method == "ssd-sham")

@@ -13,7 +13,7 @@ from steinsplat.gaussians import Gaussians
 from steinsplat.pipeline import load_checkpoint, save_checkpoint
 from steinsplat.guidance import GUIDANCE, sample_timesteps, stratified_timesteps
 from steinsplat.priors.tiny import TinyPixelPrior
-from steinsplat.train import OptimConfig, Trainer
+from steinsplat.trainer import OptimConfig, Trainer
 
 
 def chi2_uniform(counts: torch.Tensor) -> float:

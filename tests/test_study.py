@@ -249,7 +249,7 @@ def test_seconds_come_from_the_side_by_side_cost_not_from_the_runs_own_times():
 
 
 def test_the_cost_probe_times_every_cell_in_one_process():
-    from steinsplat.estimators import ShapeWorldEstimatorAdapter
+    from steinsplat.geometry import ShapeWorldEstimatorAdapter
     from steinsplat.priors import ShapeWorldPriorAdapter
 
     prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
@@ -321,8 +321,8 @@ def test_the_study_runs_what_is_missing_once_and_stops_at_the_deadline(tmp_path,
 
 
 def test_one_real_run_is_timed_profiled_and_leaves_the_prior_as_it_was():
-    from steinsplat import train
-    from steinsplat.estimators import ShapeWorldEstimatorAdapter
+    from steinsplat import trainer as train
+    from steinsplat.geometry import ShapeWorldEstimatorAdapter
     from steinsplat.priors import ShapeWorldPriorAdapter
 
     prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
@@ -343,7 +343,7 @@ def test_one_real_run_is_timed_profiled_and_leaves_the_prior_as_it_was():
 
 
 def test_scaled_optim_scales_every_learning_rate():
-    from steinsplat.train import OptimConfig
+    from steinsplat.trainer import OptimConfig
 
     a, b = OptimConfig(), study.scaled_optim(OptimConfig(), 2.0)
     for n in ("lr_means", "lr_means_final", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):

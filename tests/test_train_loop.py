@@ -10,9 +10,9 @@ from steinsplat.densify import DensifyConfig
 from steinsplat.gaussians import Gaussians
 from steinsplat.pipeline import load_checkpoint, save_checkpoint
 from steinsplat.guidance import GUIDANCE, NormalBaseline
-from steinsplat.estimators.tiny import TinyConvEstimator
+from steinsplat.geometry.tiny import TinyConvEstimator
 from steinsplat.priors.tiny import TinyPixelPrior
-from steinsplat.train import OptimConfig, Trainer
+from steinsplat.trainer import OptimConfig, Trainer
 
 
 def make_trainer(kind: str, steps: int = 12) -> Trainer:

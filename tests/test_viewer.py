@@ -290,7 +290,7 @@ def test_offline_bundle_on_a_static_server(tmp_path, browser):
 
 
 def test_live_viewer_buttons_pause_and_snapshot(tmp_path, browser):
-    from steinsplat.train import StepLog
+    from steinsplat.trainer import StepLog
     from steinsplat.viewer import LiveConfig, ViewerConfig, start_live_viewer, stop_live_viewer
 
     said: list[str] = []

@@ -23,16 +23,15 @@ a summary table and `summary.json` (written atomically): per job its name, promp
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
 import traceback
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .export.atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes
+from .naming import slugify  # also imported from here
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
@@ -59,21 +58,6 @@ class JobResult:
     error: str = ""
     outputs: dict[str, Any] = field(default_factory=dict)  # the files written, by kind ({"splats": ..., "mesh": ...})
     metrics: Optional[dict[str, Any]] = None  # the generator's final metrics, if it reports any
-
-
-# Names Windows reserves for devices (in any case, with any extension): a folder "con" cannot be made there.
-RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
-
-
-def slugify(text: str, max_len: int = 60) -> str:
-    """A lower-case ASCII name safe on every file system: letters, digits and single dashes (never a
-    reserved device name such as `con` or `nul`: those get `-prompt` appended)."""
-    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    t = re.sub(r"[^a-zA-Z0-9]+", "-", t.lower()).strip("-")
-    t = t[:max_len].rstrip("-")
-    if t in RESERVED_NAMES:
-        t += "-prompt"
-    return t or "prompt"
 
 
 MAX_PROMPT_FILE_BYTES = 16 << 20  # a prompt list of 16 MB is ~100,000 prompts; more is the wrong file

@@ -27,13 +27,10 @@ class CheckpointError(ValueError):
 
 def write_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Write `tensors` + `meta` (JSON-able) to `path` atomically; returns `path`."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from .export.atomic import atomic_path
-
-    from safetensors import SafetensorError
-
-    from .export.errors import ExportError
+    from .atomic import WriteError, atomic_path
 
     path = Path(path)
     metadata = {META_KEY: json.dumps(meta, separators=(",", ":")), FORMAT_KEY: FORMAT}
@@ -41,7 +38,7 @@ def write_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[st
         try:
             save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         except SafetensorError as exc:  # a full disk, a file-size limit: safetensors' IoError
-            raise ExportError(f"cannot write the checkpoint '{path}': {short_reason(exc)}") from None
+            raise WriteError(f"cannot write the checkpoint '{path}': {short_reason(exc)}") from None
     return path
 
 

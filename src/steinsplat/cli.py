@@ -667,7 +667,7 @@ def require_output_folder(argv: Sequence[str], default: str, what: str) -> None:
         return
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; {what} writes a folder (report.json, report.md ...): give a folder")
-    from .export.atomic import ensure_writable_folder
+    from .atomic import ensure_writable_folder
 
     try:
         ensure_writable_folder(out)
@@ -829,12 +829,13 @@ def _run(argv: Optional[Sequence[str]] = None) -> int:
                           "comes first: steinsplat \"a red cube\" --out cube.ply", soft_wrap=True)
             return 2
         name, argv = "generate", ["generate"] + argv  # a bare prompt
+    from .atomic import WriteError
     from .config import ConfigError
     from .export.errors import ExportError
 
     try:
         return COMMANDS[name].run(argv[1:])
-    except (UserError, ConfigError, ExportError, OSError, MemoryError) as exc:
+    except (UserError, ConfigError, ExportError, WriteError, OSError, MemoryError) as exc:
         if isinstance(exc, MemoryError):
             exc = UserError("out of memory: the sizes asked for do not fit in this machine's memory; lower them "
                             "(--resolution, --views, --num, --upscale ...)")

@@ -346,7 +346,7 @@ def run_doctor(cfg: DoctorConfig, say: Callable[[str], None] = print) -> tuple[i
     code = 1 if any(c.status == "fail" for c in checks) else 0
     say("all checks passed" if code == 0 else "some checks failed: see the lines marked FAIL and their fixes")
     if cfg.json is not None:
-        from .export.atomic import atomic_write_bytes
+        from .atomic import atomic_write_bytes
 
         atomic_write_bytes(cfg.json, json.dumps([dataclasses.asdict(c) for c in checks], indent=2, default=str).encode())
     return code, checks

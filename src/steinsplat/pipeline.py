@@ -3,8 +3,8 @@
 `generate` runs six stages, each a function below read in order: 1 `check_run` (numbers, device,
 prompt, outputs, the checkpoint to resume: all before any model loads), 2 `load_models` (the prior,
 cached across a batch, and the guidance with its geometry estimator: one explicit mapping each, no
-registries), 3 `build_trainer` (initial Gaussians for the mode, `train.Trainer`) and
-`build_callbacks` (checkpoints every N steps, previews, the live viewer, progress: `train.Callback`s),
+registries), 3 `build_trainer` (initial Gaussians for the mode, `trainer.Trainer`) and
+`build_callbacks` (checkpoints every N steps, previews, the live viewer, progress: `trainer.Callback`s),
 4 `optimise` (the loop; Ctrl-C saves a checkpoint, resumable with --resume), 5 `export_outputs`
 (splats as .ply / .splat / .spz by extension, optional mesh and turntable video), 6 `record_run`
 (metrics, the `RunRecord` it returns, written as `run.json` beside the outputs).
@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,10 @@ from typing import Any, Callable, Iterator, Literal, Optional
 import torch
 from tyro.conf import Positional
 
-from .batch import slugify
+from .naming import short, slugify  # short: also imported from here
+from .provenance import versions  # also imported from here
 from .runs import RunError, check_checkpoint_state, check_distinct_outputs, check_learning_rates, check_run_folder
-from .train import Callback, OptimConfig, StepLog, Trainer
+from .trainer import Callback, OptimConfig, StepLog, Trainer
 
 
 class GenerationError(Exception):
@@ -90,11 +90,6 @@ class GenerateConfig:
 
 
 # ---------------------------------------------------------------------------- building blocks
-def short(text: str, limit: int = 80) -> str:
-    """`text` cut to `limit` characters for an error message (a 10,000-character prompt is not echoed whole)."""
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} characters)"
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -183,7 +178,7 @@ def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.de
     kind = baseline_kind(cfg.baseline, cfg.mode)
     if est_name == "none" or kind == "none":
         return GUIDANCE["ssd"](prior, config=ssd_cfg)  # the noise control variates only, no estimator
-    from .estimators import ESTIMATORS
+    from .geometry import ESTIMATORS
     from .priors.base import ModelUnavailableError
 
     try:
@@ -223,7 +218,7 @@ def default_out(prompt: str) -> Path:
 
 
 def validate_outputs(cfg: GenerateConfig) -> Path:
-    from .export.atomic import ensure_writable_folder
+    from .atomic import ensure_writable_folder
 
     out = cfg.out or default_out(cfg.prompt)
     gltf_out = out.name.lower().endswith(".splats.glb")
@@ -368,7 +363,7 @@ def try_checkpoint(trainer: Trainer, folder: Path, options: dict[str, Any],
     (path, None) or (None, what went wrong in a few words)."""
     try:
         return save_checkpoint(trainer, folder, options=options, out_name=out_name), None
-    except (OSError, ValueError, RuntimeError) as exc:  # ExportError, CheckpointError, SafetensorError
+    except (OSError, ValueError, RuntimeError) as exc:  # WriteError, CheckpointError, SafetensorError
         from .checkpoint import short_reason
 
         return None, short_reason(exc)
@@ -455,18 +450,6 @@ def refine_line(row: dict[str, Any], threshold: float) -> str:
     """One refinement as a GPU owner reads it: the counts and the share over the threshold."""
     over = f" ({100 * row['over']:.1f} % over the threshold {threshold:g})" if row.get("over") is not None else ""
     return f"refine at step {row['step']}: {row['before']:,} -> {row['after']:,} Gaussians{over}"
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("steinsplat", "torch", "gsplat", "diffusers", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 class Interrupted(KeyboardInterrupt):
@@ -902,7 +885,7 @@ def record_run(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised
                n_written: int, clock: dict[str, Optional[float]], stop_here: Callable[[], None]) -> RunRecord:
     """Stage 6: the ShapeWorld metrics (for a ShapeWorld prior), the run record, and run.json beside the outputs.
     clock: time.perf_counter() at the start and at the ends of loading, optimising and exporting."""
-    from .export.atomic import atomic_write_bytes
+    from .atomic import atomic_write_bytes
 
     metrics, metrics_s = None, None
     if plan.prior_name == "shapeworld":

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from .naming import short
+
 RUN_FILE = "run.json"
 MAX_RUN_FILE_BYTES = 64 << 20  # a run.json with a long history is a few MB
 
@@ -101,8 +103,6 @@ def check_run_folder(folder: Path, prompt: str, out_name: str, resume: Optional[
         return
     if their_prompt == prompt and (their_out is None or their_out == out_name):
         return
-    from .pipeline import short
-
     theirs = f"{short(their_prompt, 50)!r}" + (f" -> {their_out}" if their_out else "")
     raise RunError(f"'{folder}' holds another run ({theirs}, see {where}); a run folder belongs to one run: give "
                    f"this one its own folder, e.g. GenerateConfig.out=\"{folder / Path(out_name).stem / out_name}\"")

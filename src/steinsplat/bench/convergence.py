@@ -24,7 +24,7 @@ from ..gaussians import Gaussians
 from ..pipeline import GenerateConfig, build_trainer
 from ..shapeworld.metrics import evaluate
 from ..shapeworld.vocab import RoomPrompt, parse_prompt
-from ..train import Trainer
+from ..trainer import Trainer
 from .methods import build
 
 METRICS = ("mask_iou", "psnr", "colour_error", "depth_error", "r_precision")
@@ -131,7 +131,7 @@ def code_fingerprint() -> str:
 
 def run_key(method: str, prompt: str, seed: int, steps: int, eval_every: int, views: int, resolution: int) -> str:
     """File-system-safe name of one convergence run, its settings and the code (the cache key)."""
-    from ..batch import slugify
+    from ..naming import slugify
 
     return (f"{method}--{slugify(prompt)}--seed{seed}--{steps}steps-{views}views-{resolution}px-eval{eval_every}"
             f"--code{code_fingerprint()}")
@@ -142,7 +142,7 @@ def save_run(folder: Path, key: str, run: Run, snaps: dict[int, Gaussians]) -> N
     the JSON goes last, so a run counts as finished only when everything is on disk."""
     from safetensors.torch import save
 
-    from ..export.atomic import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     if snaps:

@@ -60,7 +60,7 @@ class _PeakRSS:
 
 def _one(name: str, prompt: str, seed: int, steps: int, views: int, resolution: int, threads: int) -> dict:
     """Runs in a fresh process: load the models, `steps` optimisation steps of one method."""
-    from ..estimators import ShapeWorldEstimatorAdapter
+    from ..geometry import ShapeWorldEstimatorAdapter
     from ..priors import ShapeWorldPriorAdapter
 
     torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from ..export.atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 PLOTS = ("variance_vs_step.png", "quality_vs_step.png", "quality_vs_time.png")
 

@@ -102,7 +102,7 @@ def machine() -> str:
 def check_targets(rep: dict) -> list[dict]:
     """The issue's targets, each with what was measured and whether it was met."""
     out = []
-    ssd_names = [m for m in ("ssd", "ssd-depth", "ssd-normal") if m in rep["meta"]["config"]["methods"]]
+    ssd_names = [m for m in ("ssd-filter", "ssd", "ssd-depth", "ssd-normal") if m in rep["meta"]["config"]["methods"]]
     var = [r for r in rep["variance"] if r["band"] == "all" and r["ratio_vs_sds"] is not None]
     for m in ssd_names:
         rs = [r["ratio_vs_sds"] for r in var if r["method"] == m]
@@ -147,9 +147,9 @@ def check_targets(rep: dict) -> list[dict]:
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
-    from ..pipeline import versions
+    from ..provenance import versions
     from ..priors import ShapeWorldPriorAdapter
-    from ..estimators import ShapeWorldEstimatorAdapter
+    from ..geometry import ShapeWorldEstimatorAdapter
 
     if cfg.quick:
         cfg = quick_config(cfg)

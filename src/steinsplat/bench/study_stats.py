@@ -42,9 +42,9 @@ import random
 from pathlib import Path
 from typing import Optional
 
-from ..export.atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .convergence import finite_mean
-from .study import METRIC_KEYS, Result, StudyConfig, Task
+from .study_plan import METRIC_KEYS, Result, StudyConfig, Task
 
 HIGHER = {"iou_3d": True, "chamfer_mm": False, "top_iou": True, "low_iou": True, "mask_iou": True,
           "colour_error": False, "r_precision": True}
@@ -283,7 +283,7 @@ def views_table(results: dict[str, Result], cfg: StudyConfig, tuned: dict, cost:
     """Per method, V (`view_options`) and budget S: V views x S steps at the tuned multiplier against its
     partner of about the same time, `cfg.views` views x S*V/views steps at that budget's tuned multiplier
     (means over the tuning units; a cell with any run missing is left out)."""
-    from .study import views_partner
+    from .study_plan import views_partner
 
     rows = []
     for m in cfg.methods:
@@ -315,7 +315,7 @@ def _clean(o):
 
 
 def report(results: dict[str, Result], cfg: StudyConfig, tuned: dict, cost: Optional[dict] = None) -> dict:
-    from ..pipeline import versions
+    from ..provenance import versions
     from .run import machine
 
     rep: dict = {"meta": {"command": "steinsplat study", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -390,7 +390,7 @@ def _tuning_table(results, cfg) -> list[dict]:
 
 
 def _missing(results, cfg, tuned) -> dict:
-    from .study import eval_tasks, init_tasks, oracle_tasks, tune_tasks, views_tasks
+    from .study_plan import eval_tasks, init_tasks, oracle_tasks, tune_tasks, views_tasks
 
     phases = {"init": init_tasks(cfg), "oracle": oracle_tasks(cfg), "tune": tune_tasks(cfg), "eval": eval_tasks(cfg, tuned),
               "views": views_tasks(cfg, tuned)}

@@ -1,22 +1,15 @@
-"""Geometry estimators (depth / normals) for SSD's baselines: one protocol, explicit mapping.
+"""The old name of `steinsplat.geometry` (the geometry estimators: depth / normal networks for SSD's
+baselines), renamed so that "estimators" is not said both of depth networks and of SDS / VSD / SSD, the
+gradient estimators. `steinsplat.estimators` and its modules (`.base`, `.shapeworld`, `.tiny`,
+`.transformers_depth`) still import, as the same objects, with a DeprecationWarning."""
 
-    from steinsplat.estimators import ESTIMATORS
-    est = ESTIMATORS["shapeworld"].from_pretrained()        # steinsplat/assets/shapeworld/estimator
-    est = ESTIMATORS["transformers"].from_pretrained("depth-anything/Depth-Anything-V2-Small-hf")
-"""
+import sys
+import warnings
 
-from .base import (
-    EstimatorUnavailableError, GeometryEstimator, GeometryPrediction, disparity_to_depth, normals_from_depth,
-)
-from .shapeworld import ShapeWorldEstimatorAdapter
-from .transformers_depth import TransformersDepthConfig, TransformersDepthEstimator
+from ..geometry import *  # noqa: F401,F403 (the same names)
+from ..geometry import __all__, base, shapeworld, tiny, transformers_depth  # noqa: F401
 
-ESTIMATORS = {
-    "shapeworld": ShapeWorldEstimatorAdapter,
-    "transformers": TransformersDepthEstimator,
-}
+warnings.warn("steinsplat.estimators is now steinsplat.geometry; the old name will go", DeprecationWarning, stacklevel=2)
 
-__all__ = [
-    "ESTIMATORS", "GeometryEstimator", "GeometryPrediction", "EstimatorUnavailableError", "normals_from_depth",
-    "disparity_to_depth", "ShapeWorldEstimatorAdapter", "TransformersDepthEstimator", "TransformersDepthConfig",
-]
+for _name, _module in {"base": base, "shapeworld": shapeworld, "tiny": tiny, "transformers_depth": transformers_depth}.items():
+    sys.modules[f"{__name__}.{_name}"] = _module  # `from steinsplat.estimators.tiny import ...` finds the new module

@@ -17,7 +17,7 @@ deviations). Steps:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,9 +25,7 @@ from torch import Tensor
 
 from ..gaussians import Gaussians, quat_to_rotmat
 from .errors import ExportError
-
-if TYPE_CHECKING:
-    from .mesh import MeshConfig
+from .mesh_config import MeshConfig
 
 BLOCK = 16  # samples per block edge
 MAX_PAIRS = 1 << 22  # (sample, Gaussian) pairs per matmul chunk (~16 MB of float32)
@@ -86,7 +84,7 @@ class _Field:
         return out if with_colour else out[:, 0]
 
 
-def check_density_config(gaussians: Gaussians, cfg: "MeshConfig") -> None:
+def check_density_config(gaussians: Gaussians, cfg: MeshConfig) -> None:
     if len(gaussians) == 0:
         raise ExportError("cannot mesh an empty set of Gaussians: there is nothing to extract")
     top = float(gaussians.opacities.detach().max())
@@ -100,7 +98,7 @@ def check_density_config(gaussians: Gaussians, cfg: "MeshConfig") -> None:
             raise ExportError(f"MeshConfig.{name} must be > 0, got {getattr(cfg, name)}")
 
 
-def grid_bounds(field: _Field, cfg: "MeshConfig", voxel: float) -> tuple[np.ndarray, np.ndarray]:
+def grid_bounds(field: _Field, cfg: MeshConfig, voxel: float) -> tuple[np.ndarray, np.ndarray]:
     """The first sample [3] and the number of samples [3] per axis of the grid."""
     box_lo, size = OBJECT_BOX if cfg.mode == "object" else SCENE_BOX
     lo = np.maximum((field.means - field.extent).amin(0).numpy(), box_lo)  # [3]
@@ -154,7 +152,7 @@ def vertex_colours(field: _Field, v: np.ndarray, tile: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def density_mesh(gaussians: Gaussians, cfg: "MeshConfig"):  # -> open3d.geometry.TriangleMesh (before cleanup)
+def density_mesh(gaussians: Gaussians, cfg: MeshConfig):  # -> open3d.geometry.TriangleMesh (before cleanup)
     import open3d as o3d
     from skimage.measure import marching_cubes
 

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..estimators.base import GeometryEstimator, GeometryPrediction
+from ..geometry.base import GeometryEstimator, GeometryPrediction
 from ..priors.base import DiffusionPrior
 from ..render.common import RenderOutput
 

@@ -45,8 +45,8 @@ this step's eps), E[grad] = E[w eps_hat]: only the variance changes. mu minimise
 least-squares fit wins clearly over Adam (variance vs SDS at random t 0.87x against 1.14x; at
 t = 200 0.001x against 0.05x; at t = 500 0.03x against 2.5x): it is the default.
 
-Presets (ssd_config.py SSD_PRESETS). `paper` = SSDConfig(): steps 3a + 3c, the paper's family.
-`steinsplat` = steps 3a + 3b (noise_kernel=3, noise_mix_channels=True, noise_maps="poly2"), what
+Presets (ssd_config.py SSD_PRESETS). `constant` = SSDConfig(): steps 3a + 3c, the paper's family.
+`filter` = steps 3a + 3b (noise_kernel=3, noise_mix_channels=True, noise_maps="poly2"), what
 generation uses, with the depth baseline for scenes: measured on ShapeWorld, the estimator
 baselines add no variance reduction on top of step 3b at ~1.3-1.6x the cost of an SDS step
 (README, docs/benchmarks.md).

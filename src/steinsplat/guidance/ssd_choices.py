@@ -17,11 +17,12 @@ from .ssd import SSD
 from .ssd_config import SSD_PRESETS, SSDConfig
 from .stein_pixel import DepthPixelBaseline, FieldBaseline, NormalPixelBaseline
 
-# ssd_noise -> the SSD preset of ssd_config.py: the learned noise filter, or the paper's constant term.
-SSD_NOISE_PRESETS = {"filter": "steinsplat", "constant": "paper"}
+# ssd_noise -> the SSD preset of ssd_config.py of the same name: the learned noise filter, or the paper's
+# constant term (one name per variant; kept as a table for the callers that read it).
+SSD_NOISE_PRESETS = {name: name for name in SSD_PRESETS}
 
 # SSD's estimator baselines by name (CLI `--baseline`, bench methods): "depth" and "normal" are the
-# paper's scalar form (baselines.py, one phi per view; with the `paper` preset, the paper's SSD),
+# paper's scalar form (baselines.py, one phi per view; with the `constant` noise, the paper's SSD),
 # "depth-pixel" and "normal-pixel" the per-pixel Stein fields of stein_pixel.py. Each takes the
 # geometry estimator as first argument. A new baseline: one module plus one entry here (baselines.py).
 BASELINES = {
@@ -33,11 +34,11 @@ BASELINES = {
 
 
 def ssd_config_for(ssd_noise: str, **overrides) -> SSDConfig:
-    """A fresh SSDConfig of the noise choice ("filter": the `steinsplat` preset, "constant": `paper`),
-    with `overrides` (SSDConfig fields, e.g. sham=True) set on it."""
-    if ssd_noise not in SSD_NOISE_PRESETS:
-        raise ValueError(f"unknown ssd_noise {ssd_noise!r}: choose from {', '.join(SSD_NOISE_PRESETS)}")
-    return dataclasses.replace(SSD_PRESETS[SSD_NOISE_PRESETS[ssd_noise]](), **overrides)
+    """A fresh SSDConfig of the noise choice ("filter" or "constant", SSD_PRESETS), with `overrides`
+    (SSDConfig fields, e.g. sham=True) set on it."""
+    if ssd_noise not in SSD_PRESETS:
+        raise ValueError(f"unknown ssd_noise {ssd_noise!r}: choose from {', '.join(SSD_PRESETS)}")
+    return dataclasses.replace(SSD_PRESETS[ssd_noise](), **overrides)
 
 
 def baseline_kind(baseline: str, mode: str) -> str:

@@ -1,12 +1,15 @@
-"""SSD's configuration and its two named presets, defined here once (CLI, bench and tests use them).
+"""SSD's configuration and its two noise variants, defined here once, each with one name everywhere
+(`--ssd-noise`, SSD_PRESETS, the bench methods "ssd-filter" and "ssd-<baseline>"):
 
-    paper       steps 3a + 3c of ssd.py: the constant term CV_0 = eps, plus the estimator baselines
-                passed to SSD (the paper's scalar depth / normal phi): SSDConfig() as it is.
-    steinsplat  steps 3a + 3b: the learned 3x3 content-dependent noise filter (noise_cv.py), what
-                `steinsplat` generates with (CLI `--ssd-noise filter`, bench method "ssd").
+    constant  steps 3a + 3c of ssd.py: the paper's constant term CV_0 = eps, plus the estimator baselines
+              passed to SSD (the paper's scalar depth / normal phi): SSDConfig() as it is.
+    filter    steps 3a + 3b: the learned 3x3 content-dependent noise filter (noise_cv.py), what
+              `steinsplat` generates with (`--ssd-noise filter`, bench method "ssd-filter").
+
+Their names before: "paper" (constant) and "steinsplat" (filter); those still work, with a warning.
 
     from steinsplat.guidance import SSD, SSD_PRESETS
-    ssd = SSD(prior, baselines, SSD_PRESETS["steinsplat"]())
+    ssd = SSD(prior, baselines, SSD_PRESETS["filter"]())
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional, Sequence
 
+from ..renamed import RenamedKeys
 from .base import GuidanceConfig
 from .noise_cv import NoiseMaps
 
@@ -44,12 +48,14 @@ class SSDConfig(GuidanceConfig):
     sham: bool = False  # the negative control ("ssd-sham"): every step of SSD runs (baselines, fit, guard), then SDS's gradient is served (step 6 of ssd.py)
 
 
-def steinsplat_preset() -> SSDConfig:
+def filter_preset() -> SSDConfig:
     """steinsplat's SSD: the learned 3x3 noise filter, mixing channels, modulated by 1, x_c and x_c x_c'."""
     return SSDConfig(noise_kernel=3, noise_mix_channels=True, noise_maps="poly2")
 
 
-SSD_PRESETS: dict[str, Callable[[], SSDConfig]] = {  # name -> a fresh SSDConfig
-    "paper": SSDConfig,  # the constant term (and the baselines SSD is given): the paper's family
-    "steinsplat": steinsplat_preset,  # the learned noise filter (module docstring)
-}
+steinsplat_preset = filter_preset  # its name before the variants were called filter / constant
+
+SSD_PRESETS: dict[str, Callable[[], SSDConfig]] = RenamedKeys({  # name -> a fresh SSDConfig
+    "filter": filter_preset,  # the learned noise filter (module docstring)
+    "constant": SSDConfig,  # the constant term (and the baselines SSD is given): the paper's family
+}, renamed={"steinsplat": "filter", "paper": "constant"}, what="SSD preset")

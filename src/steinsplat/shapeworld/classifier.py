@@ -12,6 +12,7 @@ Folder layout: config.json (ClassifierConfig) + model.safetensors.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -151,3 +152,12 @@ def augment(x: Tensor, generator: Optional[torch.Generator] = None, max_shift: i
     out = out * (0.93 + 0.14 * r[:, 2])[:, None, None, None]
     out = out + 0.03 * r[:, 3][:, None, None, None] * torch.randn(out.shape, generator=generator)
     return out.clamp(0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_classifier():  # -> Optional[ShapeWorldClassifier]
+    """The shipped ShapeWorld classifier (for R-precision), or None if its weights are absent."""
+    try:
+        return ShapeWorldClassifier.from_pretrained(None).eval()
+    except FileNotFoundError:
+        return None

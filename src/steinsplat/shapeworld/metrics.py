@@ -1,4 +1,6 @@
-"""ShapeWorld's ground-truth metrics (docs/shapeworld.md, section Ground-truth metrics).
+"""ShapeWorld's ground-truth metrics (docs/shapeworld.md, section Ground-truth metrics): the front door,
+`evaluate` and `shape_scores` of any prompt (an open one goes to set_metrics.py). The image measures
+are image_metrics.py's, the shape-aware ones shape_metrics.py's.
 
 Each metric is computed per view and then averaged over the views. Masks are `alpha > 0.5`
 for both the prediction and the ground truth. Edge cases:
@@ -13,7 +15,6 @@ for both the prediction and the ground truth. Edge cases:
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -23,96 +24,16 @@ from torch import Tensor
 from ..cameras import Cameras, object_eval_cameras, scene_eval_cameras
 from ..gaussians import Gaussians
 from .groundtruth import GTRender, render_gt
-from .vocab import ObjectPrompt, OpenPrompt, Prompt, RoomPrompt, as_prompt
+from .classifier import shipped_classifier  # also imported from here
+from .image_metrics import (  # the image measures and the headline, also imported from here
+    HEADLINE, MASK_THRESHOLD, PSNR_CAP, _check, _mask, _nanmean, colour_error, colour_error_per_view, depth_error,
+    depth_error_per_view, headline, mask_iou, mask_iou_per_view, psnr, psnr_per_view,
+)
+from .vocab import ObjectPrompt, OpenPrompt, Prompt, as_prompt
 
 if TYPE_CHECKING:
-    from .set_metrics import SetMetrics
-
-MASK_THRESHOLD = 0.5
-PSNR_CAP = 100.0  # dB, the score of a perfect view (mse clamped at 1e-10)
-
-
-def _mask(alpha: Tensor) -> Tensor:
-    """[B, H, W] bool from alpha [B, H, W, 1] or [B, H, W] (a bool mask passes through)."""
-    if alpha.dtype == torch.bool:
-        m = alpha
-    else:
-        m = alpha > MASK_THRESHOLD
-    return m.squeeze(-1) if m.dim() == 4 else m
-
-
-def _check(a: Tensor, b: Tensor, what: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}; pass [B, H, W, C] for both")
-
-
-def _nanmean(x: Tensor) -> float:
-    """Mean of the finite entries of a [B] tensor; nan if there is none."""
-    ok = torch.isfinite(x)
-    return float(x[ok].mean()) if bool(ok.any()) else math.nan
-
-
-# ---------------------------------------------------------------------------- per view
-def mask_iou_per_view(alpha_pred: Tensor, alpha_gt: Tensor) -> Tensor:
-    """IoU of (alpha_pred > 0.5) and (alpha_gt > 0.5) per view: [B] (1.0 where the union is empty)."""
-    _check(alpha_pred, alpha_gt, "mask_iou")
-    p, g = _mask(alpha_pred.detach()), _mask(alpha_gt.detach())  # [B, H, W]
-    inter = (p & g).flatten(1).sum(1).float()
-    union = (p | g).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
-
-
-def psnr_per_view(rgb_pred: Tensor, rgb_gt: Tensor) -> Tensor:
-    """PSNR in dB per view: [B], for images in [0, 1] (capped at PSNR_CAP)."""
-    _check(rgb_pred, rgb_gt, "psnr")
-    mse = (rgb_pred.detach().float() - rgb_gt.detach().float()).square().flatten(1).mean(1)
-    return (-10.0 * torch.log10(mse.clamp_min(10.0 ** (-PSNR_CAP / 10.0)))).clamp_max(PSNR_CAP)
-
-
-def colour_error_per_view(rgb_pred: Tensor, rgb_gt: Tensor, mask_gt: Tensor) -> Tensor:
-    """Mean absolute RGB error inside the ground-truth mask per view: [B] (nan where it is empty).
-
-    mask_gt: ground-truth alpha [B, H, W, 1] (thresholded at 0.5) or a bool mask.
-    """
-    _check(rgb_pred, rgb_gt, "colour_error")
-    m = _mask(mask_gt.detach()).float()  # [B, H, W]
-    err = (rgb_pred.detach().float() - rgb_gt.detach().float()).abs().mean(-1)  # [B, H, W]
-    n = m.flatten(1).sum(1)
-    s = (err * m).flatten(1).sum(1)
-    return torch.where(n > 0, s / n.clamp_min(1.0), torch.full_like(n, math.nan))
-
-
-def depth_error_per_view(depth_pred: Tensor, alpha_pred: Tensor, depth_gt: Tensor, alpha_gt: Tensor) -> Tensor:
-    """Mean |depth_pred - depth_gt| inside both masks per view: [B] (nan where the intersection is empty)."""
-    _check(depth_pred, depth_gt, "depth_error")
-    _check(alpha_pred, alpha_gt, "depth_error")
-    m = (_mask(alpha_pred.detach()) & _mask(alpha_gt.detach())).float()  # [B, H, W]
-    err = (depth_pred.detach().float() - depth_gt.detach().float()).abs()
-    err = err.squeeze(-1) if err.dim() == 4 else err  # [B, H, W]
-    n = m.flatten(1).sum(1)
-    s = (err * m).flatten(1).sum(1)
-    return torch.where(n > 0, s / n.clamp_min(1.0), torch.full_like(n, math.nan))
-
-
-# ---------------------------------------------------------------------------- averaged
-def mask_iou(alpha_pred: Tensor, alpha_gt: Tensor) -> float:
-    """Mask IoU averaged over the views (see `mask_iou_per_view`)."""
-    return float(mask_iou_per_view(alpha_pred, alpha_gt).mean())
-
-
-def psnr(rgb_pred: Tensor, rgb_gt: Tensor) -> float:
-    """PSNR (dB) averaged over the views (see `psnr_per_view`)."""
-    return float(psnr_per_view(rgb_pred, rgb_gt).mean())
-
-
-def colour_error(rgb_pred: Tensor, rgb_gt: Tensor, mask_gt: Tensor) -> float:
-    """Colour error averaged over the views with a non-empty ground-truth mask (nan if none)."""
-    return _nanmean(colour_error_per_view(rgb_pred, rgb_gt, mask_gt))
-
-
-def depth_error(depth_pred: Tensor, alpha_pred: Tensor, depth_gt: Tensor, alpha_gt: Tensor) -> float:
-    """Depth error (metres) averaged over the views with a non-empty mask intersection (nan if none)."""
-    return _nanmean(depth_error_per_view(depth_pred, alpha_pred, depth_gt, alpha_gt))
+    from .set_metrics import SetMetrics, SetShapeScores
+    from .shape_metrics import ShapeScores
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -133,18 +54,6 @@ class ShapeWorldMetrics:
 
     def to_dict(self) -> dict[str, Optional[float]]:
         return asdict(self)
-
-
-HEADLINE = {"object": "mask_iou", "scene": "psnr"}  # the one number a run is summed up by
-# A room has no background: its Gaussians start on the walls, so the mask IoU (~0.99) and the depth
-# error of a room of coloured noise look as good as a fitted room's; only the colour against the
-# ground truth (PSNR, colour error) tells them apart.
-
-
-def headline(metrics: "ShapeWorldMetrics | SetMetrics", prompt: Prompt | OpenPrompt) -> dict:
-    """{"name", "value"} of the metric that sums up a result: PSNR (dB) for a room, mask IoU for an object."""
-    name = HEADLINE["scene" if isinstance(prompt, RoomPrompt) else "object"]
-    return {"name": name, "value": getattr(metrics, name)}
 
 
 def eval_cameras(prompt: Prompt, width: int = 64, height: int = 64) -> Cameras:
@@ -177,15 +86,20 @@ def _room_gt(prompt: Prompt, width: int, height: int) -> GTRender:
     return render_gt(prompt, eval_cameras(prompt, width, height))
 
 
-@functools.lru_cache(maxsize=1)
-def shipped_classifier():  # -> Optional[ShapeWorldClassifier]
-    """The shipped ShapeWorld classifier (for R-precision), or None if its weights are absent."""
-    from .classifier import ShapeWorldClassifier
+def shape_scores(gaussians: Gaussians, prompt: str | Prompt | OpenPrompt, backend: str = "torch", classifier=None,
+                 voxel: Optional[float] = None, views: Optional[dict] = None) -> "ShapeScores | SetShapeScores":
+    """The shape-aware metrics of `gaussians` against the ground truth of an object prompt
+    (`shape_metrics.shape_scores`); an open prompt ("a red shape") is scored against each shape it
+    allows (`set_metrics.set_shape_scores`: the nearest shape's numbers at the top level, every shape's
+    in `per_shape`). voxel: the carving grid's step (default shape_metrics.VOXEL)."""
+    from . import shape_metrics
 
-    try:
-        return ShapeWorldClassifier.from_pretrained(None).eval()
-    except FileNotFoundError:
-        return None
+    voxel = shape_metrics.VOXEL if voxel is None else voxel
+    if isinstance(as_prompt(prompt), OpenPrompt):
+        from .set_metrics import set_shape_scores
+
+        return set_shape_scores(gaussians, as_prompt(prompt), backend, classifier, voxel, views=views)
+    return shape_metrics.shape_scores(gaussians, prompt, backend, classifier, voxel, views=views)
 
 
 @torch.no_grad()

@@ -28,7 +28,6 @@ Images live in [-1, 1] ("model space"), [B, 3, R, R], objects on a white (+1) ba
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -40,24 +39,13 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras
 from .vocab import COLOUR_NAMES, KNOWN_WORDS, SHAPE_NAMES, OpenPrompt, PromptError, canonical_text, parse_prompt
-from .weights import save_model_folder
+from .weights import default_assets_dir, save_model_folder  # default_assets_dir: also imported from here
 
 PRIOR_CONFIG_NAME = "prior_config.json"
 TEXT_ENCODER_WEIGHTS = "model.safetensors"
 CONFIG_NAME = "config.json"
 PAD, UNK = "[PAD]", "[UNK]"
 CAMERA_FEATURES = 7  # see camera_features()
-
-
-def default_assets_dir() -> Path:
-    """The shipped weights, `steinsplat/assets/shapeworld` (package data: in a checkout, an editable
-    install and a wheel alike); $STEINSPLAT_ASSETS names another folder holding a `shapeworld/`."""
-    env = os.environ.get("STEINSPLAT_ASSETS")
-    if env:
-        return Path(env) / "shapeworld"
-    from importlib.resources import files
-
-    return Path(str(files("steinsplat"))) / "assets" / "shapeworld"
 
 
 # ---------------------------------------------------------------------------- tokenizer

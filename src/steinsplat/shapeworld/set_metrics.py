@@ -53,9 +53,10 @@ from torch import Tensor
 from ..cameras import object_eval_cameras
 from ..gaussians import Gaussians
 from .groundtruth import GTRender, _TorchThreads, compose_gt, gt_sums, part_albedos, render_gt
-from .metrics import (
+from .classifier import shipped_classifier
+from .image_metrics import (
     _mask, _nanmean, colour_error_per_view, depth_error_per_view, headline, mask_iou, mask_iou_per_view,
-    psnr_per_view, shipped_classifier,
+    psnr_per_view,
 )
 from . import shape_metrics
 from .shape_metrics import (

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,10 +36,8 @@ from ..cameras import Cameras, orbit_cameras
 from ..gaussians import Gaussians
 from .vocab import COLOUR_NAMES, SHAPE_NAMES, ObjectPrompt, OpenPrompt, Prompt, as_prompt
 from .groundtruth import _scene, render_gt  # _scene: the cached ray-casting scene of a shape
+from .image_metrics import mask_iou
 from .world import world_mesh
-
-if TYPE_CHECKING:
-    from .set_metrics import SetShapeScores
 
 VOXEL = 0.015  # metres between grid samples (the 1.2 m object box: 81^3 samples)
 LEVEL = 0.5  # density iso-level at which the reference cloud of `gaussians_from_solid` ends
@@ -271,18 +269,15 @@ def shape_votes(g: Gaussians, classifier=None, backend: str = "torch", rgb: Opti
 
 @torch.no_grad()
 def shape_scores(gaussians: Gaussians, prompt: str | Prompt | OpenPrompt, backend: str = "torch", classifier=None,
-                 voxel: float = VOXEL, views: Optional[dict] = None) -> "ShapeScores | SetShapeScores":
+                 voxel: float = VOXEL, views: Optional[dict] = None) -> "ShapeScores":
     """The shape-aware metrics of `gaussians` against the ground truth of an object prompt. An open
-    prompt ("a red shape") is scored against each shape it allows (`set_metrics.set_shape_scores`:
-    the nearest shape's numbers at the top level, every shape's in `per_shape`). views: `render_views`
-    of `shape_rigs()` if the caller rendered them with its own (one batch of calls for every rig)."""
-    from .metrics import mask_iou
-
+    prompt ("a red shape") has a set of shapes: `metrics.shape_scores` scores it with
+    `set_metrics.set_shape_scores`. views: `render_views` of `shape_rigs()` if the caller rendered them
+    with its own (one batch of calls for every rig)."""
     p = as_prompt(prompt)
     if isinstance(p, OpenPrompt):
-        from .set_metrics import set_shape_scores
-
-        return set_shape_scores(gaussians, p, backend, classifier, voxel, views=views)
+        raise ValueError(f"'{p}' is an open prompt (a set of shapes); "
+                         "score it with steinsplat.shapeworld.metrics.shape_scores, which handles both")
     if not isinstance(p, ObjectPrompt):
         raise ValueError("shape metrics are defined for objects; rooms have their depth error")
     g = gaussians  # rendered where they live (Gaussians is a Module: .to() would move the caller's in place)

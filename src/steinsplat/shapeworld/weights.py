@@ -1,15 +1,27 @@
-"""Model folders of the embedded models: a JSON config and safetensors weights, written atomically."""
+"""Model folders of the embedded models: where the shipped ones live (default_assets_dir), a JSON config and safetensors weights, written atomically."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ..export.atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+
+
+def default_assets_dir() -> Path:
+    """The shipped weights, `steinsplat/assets/shapeworld` (package data: in a checkout, an editable
+    install and a wheel alike); $STEINSPLAT_ASSETS names another folder holding a `shapeworld/`."""
+    env = os.environ.get("STEINSPLAT_ASSETS")
+    if env:
+        return Path(env) / "shapeworld"
+    from importlib.resources import files
+
+    return Path(str(files("steinsplat"))) / "assets" / "shapeworld"
 
 
 def save_model_folder(folder: str | Path, config: dict[str, Any], module: nn.Module, weights_name: str,
@@ -25,8 +37,6 @@ def read_model_folder(folder: str | Path | None, name: str, weights_name: str,
                       config_name: str = "config.json") -> tuple[dict[str, Any], dict[str, Any]]:
     """(config dict, state dict) of a model folder; `folder` None means the shipped
     `steinsplat/assets/shapeworld/<name>`. A missing folder raises FileNotFoundError with the training command."""
-    from .prior import default_assets_dir
-
     path = Path(folder) if folder is not None else default_assets_dir() / name
     if not (path / config_name).exists():
         raise FileNotFoundError(f"no ShapeWorld {name} at {path}; train one with "

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 def hook_cpu_ms_per_step(n_gaussians: int, steps: int = 300, push_every: int = 10, step_seconds: float = 0.09) -> float:
     from ..gaussians import Gaussians
-    from ..train import StepLog
+    from ..trainer import StepLog
     from .live import LiveConfig, start_live_viewer, stop_live_viewer
     from .server import ViewerConfig
 
