@@ -97,7 +97,8 @@ def test_a_preset_plus_flags_equals_the_same_config_built_in_python(name):
                                         "--optim.densify.cap", "1234", "--baseline", "normal"], prog="t")
     optim = dataclasses.replace(preset.optim, lr_mult=2.0,
                                 densify=dataclasses.replace(preset.optim.densify, cap=1234))
-    assert got == dataclasses.replace(preset, prompt="x", seed=3, quiet=True, optim=optim, baseline="normal")
+    assert got == dataclasses.replace(preset, prompt="x", seed=3, quiet=True, optim=optim,
+                                      guidance=dataclasses.replace(preset.guidance, baseline="normal"))
     # without the flags, the preset as it is (with the prompt the command line gives)
     assert config.parse(GenerateConfig, ["--config", name, "y"], prog="t") == dataclasses.replace(preset, prompt="y")
 

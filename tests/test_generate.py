@@ -54,7 +54,7 @@ def test_stable_diffusion_path_end_to_end(tmp_path, tiny_models):
     g = read_splat(out)
     assert len(g) == 60 and torch.isfinite(g.means).all()
     rec = json.loads((out.parent / "run.json").read_text())
-    assert rec["prior"] == "sd" and rec["steps"] == 3 and rec["config"]["guidance"] == "ssd"
+    assert rec["prior"] == "sd" and rec["steps"] == 3 and rec["config"]["guidance"]["name"] == "ssd"
     assert {"steinsplat", "torch", "diffusers", "python"} <= set(rec["versions"])
     assert rec["timings"]["total_s"] > 0 and rec["skipped_steps"] == 0
     assert rec["metrics"] is None  # no ground truth outside ShapeWorld
@@ -172,7 +172,7 @@ def test_presets_parse(name):
     if name.startswith("sd"):
         assert cfg.prior == "sd" and cfg.guidance_scale == 100.0 and cfg.resolution == 512
     if name.endswith("scene"):
-        assert cfg.mode == "scene" and cfg.baseline == "depth"
+        assert cfg.mode == "scene" and cfg.guidance.baseline == "depth"
 
 
 def test_short_shapeworld_run_beats_a_quality_threshold(tmp_path):
@@ -183,7 +183,7 @@ def test_short_shapeworld_run_beats_a_quality_threshold(tmp_path):
             "--quiet", "--checkpoint-every", "0", "--preview-every", "0"]
     assert main(argv) == 0
     rec = json.loads((tmp_path / "run.json").read_text())
-    assert rec["prior"] == "shapeworld" and rec["config"]["guidance"] == "ssd"
+    assert rec["prior"] == "shapeworld" and rec["config"]["guidance"]["name"] == "ssd"
     m = rec["metrics"]
     assert m["mask_iou"] > 0.75, m  # measured 0.88 (2026-11-24)
     assert m["colour_error"] < 0.2, m  # measured 0.11
@@ -198,7 +198,7 @@ def test_short_room_run_keeps_the_walls_and_learns_their_colours(tmp_path):
             "--resolution", "32", "--views", "2", "--quiet", "--checkpoint-every", "0", "--preview-every", "0"]
     assert main(argv) == 0
     rec = json.loads((tmp_path / "run.json").read_text())
-    assert rec["config"]["baseline"] == "auto" and rec["gaussians"] == 8000  # no densification in scenes
+    assert rec["config"]["guidance"]["baseline"] == "auto" and rec["gaussians"] == 8000  # no densification in scenes
     m = rec["metrics"]
     assert m["mask_iou"] > 0.9, m  # measured 0.99; 0.74 at the init (half-opaque discs)
     assert m["depth_error"] < 0.15, m  # measured 0.027 m (the target for a room: 0.15 m)

@@ -62,6 +62,10 @@ def test_removed_repository_points_to_its_copy(offline_empty_cache):
 
 
 def test_cli_flags_exist_as_spelled():
-    """The flags the messages name are the ones tyro generates from GenerateConfig."""
-    fields = {f.replace("_", "-") for f in GenerateConfig.__dataclass_fields__}
+    """The flags the messages name are the ones tyro generates from GenerateConfig's command line (GenerateFlags)."""
+    import dataclasses
+
+    from steinsplat.pipeline import GenerateFlags
+
+    fields = {f.name.replace("_", "-") for f in dataclasses.fields(GenerateFlags)}
     assert {"model", "allow-download", "estimator-model"} <= fields

@@ -46,7 +46,8 @@ def test_default_schedule_and_presets():
     assert (d.steps, d.optim.lr_mult, d.optim.lr_final, d.optim.colour_average, d.init_color) == (100, 4.0, 1.0, 0.2, "grey")
     obj = config.parse(GenerateConfig, ["--config", "object", "a red cube"], prog="t")
     # the preset states the default schedule (it pins the prior, baseline and init size that "auto" resolves to)
-    assert dataclasses.replace(obj, prior="auto", baseline="auto", init_gaussians=None, mode="auto") == d
+    assert dataclasses.replace(obj, prior="auto", guidance=dataclasses.replace(obj.guidance, baseline="auto"),
+                               init_gaussians=None, mode="auto") == d
     old = config.parse(GenerateConfig, ["--config", "object-500", "a red cube"], prog="t")
     assert (old.steps, old.optim.lr_mult, old.optim.colour_average, old.init_color) == (500, 1.0, 0.0, "random")
     assert old.optim.lr_means == d.optim.lr_means  # the same base rates, unscaled

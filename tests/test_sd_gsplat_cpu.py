@@ -85,7 +85,7 @@ def test_sd_command_through_gsplat(tmp_path, tiny_models, spy, guidance, mode, d
     assert prior.vae.dtype == torch.float32
     rec = json.loads((out.parent / "run.json").read_text())
     assert rec["status"] == "ok" and rec["prior"] == "sd" and rec["steps"] == 5 and rec["skipped_steps"] == 0
-    assert rec["config"]["guidance"] == guidance and rec["config"]["dtype"] == dtype
+    assert rec["config"]["guidance"]["name"] == guidance and rec["config"]["dtype"] == dtype
     g = (read_ply if out.suffix == ".ply" else read_splat)(out)
     # densification runs at fractions of the budget, so even 5 steps refine the 64 initial Gaussians
     assert len(g) == rec["gaussians"] >= 64 and torch.isfinite(g.means).all() and g.means.dtype == torch.float32

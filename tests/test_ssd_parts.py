@@ -338,10 +338,10 @@ def test_ssd_choices_are_written_once_and_match_the_command_line():
     import typing
 
     from steinsplat.guidance import BASELINES, SSD_NOISE_PRESETS, baseline_kind, ssd_config_for
-    from steinsplat.pipeline import GenerateConfig
+    from steinsplat.guidance_spec import SSDSpec
 
-    hints = typing.get_type_hints(GenerateConfig)
-    assert set(typing.get_args(hints["ssd_noise"])) == set(SSD_NOISE_PRESETS)
+    hints = typing.get_type_hints(SSDSpec)
+    assert set(typing.get_args(hints["noise"])) == set(SSD_NOISE_PRESETS)
     assert set(typing.get_args(hints["baseline"])) == {"auto", "none", *BASELINES}
     assert (baseline_kind("auto", "scene"), baseline_kind("auto", "object")) == ("depth", "none")
     assert baseline_kind("normal", "object") == "normal" and baseline_kind("none", "scene") == "none"

@@ -336,8 +336,8 @@ def expand_viewer_flag(argv: Sequence[str]) -> list[str]:
     return out
 
 
-# The short `generate --help`: the options people use (defaults read from GenerateConfig, so they never
-# drift); everything else is tyro's full help under --help-all.
+# The short `generate --help`: the options people use (defaults read from GenerateFlags, the command
+# line's form of GenerateConfig, so they never drift); everything else is tyro's full help under --help-all.
 GENERATE_HELP = [  # (flag with its value, field for the default or None, what it does)
     ("--out FILE", "out", ".ply, .splat, .spz or NAME.splats.glb; default outputs/<prompt>/<prompt>.ply"),
     ("--mesh FILE", "mesh", "also write a mesh: .ply, .obj or .glb"),
@@ -364,9 +364,9 @@ def generate_help() -> str:
     import dataclasses
 
     from . import config
-    from .pipeline import GenerateConfig
+    from .pipeline import GenerateConfig, GenerateFlags
 
-    defaults = {f.name: f.default for f in dataclasses.fields(GenerateConfig) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerateFlags) if f.default is not dataclasses.MISSING}
     presets = []
     for q in sorted(config.REPO_PRESETS.glob("*.yaml")):
         if any(q.stem.startswith(other) for other in COMMANDS if other != "generate"):  # fit-demo-quick
@@ -385,7 +385,7 @@ def generate_help() -> str:
         shown = "" if d is None or d is False or d in ("", ()) or name == "mode" else f" (default: {d})"
         lines.append(f"  {flag:<28} {text.format(presets=', '.join(presets))}{shown}")
     lines.append(f"  {'-h, --help':<28} this help")
-    lines += ["", f"All {len(dataclasses.fields(GenerateConfig))} options (Stable Diffusion memory switches, SSD's estimator and "
+    lines += ["", f"All {len(dataclasses.fields(GenerateFlags))} options (Stable Diffusion memory switches, SSD's estimator and "
               "baseline,", "learning rates, densification ...): steinsplat generate --help-all"]
     return "\n".join(lines)
 
@@ -448,12 +448,21 @@ def result_summary(m: dict) -> str:
 CONFIG_FIELD = re.compile(r'GenerateConfig\.(\w+(?:\.\w+)*)(?:="([^"]*)"|=(\d+(?:\.\d+)?))?')
 
 
+# GenerateConfig.guidance=SDSSpec() -> --guidance sds; GenerateConfig.guidance.noise -> --ssd-noise (guidance_spec.GUIDANCE_FLAGS)
+GUIDANCE_SPEC = re.compile(r"GenerateConfig\.guidance=(\w+)Spec\(\)")
+
+
 def as_flags(message: str) -> str:
     """A library message (pipeline.GenerationError) in the command line's words."""
+    from .guidance_spec import GUIDANCE_FLAGS
+
+    nested = {f"guidance.{field}": flag for flag, (_, field) in GUIDANCE_FLAGS.items()}
+
     def flag(m: re.Match) -> str:
         value = m.group(2) if m.group(2) is not None else m.group(3)
-        return "--" + m.group(1).replace("_", "-") + (f" {value}" if value is not None else "")
+        return "--" + nested.get(m.group(1), m.group(1)).replace("_", "-") + (f" {value}" if value is not None else "")
 
+    message = GUIDANCE_SPEC.sub(lambda m: f"--guidance {m.group(1).lower()}", message)
     return CONFIG_FIELD.sub(flag, message)
 
 
@@ -516,15 +525,16 @@ class BatchGenerate:
         self.base_options = list(base_options)
         self.suffix = suffix  # the splat format of every output: .ply, .splat or .spz
 
-    def argv(self, job, folder: Path) -> list[str]:
-        argv = [job.prompt, *self.base_options, *job.options, "--out", str(folder / f"{job.name}{self.suffix}"), "--quiet"]
-        if any((folder / "checkpoints").glob("step_*.safetensors")):  # an interrupted or killed earlier run of this job
-            argv += ["--resume", str(folder / "checkpoints")]
-        return argv
+    def argv(self, job) -> list[str]:
+        """The line's own command line: its prompt, the batch's shared options, then the line's options."""
+        return [job.prompt, *self.base_options, *job.options]
 
     def config(self, job, folder: Path, say=None):
-        """The line's GenerateConfig, its mode decided as `steinsplat PROMPT` decides it; UserError if it has none."""
+        """The line's GenerateConfig, its mode decided as `steinsplat PROMPT` decides it; UserError if it has none.
+        What the batch sets for every line (the output file, quiet, resuming an interrupted run) is set on
+        the parsed config, not written into its argv."""
         import contextlib
+        import dataclasses
         import io
 
         from . import config
@@ -534,12 +544,14 @@ class BatchGenerate:
             flag = a.split("=", 1)[0]
             if flag in self.PER_BATCH:
                 raise UserError(f"{flag} is not an option of a line: {self.PER_BATCH[flag]}")
-        argv = self.argv(job, folder)
+        argv = self.argv(job)
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # tyro's box: the one line below says it
                 cfg = config.parse(GenerateConfig, argv, prog="steinsplat")
         except (SystemExit, config.ConfigError) as exc:
             raise UserError(f"bad options on this line: {' '.join(job.options)} ({exc})") from None
+        resume = folder / "checkpoints" if any((folder / "checkpoints").glob("step_*.safetensors")) else None  # an interrupted or killed earlier run
+        cfg = dataclasses.replace(cfg, out=folder / f"{job.name}{self.suffix}", quiet=True, resume=resume)
         return decide_mode(cfg, argv, say=say)
 
     def check(self, job, folder: Path, say) -> dict[str, Path]:

