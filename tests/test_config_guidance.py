@@ -125,3 +125,11 @@ def test_the_flags_show_the_defaults_build_guidance_uses():
         hint = next(m.help_behavior_hint for m in typing.get_args(hints[flag])[1:] if hasattr(m, "help_behavior_hint"))
         default = getattr(SSDSpec(), field)
         assert hint == f"(default: {default if default is not None else 'depth-anything/Depth-Anything-V2-Small-hf'})"
+
+
+def test_library_messages_name_the_nested_fields_and_the_cli_says_them_as_flags():
+    from steinsplat.cli import as_flags
+
+    assert as_flags('GenerateConfig.guidance.estimator="none", or GenerateConfig.guidance=SDSSpec()') == \
+        "--estimator none, or --guidance sds"
+    assert as_flags("GenerateConfig.guidance.noise filter (now constant)") == "--ssd-noise filter (now constant)"

@@ -445,7 +445,8 @@ def check_resume_options(path: Path, options: dict[str, Any]) -> None:
     from .checkpoint import read_meta
 
     saved = read_meta(path).get("options") or {}
-    diffs = [f"GenerateConfig.{k} {short(str(saved[k]), 40)!s} (now {short(str(v), 40)})"
+    named = {k: f"guidance.{field}" for k, (_, field) in GUIDANCE_FLAGS.items()}  # the flat options' fields now
+    diffs = [f"GenerateConfig.{named.get(k, k)} {short(str(saved[k]), 40)!s} (now {short(str(v), 40)})"
              for k, v in options.items() if k in saved and saved[k] != v]
     if diffs:
         raise GenerationError(f"GenerateConfig.resume '{path}': the checkpoint was made with {'; '.join(diffs)}; resume with the "

@@ -36,7 +36,7 @@ Adding a baseline: one module under guidance/ with a class such as
             return lambda x_t: ...  # [B], differentiable in x_t
 
 and one entry in guidance/ssd_choices.py's BASELINES (name -> class; the CLI's `--baseline`
-choices are the Literal of pipeline.GenerateConfig.baseline).
+choices are the Literal guidance_spec.SSDBaseline).
 """
 
 from __future__ import annotations
