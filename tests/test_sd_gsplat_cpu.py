@@ -58,8 +58,9 @@ def spy(gsplat_cpu, monkeypatch):
 
 
 def argv_for(sd, dpt, guidance: str, mode: str, dtype: str, out, *extra: str) -> list[str]:
+    ssd = ["--estimator", "transformers", "--estimator-model", str(dpt), "--baseline", "depth"] if guidance == "ssd" else []
     return ["a corgi in a spacesuit", "--prior", "sd", "--model", str(sd), "--steps", "5", "--guidance", guidance,
-            "--mode", mode, "--estimator", "transformers", "--estimator-model", str(dpt), "--baseline", "depth",
+            "--mode", mode, *ssd,  # SSD's options only with SSD (with another --guidance they are refused)
             "--dtype", dtype, "--resolution", "16", "--views", "2", "--init-gaussians", "64", "--quiet",
             "--checkpoint-every", "2", "--preview-every", "0", "--out", str(out), *extra]
 
