@@ -149,4 +149,6 @@ def test_turntable_frames_are_the_same_one_or_four_a_call():
     g, cfg = blob(n=600), VideoConfig(frames=8, resolution=64)
     one, four = turntable_frames(g, cfg), turntable_frames(g, cfg, batch=4)
     assert one.shape == (8, 64, 64, 3) and (one < 250).any()  # something drawn on the white
-    assert np.array_equal(one, four)
+    # the same frames: on some CPUs a batched call rounds a few pixels the other way (at most 1/255)
+    diff = np.abs(one.astype(int) - four.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3

@@ -201,7 +201,16 @@ def test_object_prompts_keep_their_numbers_and_rooms_are_refused(cube):
     clf = shipped_classifier()
     ref.r_precision = clf.r_precision(out.rgb.float().clamp(0, 1), p) if clf is not None else None
     ref.headline = {"name": "mask_iou", "value": ref.mask_iou}  # an object's headline (metrics.headline)
-    assert dataclasses.asdict(m) == dataclasses.asdict(ref)
+    # the same numbers to float rounding (evaluate renders its views in calls of 4, the reference in one)
+    got, want = dataclasses.asdict(m), dataclasses.asdict(ref)
+    assert got.keys() == want.keys()
+    for k in want:
+        if isinstance(want[k], float):
+            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-5), k
+        elif isinstance(want[k], dict):
+            assert got[k]["name"] == want[k]["name"] and got[k]["value"] == pytest.approx(want[k]["value"], rel=1e-4)
+        else:
+            assert got[k] == want[k], k
     assert type(m).__name__ == "ShapeWorldMetrics"
     with pytest.raises(PromptError, match="room"):
         evaluate_set(g, "a room with blue walls and a gray floor", shape=False)

@@ -99,8 +99,11 @@ def test_folders_round_trip_both_ways(tmp_path):
     x, c, t = torch.randn(1, 3, 16, 16), torch.randn(1, 12), torch.tensor([3])
     with torch.no_grad():
         want = ref(x, t, encoder_hidden_states=torch.zeros(1, 1, 8), class_labels=c).sample
-        assert torch.equal(back(x, t, encoder_hidden_states=torch.zeros(1, 1, 8), class_labels=c).sample, want)
-        assert torch.equal(mine(x, t, class_labels=c).sample, want)
+        # loaded from a file the weights may sit at another alignment, where some CPUs pick other
+        # convolution kernels: equal to float32 rounding, not always to the bit
+        close = dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(back(x, t, encoder_hidden_states=torch.zeros(1, 1, 8), class_labels=c).sample, want, **close)
+        torch.testing.assert_close(mine(x, t, class_labels=c).sample, want, **close)
     # weights that do not fit the config are refused, not half-loaded
     cfg = json.loads((tmp_path / "ref" / "config.json").read_text())
     cfg["block_out_channels"] = [8, 16, 32]

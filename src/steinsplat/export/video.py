@@ -45,7 +45,7 @@ def turntable_cameras(cfg: VideoConfig) -> Cameras:
 def turntable_frames(gaussians: Gaussians, cfg: VideoConfig, batch: int = 1) -> np.ndarray:
     """[frames, H, W, 3] uint8, rendered `batch` frames a call. One a call is the fastest on the CPU rasteriser,
     which is pair-bound (a 256^2 frame of the demo's cube: 0.87 M pairs): 60 frames took 4.8 s of CPU one a call,
-    5.9 s four a call (the same bytes); larger calls only spill the caches."""
+    5.9 s four a call (the same frames, to 1/255 on a few pixels on some CPUs); larger calls only spill the caches."""
     from ..render import render
 
     cams = turntable_cameras(cfg).to(gaussians.device)
