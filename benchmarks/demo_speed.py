@@ -10,7 +10,8 @@ benchmark weighs on both alike. The earlier commit runs from a temporary `git wo
 checkout's interpreter (so the two differ only in steinsplat's code and assets).
 
 Per run: the process's wall time (what a user waits for), and the phases from run.json's
-`timings` (load, optimise, export; metrics and first_step where the commit records them). Prints
+`timings` (load, optimise, export; metrics, first_step and the export by output -- splats, mesh,
+video -- where the commit records them). Prints
 the medians per side and the ratio this / earlier; writes everything, raw runs included, as JSON.
 Run it on an idle machine: the figures are wall-clock.
 """
@@ -31,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red cube"
 PHASES = ("first_step_s", "load_s", "optimise_s", "export_s", "metrics_s", "total_s")
+PARTS = ("splats", "mesh", "video")  # export_s by output (run.json's timings.export_parts_s, where a commit records it)
+PART_KEYS = tuple(f"export_{p}_s" for p in PARTS)
 
 
 def demo_command(out_dir: Path, extra: list[str]) -> list[str]:
@@ -50,14 +53,15 @@ def run_once(src: Path, out_dir: Path, extra: list[str]) -> dict:
     rec = json.loads((out_dir / "run.json").read_text())
     timings = rec.get("timings", {})
     metrics = rec.get("metrics", {})
-    return {"wall_s": wall, **{k: timings.get(k) for k in PHASES},
+    parts = timings.get("export_parts_s") or {}
+    return {"wall_s": wall, **{k: timings.get(k) for k in PHASES}, **{f"export_{p}_s": parts.get(p) for p in PARTS},
             "gaussians": rec.get("gaussians", rec.get("num_gaussians")), "steps": rec.get("steps"),
             "iou_3d": metrics.get("iou_3d"), "chamfer_mm": metrics.get("chamfer_mm"),
             "colour_error": metrics.get("colour_error"), "mask_iou": metrics.get("mask_iou")}
 
 
 def medians(runs: list[dict]) -> dict:
-    keys = ("wall_s", *PHASES, "iou_3d", "chamfer_mm", "colour_error")
+    keys = ("wall_s", *PHASES, *PART_KEYS, "iou_3d", "chamfer_mm", "colour_error")
     return {k: statistics.median([r[k] for r in runs]) if all(r.get(k) is not None for r in runs) else None for k in keys}
 
 
@@ -91,7 +95,7 @@ def main() -> None:
                 res = run_once(sides[name], tmp / f"{name}-{r}", extra)
                 runs[name].append(res)
                 print(f"round {r + 1} {name:<8} wall {res['wall_s']:6.1f} s  " + "  ".join(
-                    f"{k[:-2]} {res[k]:.1f}" for k in PHASES if res.get(k) is not None), flush=True)
+                    f"{k[:-2]} {res[k]:.1f}" for k in (*PHASES, *PART_KEYS) if res.get(k) is not None), flush=True)
         med = {k: medians(v) for k, v in runs.items()}
         print()
         for name, m in med.items():
@@ -99,7 +103,7 @@ def main() -> None:
         ratio = None
         if "earlier" in med:
             ratio = {k: (med["this"][k] / med["earlier"][k]) if med["this"][k] and med["earlier"][k] else None
-                     for k in ("wall_s", *PHASES)}
+                     for k in ("wall_s", *PHASES, *PART_KEYS)}
             print("ratio this/earlier " + "  ".join(f"{k} {v:.2f}" for k, v in ratio.items() if v is not None))
         report = {"date": time.strftime("%Y-%m-%d"), "this": here, "earlier": args.against, "rounds": args.rounds,
                   "extra": extra, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

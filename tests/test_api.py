@@ -58,7 +58,10 @@ def test_readme_snippet_runs_and_its_record_is_run_json(tmp_path, monkeypatch, c
     saved = json.loads((rec.run_dir / "run.json").read_text())
     assert list(saved) == ["status", "prompt", "prior", "seed", "config", "versions", "device", "timings", "steps",
                            "skipped_steps", "gaussians", "densify", "outputs", "metrics", "final_loss", "not_written"]
-    assert list(saved["timings"]) == ["load_s", "optimise_s", "export_s", "total_s", "metrics_s", "first_step_s"]
+    assert list(saved["timings"]) == ["load_s", "optimise_s", "export_s", "total_s", "metrics_s", "first_step_s",
+                                      "export_parts_s"]
+    parts = saved["timings"]["export_parts_s"]  # the snippet writes only the splat file
+    assert list(parts) == list(rec.outputs) == ["splats"] and 0 < parts["splats"] <= saved["timings"]["export_s"]
     assert 0 < saved["timings"]["metrics_s"] < saved["timings"]["total_s"]
     assert saved["timings"]["first_step_s"] is None or saved["timings"]["first_step_s"] > saved["timings"]["load_s"]
     assert saved["config"]["out"] == "cube/a-red-cube.ply"  # a str path is taken as a Path, recorded as given

@@ -544,6 +544,7 @@ class Timings:
     total_s: float  # from the call to the run record (includes the metrics)
     metrics_s: Optional[float] = None  # the ShapeWorld metrics (part of total_s; None without them)
     first_step_s: Optional[float] = None  # from the process's start (interpreter and imports included) to the end of the run's first step; None off Linux or when the run did no step
+    export_parts_s: dict[str, float] = field(default_factory=dict)  # export_s by output: "splats", "mesh", "video" (those written)
 
 
 @dataclass
@@ -888,11 +889,14 @@ def export_signals(opt: Optimised) -> Iterator[Callable[[], None]]:
 
 
 def export_outputs(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised, say: Callable[[str], None],
-                   stop_here: Callable[[], None]) -> tuple[dict[str, str], int]:
+                   stop_here: Callable[[], None], seconds: Optional[dict[str, float]] = None) -> tuple[dict[str, str], int]:
     """Stage 5: the splat file (first: it is the result; with GenerateConfig.display_filter baked in),
-    then the mesh and the turntable. Returns (outputs, Gaussians written)."""
+    then the mesh and the turntable. Returns (outputs, Gaussians written); `seconds`, if given, gets each
+    output's wall time under its key in outputs."""
     from .export import export_gaussians
 
+    seconds = {} if seconds is None else seconds
+    t0 = time.perf_counter()
     splats = trainer.g
     if cfg.display_filter:
         from .export.display_filter import DisplayFilterConfig, bake_display_filter
@@ -911,17 +915,22 @@ def export_outputs(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optim
     if cfg.viewer is not None:
         say(f"to look at the result again: steinsplat view {plan.out}")
     outputs = {"splats": str(plan.out)}
+    seconds["splats"] = time.perf_counter() - t0
     if cfg.mesh is not None:
         from .export.mesh import MeshConfig, export_mesh
 
+        t0 = time.perf_counter()
         export_mesh(cfg.mesh, trainer.g, MeshConfig(mode=cfg.mode, method=cfg.mesh_method, up=cfg.up))
         outputs["mesh"] = str(cfg.mesh)
+        seconds["mesh"] = time.perf_counter() - t0
         stop_here()
     if cfg.video is not None:
         from .export.video import VideoConfig, export_video
 
+        t0 = time.perf_counter()
         export_video(cfg.video, trainer.g, VideoConfig(mode=cfg.mode))
         outputs["video"] = str(cfg.video)
+        seconds["video"] = time.perf_counter() - t0
         stop_here()
     return outputs, n_written
 
@@ -936,7 +945,7 @@ def config_record(cfg: GenerateConfig) -> dict[str, Any]:
 
 
 def record_run(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised, outputs: dict[str, str],
-               n_written: int, clock: dict[str, Optional[float]], stop_here: Callable[[], None]) -> RunRecord:
+               n_written: int, clock: dict[str, Any], stop_here: Callable[[], None]) -> RunRecord:
     """Stage 6: the ShapeWorld metrics (for a ShapeWorld prior), the run record, and run.json beside the outputs.
     clock: time.perf_counter() at the start and at the ends of loading, optimising and exporting."""
     from .atomic import atomic_write_bytes
@@ -956,7 +965,7 @@ def record_run(cfg: GenerateConfig, plan: Plan, trainer: Trainer, opt: Optimised
         device=str(plan.device),
         timings=Timings(clock["loaded"] - clock["start"], clock["optimised"] - clock["loaded"],
                         clock["exported"] - clock["optimised"], time.perf_counter() - clock["start"], metrics_s,
-                        clock.get("first_step_age")),
+                        clock.get("first_step_age"), dict(clock.get("export_parts", {}))),
         steps=trainer.state.step, skipped_steps=trainer.state.skipped, gaussians=n_written,
         densify=trainer.densifier.history, outputs=outputs, metrics=metrics,
         final_loss=trainer.state.history[-1].loss if trainer.state.history else None,
@@ -981,7 +990,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     Raises GenerationError (worded with GenerateConfig's field names) for what the caller can fix,
     Interrupted when a signal stopped the run (its state saved).
     """
-    clock: dict[str, Optional[float]] = {"start": time.perf_counter()}
+    clock: dict[str, Any] = {"start": time.perf_counter()}
     say = console_say(console)
     cfg = settle_mode(cfg, say)  # 1. check: the mode from the prompt ("auto"), then everything else
     plan = check_run(cfg, say)
@@ -996,6 +1005,7 @@ def generate(cfg: GenerateConfig, console=None, models: Optional[dict[str, Any]]
     clock["optimised"] = time.perf_counter()
     clock["first_step_age"] = next((c.at for c in callbacks if isinstance(c, FirstStepClock)), None)
     with export_signals(opt) as stop_here:
-        outputs, n_written = export_outputs(cfg, plan, trainer, opt, say, stop_here)  # 5. export
+        clock["export_parts"] = {}
+        outputs, n_written = export_outputs(cfg, plan, trainer, opt, say, stop_here, clock["export_parts"])  # 5. export
         clock["exported"] = time.perf_counter()
         return record_run(cfg, plan, trainer, opt, outputs, n_written, clock, stop_here)  # 6. record
