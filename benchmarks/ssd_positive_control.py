@@ -13,8 +13,8 @@ these units, per budget), at short budgets, on `prompts` x `seeds` (units). A re
 when the eps-oracle gains >= 0.02 nearest-mode 3D IoU or lowers the nearest-mode colour error by
 >= 15 %, with the paired 95 % bootstrap interval (units resampled by prompt) above 0.
 Runs are the study's (`bench/study.py` Task / run_task, stored one JSON each under OUT/runs and
-reused); the regime (`steinsplat.bench.regimes`) sets the prompts, the prior's camera branch and
-its guidance scale.
+reused); the regime (`steinsplat.bench.regimes`) sets the prompts, the prior (default or textured),
+its camera branch and its guidance scale.
 Writes OUT/control.json and prints the gate.
 """
 
@@ -53,13 +53,11 @@ def clustered_paired_interval(diffs: dict[tuple[str, int], float], reps: int = 2
 
 def main() -> None:
     from steinsplat.bench.convergence import code_fingerprint
-    from steinsplat.bench.regimes import apply_regime, regime_prompt
+    from steinsplat.bench.regimes import regime_priors, regime_prompt
     from steinsplat.bench.run import machine, prompt_list
     from steinsplat.bench.study import Task, load_results, run_task, save_result
-    from steinsplat.estimators import ShapeWorldEstimatorAdapter
     from steinsplat.export.atomic import atomic_write_bytes
     from steinsplat.pipeline import versions
-    from steinsplat.priors import ShapeWorldPriorAdapter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regime", default="mixture", help="a name of steinsplat.bench.regimes.REGIMES")
@@ -91,8 +89,7 @@ def main() -> None:
     print(f"{len(tasks)} runs, {stored} stored, {len(todo)} to run here", flush=True)
     t_start = time.perf_counter()
     if todo and not args.no_run:
-        prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
-        apply_regime(prior, args.regime)
+        prior, est = regime_priors(args.regime)  # the regime's prior (default or textured), set for the regime
         for i, t in enumerate(todo):
             r = run_task(t, prior, est)
             save_result(out / "runs", r)

@@ -201,7 +201,9 @@ def evaluate(
 
     An open prompt ("a cube", OpenPrompt) is scored against each of its modes: the result is a
     `set_metrics.SetMetrics` whose ShapeWorldMetrics keys are the nearest mode's, with the chosen
-    mode, the per-metric best and the mode purities beside them (docs: Scoring open prompts)."""
+    mode, the per-metric best and the mode purities beside them (docs: Scoring open prompts).
+    A striped prompt ("a red striped cube") is scored at its nearest stripe phase (phase_metrics.py):
+    a `TexturedMetrics`, the phase it chose beside the usual keys."""
     from .shape_metrics import render_views, shape_rigs
 
     p = as_prompt(prompt)
@@ -213,7 +215,12 @@ def evaluate(
     rigs = {"eval": eval_cameras(p, width, height), **(shape_rigs() if shape and is_object else {})}
     views = render_views(gaussians, rigs, backend)  # every rig in one batch of calls
     rgb, alpha, depth = views["eval"]  # [B, H, W, 3], [B, H, W, 1], [B, H, W, 1]
-    m = compare(rgb, alpha, depth, eval_gt(p, width, height))
+    if is_object and p.texture is not None:  # striped: the ground truth is a set over phases
+        from .phase_metrics import nearest_phase
+
+        m = nearest_phase(rgb, alpha, depth, p, width, height)
+    else:
+        m = compare(rgb, alpha, depth, eval_gt(p, width, height))
     clf = shipped_classifier() if (r_precision and is_object) else None
     if clf is not None:
         m.r_precision = clf.r_precision(rgb.clamp(0, 1), p)
