@@ -2,6 +2,7 @@
 
     python benchmarks/ssd_positive_control.py [--regime mixture] [--out docs/bench/gates/control-mixture]
         [--prompts "a cube;a red shape;a pyramid;a blue shape"] [--seeds 0 1] [--budgets 25 50] [--lr-mults 4 8]
+        [--shard K/N] [--no-run]
 
 Before asking whether SSD speeds score distillation up, ask whether anything that lowers the
 eps-variance can: SDS against
@@ -74,6 +75,9 @@ def main() -> None:
     ap.add_argument("--only-methods", action="store_true",
                     help="run only the --methods arms (another process runs the control's own arms)")
     ap.add_argument("--no-run", action="store_true", help="only summarise the stored runs")
+    ap.add_argument("--shard", default="0/1", metavar="K/N",
+                    help="run only every N-th missing run from the K-th (0-based): N processes with K = 0..N-1 share "
+                         "the runs (each stored as it finishes); then summarise with --no-run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = args.out or Path(f"docs/bench/gates/control-{args.regime}")
@@ -85,6 +89,10 @@ def main() -> None:
     results = load_results(out / "runs")
     todo = [t for t in tasks if t.key() not in results
             and (not args.only_methods or (t.method, t.views) in [(m, args.views) for m in args.methods])]
+    k_shard, n_shard = (int(x) for x in args.shard.split("/"))
+    if not 0 <= k_shard < n_shard:
+        raise SystemExit(f"--shard {args.shard}: need K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
+    todo = todo[k_shard::n_shard]
     stored = sum(t.key() in results for t in tasks)
     print(f"{len(tasks)} runs, {stored} stored, {len(todo)} to run here", flush=True)
     t_start = time.perf_counter()

@@ -141,6 +141,14 @@ def write(args, rows: dict, settings: dict, t_start: float, bootstrap_mean, mach
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
+    if args.out.exists() and not args.fresh:  # rows another invocation on the same --out stored meanwhile (parallel prompts) are kept
+        try:
+            on_disk = json.loads(args.out.read_text()).get("rows", [])
+        except (OSError, ValueError):
+            on_disk = []
+        for r in on_disk:
+            if r.get("settings") == settings and (r["regime"], r["prompt"]) not in rows:
+                rows[(r["regime"], r["prompt"])] = r
     done = list(rows.values())
     doc = {"meta": {"command": "python benchmarks/ssd_regime_gates.py " + " ".join(sys.argv[1:]),
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
