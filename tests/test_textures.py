@@ -142,3 +142,14 @@ def test_textured_prior_loads():
     cond = prior.encode_prompt(["a red striped cube", "a red cube"])
     eps = prior.predict_noise(torch.randn(2, 3, 32, 32), torch.tensor([500, 500]), cond, cams)
     assert eps.shape == (2, 3, 32, 32) and torch.isfinite(eps).all()
+
+
+def test_textured_regimes_name_the_textured_prior():
+    from steinsplat.bench.regimes import REGIMES, TEXTURED_PROMPTS, regime_prior_dir, regime_prompt
+
+    assert regime_prior_dir("single") is None and regime_prior_dir("blind") is None
+    assert regime_prior_dir("textured") == textured_prior_dir() == regime_prior_dir("textured-blind")
+    assert REGIMES["textured-blind"].camera_blind and not REGIMES["textured"].camera_blind
+    prompts = TEXTURED_PROMPTS.split(";")
+    assert all(regime_prompt("textured", p) == p for p in prompts)
+    assert not any(parse_prompt(p).held_out for p in prompts)  # the control tunes on trained pairs
