@@ -153,3 +153,21 @@ def test_textured_regimes_name_the_textured_prior():
     prompts = TEXTURED_PROMPTS.split(";")
     assert all(regime_prompt("textured", p) == p for p in prompts)
     assert not any(parse_prompt(p).held_out for p in prompts)  # the control tunes on trained pairs
+
+
+def test_init_from_grows_the_vocabulary_and_keeps_the_weights():
+    from steinsplat.shapeworld.finetune import prior_from_folder
+
+    folder = default_assets_dir() / "prior"
+    old = ShapeWorldPrior.from_pretrained(folder)
+    new = prior_from_folder(folder)
+    w_old, w_new = old.text_encoder.tok.weight, new.text_encoder.tok.weight  # [24, h], [25, h]
+    assert w_new.shape[0] == w_old.shape[0] + 1 == len(vocabulary())
+    assert torch.equal(w_new[: w_old.shape[0]], w_old) and torch.allclose(w_new[-1], w_old[2:].mean(0))
+    cams = object_eval_cameras(32, 32)[torch.tensor([0])]
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([400])
+    with torch.no_grad():  # a plain prompt: the same prediction before fine-tuning (float32 round-off apart)
+        a = old.predict_noise(x, t, old.encode_prompt("a red cube"), cams)
+        b = new.eval().predict_noise(x, t, new.encode_prompt("a red cube"), cams)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert new.tokenizer(["a red striped cube"])[1].sum() == 4

@@ -10,7 +10,6 @@ Config (resolution, camera encoding, text size) comes from the folder; the train
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,6 +17,8 @@ from safetensors.torch import load_file
 
 
 def prior_from_folder(folder: str | Path, guidance_scale: float = 1.0):  # -> ShapeWorldPrior (trainable)
+    """A trainable prior initialised from `folder` (see the module docstring); `guidance_scale` is the
+    default stored with the fine-tuned weights."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from .prior import (
@@ -51,6 +52,4 @@ def prior_from_folder(folder: str | Path, guidance_scale: float = 1.0):  # -> Sh
     grown[n_old:] = tok_w[2:].mean(0, keepdim=True)  # mean over the words ([PAD], [UNK] excluded)
     text.load_state_dict({**old_state, "tok.weight": grown})
     tok = ShapeWorldTokenizer(build_tokenizer(), max_length=text.config.max_length)
-    prior = ShapeWorldPrior(unet, text, tok, DDPMScheduler(**scheduler_config()), config)
-
-    return prior
+    return ShapeWorldPrior(unet, text, tok, DDPMScheduler(**scheduler_config()), config)
