@@ -171,3 +171,11 @@ def test_init_from_grows_the_vocabulary_and_keeps_the_weights():
         b = new.eval().predict_noise(x, t, new.encode_prompt("a red cube"), cams)
     assert torch.allclose(a, b, atol=1e-4)
     assert new.tokenizer(["a red striped cube"])[1].sum() == 4
+
+
+def test_generation_refuses_a_texture_with_a_clear_error():
+    from steinsplat import pipeline
+
+    with pytest.raises(pipeline.GenerationError, match="'a red cube'"):
+        pipeline.check_prompt("shapeworld", "a red striped cube")
+    pipeline.check_prompt("shapeworld", "a red cube")  # plain prompts pass as before
