@@ -76,7 +76,7 @@ def test_phase_set_metric_on_gaussians():
     from steinsplat.shapeworld.shape_metrics import gaussians_from_solid
     from steinsplat.shapeworld.world import shade, world_mesh
 
-    g = gaussians_from_solid("cube", spacing=0.02)
+    g = gaussians_from_solid("cube", spacing=0.03)  # ~7k Gaussians: coarse, but the gap is ~0.1
     pts = g.means.detach().float()
     near = _scene("cube").compute_closest_points(o3d.core.Tensor(pts.numpy()))
     normals = world_mesh("cube").normals_at(torch.from_numpy(near["points"].numpy()),
