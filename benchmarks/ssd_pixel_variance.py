@@ -23,7 +23,7 @@ import torch
 from steinsplat.bench.cost import measure_cost
 from steinsplat.bench.variance import measure_variance, sds_snapshot
 from steinsplat.cameras import InsideOutSampler, OrbitSampler
-from steinsplat.estimators import ShapeWorldEstimatorAdapter
+from steinsplat.geometry import ShapeWorldEstimatorAdapter
 from steinsplat.guidance import BASELINES
 from steinsplat.guidance.ssd import BaselineContext
 from steinsplat.priors import ShapeWorldPriorAdapter

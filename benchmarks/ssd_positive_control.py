@@ -2,6 +2,7 @@
 
     python benchmarks/ssd_positive_control.py [--regime mixture] [--out docs/bench/gates/control-mixture]
         [--prompts "a cube;a red shape;a pyramid;a blue shape"] [--seeds 0 1] [--budgets 25 50] [--lr-mults 4 8]
+        [--shard K/N] [--no-run]
 
 Before asking whether SSD speeds score distillation up, ask whether anything that lowers the
 eps-variance can: SDS against
@@ -13,8 +14,8 @@ these units, per budget), at short budgets, on `prompts` x `seeds` (units). A re
 when the eps-oracle gains >= 0.02 nearest-mode 3D IoU or lowers the nearest-mode colour error by
 >= 15 %, with the paired 95 % bootstrap interval (units resampled by prompt) above 0.
 Runs are the study's (`bench/study.py` Task / run_task, stored one JSON each under OUT/runs and
-reused); the regime (`steinsplat.bench.regimes`) sets the prompts, the prior's camera branch and
-its guidance scale.
+reused); the regime (`steinsplat.bench.regimes`) sets the prompts, the prior (default or textured),
+its camera branch and its guidance scale.
 Writes OUT/control.json and prints the gate.
 """
 
@@ -53,13 +54,11 @@ def clustered_paired_interval(diffs: dict[tuple[str, int], float], reps: int = 2
 
 def main() -> None:
     from steinsplat.bench.convergence import code_fingerprint
-    from steinsplat.bench.regimes import apply_regime, regime_prompt
+    from steinsplat.bench.regimes import regime_priors, regime_prompt
     from steinsplat.bench.run import machine, prompt_list
     from steinsplat.bench.study import Task, load_results, run_task, save_result
-    from steinsplat.estimators import ShapeWorldEstimatorAdapter
     from steinsplat.export.atomic import atomic_write_bytes
     from steinsplat.pipeline import versions
-    from steinsplat.priors import ShapeWorldPriorAdapter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regime", default="mixture", help="a name of steinsplat.bench.regimes.REGIMES")
@@ -76,6 +75,9 @@ def main() -> None:
     ap.add_argument("--only-methods", action="store_true",
                     help="run only the --methods arms (another process runs the control's own arms)")
     ap.add_argument("--no-run", action="store_true", help="only summarise the stored runs")
+    ap.add_argument("--shard", default="0/1", metavar="K/N",
+                    help="run only every N-th missing run from the K-th (0-based): N processes with K = 0..N-1 share "
+                         "the runs (each stored as it finishes); then summarise with --no-run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = args.out or Path(f"docs/bench/gates/control-{args.regime}")
@@ -87,12 +89,15 @@ def main() -> None:
     results = load_results(out / "runs")
     todo = [t for t in tasks if t.key() not in results
             and (not args.only_methods or (t.method, t.views) in [(m, args.views) for m in args.methods])]
+    k_shard, n_shard = (int(x) for x in args.shard.split("/"))
+    if not 0 <= k_shard < n_shard:
+        raise SystemExit(f"--shard {args.shard}: need K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
+    todo = todo[k_shard::n_shard]
     stored = sum(t.key() in results for t in tasks)
     print(f"{len(tasks)} runs, {stored} stored, {len(todo)} to run here", flush=True)
     t_start = time.perf_counter()
     if todo and not args.no_run:
-        prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
-        apply_regime(prior, args.regime)
+        prior, est = regime_priors(args.regime)  # the regime's prior (default or textured), set for the regime
         for i, t in enumerate(todo):
             r = run_task(t, prior, est)
             save_result(out / "runs", r)

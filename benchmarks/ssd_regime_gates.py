@@ -4,8 +4,9 @@
         [--regimes mixture mixture-guided single blind blind-mixture] [--prompts "a cube;a red shape;a pyramid;a blue shape"]
         [--steps 100] [--point 0.5] [--lr-mult 4] [--design 6 4 4] [--draws 32] [--fresh]
 
-A regime (`steinsplat.bench.regimes`: single, mixture, mixture-guided, blind, blind-mixture) is a
-kind of prompt, a camera branch of the prior and a guidance scale. For each regime and prompt (the
+A regime (`steinsplat.bench.regimes`: single, mixture, mixture-guided, blind, blind-mixture, textured,
+textured-blind) is a kind of prompt, a prior (the default or the textured one), a camera branch of the
+prior and a guidance scale. For each regime and prompt (the
 ordinary-prompt regimes run the open prompt's first answer, "a cube" -> "a red cube"), at the
 snapshot `point * steps` of an SDS run with generation's defaults and the
 learning rates x `lr_mult` (x4 is the study's tuned multiplier at 100 steps):
@@ -44,12 +45,12 @@ def main() -> None:
     from steinsplat.bench.decomposition import bootstrap_mean, measure_decomposition
     from steinsplat.bench.run import machine, prompt_list
     from steinsplat.bench.variance import measure_variance
-    from steinsplat.estimators import ShapeWorldEstimatorAdapter
+    from steinsplat.geometry import ShapeWorldEstimatorAdapter
     from steinsplat.export.atomic import atomic_write_bytes
     from steinsplat.gaussians import Gaussians
     from steinsplat.pipeline import versions
     from steinsplat.priors import ShapeWorldPriorAdapter
-    from steinsplat.bench.regimes import REGIMES, apply_regime, regime_prompt
+    from steinsplat.bench.regimes import REGIMES, apply_regime, regime_prior_dir, regime_prompt
     from steinsplat.bench.study import scaled_optim
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,12 +74,17 @@ def main() -> None:
                 "draws": args.draws, "views": args.views, "resolution": args.resolution, "methods": list(METHODS)}
     stored = json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
     rows = {(r["regime"], r["prompt"]): r for r in stored.get("rows", []) if r.get("settings") == settings}
-    prior, est = ShapeWorldPriorAdapter.from_pretrained(None), ShapeWorldEstimatorAdapter.from_pretrained(None)
+    est = ShapeWorldEstimatorAdapter.from_pretrained(None)
+    priors = {}  # prior folder (None: the default) -> adapter, loaded once
     t_start = time.perf_counter()
     unknown = [r for r in args.regimes if r not in REGIMES]
     if unknown:  # one clear error before minutes of work
         raise SystemExit(f"unknown regime(s) {', '.join(unknown)}: choose from {', '.join(REGIMES)}")
     for regime in args.regimes:
+        folder = regime_prior_dir(regime)  # the textured regimes run the textured prior
+        if folder not in priors:
+            priors[folder] = ShapeWorldPriorAdapter.from_pretrained(folder)
+        prior = priors[folder]
         apply_regime(prior, regime)
         for i, p in enumerate(prompts):
             prompt = regime_prompt(regime, p)
@@ -135,6 +141,14 @@ def write(args, rows: dict, settings: dict, t_start: float, bootstrap_mean, mach
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
+    if args.out.exists() and not args.fresh:  # rows another invocation on the same --out stored meanwhile (parallel prompts) are kept
+        try:
+            on_disk = json.loads(args.out.read_text()).get("rows", [])
+        except (OSError, ValueError):
+            on_disk = []
+        for r in on_disk:
+            if r.get("settings") == settings and (r["regime"], r["prompt"]) not in rows:
+                rows[(r["regime"], r["prompt"])] = r
     done = list(rows.values())
     doc = {"meta": {"command": "python benchmarks/ssd_regime_gates.py " + " ".join(sys.argv[1:]),
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

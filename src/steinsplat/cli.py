@@ -290,9 +290,10 @@ def cmd_shapeworld(argv: Sequence[str]) -> int:
         raise UserError("--resolution must be at least 4")
     # 4x4 rays per pixel, each with an origin, a direction and its hit (~16 floats) at the least
     require_memory(args.resolution ** 2 * 16 * 64, f"--resolution {args.resolution}", "--resolution (64 is the default)")
-    gt = render_gt(prompt, args.cameras(1, args.resolution))
+    striped = getattr(prompt, "texture", None) is not None  # the text leaves the stripe phase open: show phase 0
+    gt = render_gt(prompt, args.cameras(1, args.resolution), phase=0.0 if striped else None)
     write_png(args.out, gt.rgb[0])
-    console.print(f"wrote {args.out}")
+    console.print(f"wrote {args.out}" + (" (stripe phase 0: the prompt leaves the phase open)" if striped else ""))
     return 0
 
 

@@ -158,9 +158,15 @@ def check_prompt(prior_name: str, prompt: str) -> None:
         from .shapeworld.vocab import PromptError, parse_prompt
 
         try:
-            parse_prompt(prompt)
+            parsed = parse_prompt(prompt)
         except PromptError as exc:
             raise GenerationError(str(exc)) from None
+        if getattr(parsed, "texture", None) is not None:
+            raise GenerationError(
+                f"{prompt!r} is textured ({parsed.texture}): generation runs the default ShapeWorld prior, which was not "
+                "trained on textures; the textured prior is a benchmark prior (steinsplat.bench.regimes, regime "
+                "'textured'; docs/shapeworld.md, Textures). Drop the texture word, e.g. "
+                f"'{parsed.plain.text}'")
 
 
 # StableDiffusionPriorConfig's fields that build_prior passes itself: model (from_pretrained's first

@@ -19,10 +19,16 @@ Each shard holds N samples (np.load(..., allow_pickle=False)):
     kind        uint8   [N]           0 object, 1 room
     prompt_ids  int16   [N, 2]        objects: (colour id, shape id); rooms: (wall id, floor id)
     index       int64   [N]           sample number within its kind
+  and, only in textured datasets (`--textured`, meta "textured": true):
+    texture     uint8   [N]           0 plain, 1 + index into texture.TEXTURE_NAMES ("striped")
+    phase       float32 [N]           the stripe phase in metres (NaN for plain samples and rooms)
 
 Everything is drawn from `seed` up front (prompts balanced over the allowed pairs, then
 shuffled; cameras from the samplers), so the same seed gives identical arrays whatever the
-shard size. Held-out colour/shape pairs are excluded unless `include_held_out`.
+shard size. Held-out colour/shape pairs are excluded unless `include_held_out` (in every texture).
+A textured dataset balances its objects over the plain and the striped pairs (half each) and draws
+each striped sample's phase uniformly in [0, STRIPE_PERIOD) from its own seed stream; without
+`textured` nothing of that is drawn or written, so plain datasets keep their bytes.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from torch import Tensor
 
 from ..cameras import Cameras, InsideOutSampler, OrbitSampler
 from .groundtruth import render_gt
+from .texture import STRIPE_PERIOD, TEXTURE_NAMES
 from .vocab import (
     COLOUR_NAMES, COLOURS, HELD_OUT, SHAPE_NAMES, SPEC_VERSION, ObjectPrompt, Prompt, RoomPrompt,
     all_object_prompts, all_room_prompts, canonical_text,
@@ -53,6 +60,7 @@ SUPERSAMPLE = 4  # the spec's 4x4 anti-aliasing
 NORMAL_SCALE = 127.0
 KINDS = ("object", "room")
 FIELDS = ("rgb", "alpha", "depth", "normal", "viewmat", "K", "elevation", "azimuth", "distance", "kind", "prompt_ids", "index")
+TEXTURE_FIELDS = ("texture", "phase")  # only in textured datasets
 
 
 # ---------------------------------------------------------------------------- planning
@@ -63,6 +71,7 @@ class Plan:
     kind: str  # "object" or "room"
     prompts: list[Prompt]
     cameras: Cameras
+    phases: Optional[list[Optional[float]]] = None  # textured datasets: stripe phase per sample (None: plain)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -79,13 +88,18 @@ def _balanced(pool: Sequence[Prompt], n: int, rng: np.random.Generator) -> list[
 
 
 def make_plans(
-    num_objects: int, num_rooms: int, seed: int, resolution: int = 64, include_held_out: bool = False
+    num_objects: int, num_rooms: int, seed: int, resolution: int = 64, include_held_out: bool = False,
+    textured: bool = False,
 ) -> tuple[Plan, Plan]:
-    """Prompts and cameras of every sample, drawn from `seed` only."""
+    """Prompts and cameras of every sample, drawn from `seed` only (and the stripe phases if `textured`)."""
     if num_objects < 0 or num_rooms < 0:
         raise ValueError(f"sample counts must be >= 0, got objects={num_objects}, rooms={num_rooms}")
-    s_obj_p, s_obj_c, s_room_p, s_room_c = np.random.SeedSequence(seed).spawn(4)
-    obj_prompts = _balanced(all_object_prompts(include_held_out), num_objects, np.random.default_rng(s_obj_p))
+    seqs = np.random.SeedSequence(seed).spawn(5 if textured else 4)  # the 5th child: the phases
+    s_obj_p, s_obj_c, s_room_p, s_room_c = seqs[:4]
+    pool = all_object_prompts(include_held_out)
+    if textured:
+        pool = pool + [q for t in TEXTURE_NAMES for q in all_object_prompts(include_held_out, t)]
+    obj_prompts = _balanced(pool, num_objects, np.random.default_rng(s_obj_p))
     room_prompts = _balanced(all_room_prompts(), num_rooms, np.random.default_rng(s_room_p))
     obj_cams = OrbitSampler(width=resolution, height=resolution).sample(
         num_objects, torch.Generator().manual_seed(_torch_seed(s_obj_c))
@@ -93,7 +107,12 @@ def make_plans(
     room_cams = InsideOutSampler(width=resolution, height=resolution).sample(
         num_rooms, torch.Generator().manual_seed(_torch_seed(s_room_c))
     )
-    return Plan("object", obj_prompts, obj_cams), Plan("room", room_prompts, room_cams)
+    obj_phases = room_phases = None
+    if textured:
+        u = np.random.default_rng(seqs[4]).random(num_objects) * STRIPE_PERIOD  # [N] metres
+        obj_phases = [float(np.float32(u[i])) if p.texture is not None else None for i, p in enumerate(obj_prompts)]
+        room_phases = [None] * num_rooms
+    return (Plan("object", obj_prompts, obj_cams, obj_phases), Plan("room", room_prompts, room_cams, room_phases))
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -103,14 +122,16 @@ def _prompt_ids(p: Prompt) -> tuple[int, int]:
 
 def render_samples(
     prompts: Sequence[Prompt], cameras: Cameras, kind: str, first_index: int = 0,
-    on_progress: Optional[Callable[[int], None]] = None,
+    on_progress: Optional[Callable[[int], None]] = None, phases: Optional[Sequence[Optional[float]]] = None,
 ) -> dict[str, np.ndarray]:
-    """Render and encode samples into the shard arrays (see the module docstring)."""
+    """Render and encode samples into the shard arrays (see the module docstring); `phases` (one per
+    sample, None for plain) makes a textured shard, with the texture and phase arrays."""
     n = len(prompts)
     parts: list[dict[str, np.ndarray]] = []
     for lo in range(0, n, RENDER_BATCH):
         hi = min(n, lo + RENDER_BATCH)
-        gt = render_gt(prompts[lo:hi], cameras[lo:hi], supersample=SUPERSAMPLE)
+        gt = render_gt(prompts[lo:hi], cameras[lo:hi], supersample=SUPERSAMPLE,
+                       phase=None if phases is None else list(phases[lo:hi]))
         parts.append({
             "rgb": (gt.rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy(),
             "alpha": (gt.alpha.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy(),
@@ -135,7 +156,16 @@ def render_samples(
         prompt_ids=np.asarray([_prompt_ids(p) for p in prompts], dtype=np.int16).reshape(n, 2),
         index=np.arange(first_index, first_index + n, dtype=np.int64),
     )
+    if phases is not None:
+        arrays["texture"] = np.asarray([_texture_id(p) for p in prompts], dtype=np.uint8).reshape(n)
+        arrays["phase"] = np.asarray([np.nan if ph is None else ph for ph in phases], dtype=np.float32).reshape(n)
     return arrays
+
+
+def _texture_id(p: Prompt) -> int:
+    """0 plain (and rooms), 1 + index into TEXTURE_NAMES."""
+    t = getattr(p, "texture", None)
+    return 0 if t is None else 1 + TEXTURE_NAMES.index(t)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -191,8 +221,11 @@ def generate(
     compress: bool = True,
     overwrite: bool = False,
     on_progress: Optional[Callable[[int], None]] = None,
+    textured: bool = False,
 ) -> GenerateReport:
     """Render a ShapeWorld dataset into `out_dir` (shards + meta.json, written last).
+
+    textured: half the objects striped (random phase per sample), see the module docstring.
 
     on_progress: called with the number of samples just rendered (for progress bars).
     """
@@ -215,10 +248,11 @@ def generate(
     t0 = time.perf_counter()
     report = GenerateReport(out, num_objects, num_rooms)
     shards_meta = []
-    for plan in make_plans(num_objects, num_rooms, seed, resolution, include_held_out):
+    for plan in make_plans(num_objects, num_rooms, seed, resolution, include_held_out, textured):
         for k, lo in enumerate(range(0, len(plan), shard_size)):
             hi = min(len(plan), lo + shard_size)
-            arrays = render_samples(plan.prompts[lo:hi], plan.cameras[lo:hi], plan.kind, lo, on_progress)
+            arrays = render_samples(plan.prompts[lo:hi], plan.cameras[lo:hi], plan.kind, lo, on_progress,
+                                    None if plan.phases is None else plan.phases[lo:hi])
             name = f"{plan.kind}s-{k:05d}.npz"
             save_shard(out / name, arrays, compress)
             shards_meta.append({"file": name, "kind": plan.kind, "count": hi - lo})
@@ -242,6 +276,10 @@ def generate(
         },
         "shards": shards_meta,
     }
+    if textured:
+        meta["textured"] = True
+        meta["textures"] = {"names": list(TEXTURE_NAMES), "stripe_period": STRIPE_PERIOD,
+                            "texture": "uint8: 0 plain, 1 + index into names", "phase": "float32 metres, NaN if plain"}
     _atomic_write_bytes(meta_path, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     report.seconds = time.perf_counter() - t0
     return report
@@ -265,10 +303,10 @@ class ShapeWorldSample(NamedTuple):
     text: str  # canonical prompt text
 
 
-def prompt_from_ids(kind: int, ids: Sequence[int]) -> Prompt:
+def prompt_from_ids(kind: int, ids: Sequence[int], texture: int = 0) -> Prompt:
     a, b = int(ids[0]), int(ids[1])
     if KINDS[kind] == "object":
-        return ObjectPrompt(COLOUR_NAMES[a], SHAPE_NAMES[b])
+        return ObjectPrompt(COLOUR_NAMES[a], SHAPE_NAMES[b], None if int(texture) == 0 else TEXTURE_NAMES[int(texture) - 1])
     return RoomPrompt(COLOUR_NAMES[a], COLOUR_NAMES[b])
 
 
@@ -299,6 +337,8 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
             raise ValueError(f"unknown fields {sorted(bad)}; choose from {self.IMAGE_FIELDS}")
         self.fields = tuple(fields)
         keep = [f for f in FIELDS if f in self.fields or f not in self.IMAGE_FIELDS]
+        if self.meta.get("textured"):
+            keep += list(TEXTURE_FIELDS)
         parts: dict[str, list[np.ndarray]] = {f: [] for f in keep}
         for s in self.meta["shards"]:
             if kind is not None and s["kind"] != kind:
@@ -312,7 +352,8 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
         return int(self.arrays["kind"].shape[0])
 
     def prompt(self, i: int) -> Prompt:
-        return prompt_from_ids(int(self.arrays["kind"][i]), self.arrays["prompt_ids"][i])
+        tex = int(self.arrays["texture"][i]) if "texture" in self.arrays else 0
+        return prompt_from_ids(int(self.arrays["kind"][i]), self.arrays["prompt_ids"][i], tex)
 
     def __getitem__(self, i: int) -> ShapeWorldSample:
         a = self.arrays
@@ -355,6 +396,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="samples per .npz shard")
     ap.add_argument("--no-compress", action="store_true", help="write plain .npz (slightly faster, ~10x larger)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    ap.add_argument("--textured", action="store_true",
+                    help="half the objects striped, each with a random stripe phase (texture.py; the textured prior's data)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -378,6 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         report = generate(
             args.out, args.objects, args.rooms, args.seed, args.resolution, args.include_held_out,
             args.shard_size, compress=not args.no_compress, overwrite=args.overwrite, on_progress=tick,
+            textured=args.textured,
         )
     console.print(
         f"wrote {total} samples ({args.objects} objects, {args.rooms} rooms) in {len(report.shards)} shards to "

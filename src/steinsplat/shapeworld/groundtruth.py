@@ -9,6 +9,11 @@ box-filtered:
   renormalised; 0 where nothing is hit.
 Ray directions are K^-1 (u, v, 1) rotated to world, so the hit distance *is* camera z.
 
+Textured objects ("a red striped cube", texture.py) take a phase per camera (`phase=`); their hit
+sub-samples are labelled by the stripe band of the hit point (part 0 the colour, part 1 white)
+instead of the triangle's label, so the same per-part sums and `compose_gt` render them. Plain
+prompts never reach that branch: their renders are bit-identical to the code before textures.
+
 Speed: the scene of each shape (and the room) is built once and cached; all cameras showing
 one geometry are cast together (in calls of at most `max_rays` rays); for objects only the
 pixels that can see the shape's bounding sphere get rays (the others are background, exactly
@@ -26,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
+from .texture import STRIPE_WHITE, check_phase, stripe_band
 from .vocab import CEILING_COLOUR, COLOURS, ObjectPrompt, Prompt, RoomPrompt, as_prompt
 from .world import CEILING, FLOOR, WALL, WorldMesh, shade, world_mesh
 
@@ -60,8 +66,11 @@ def scene_key(prompt: Prompt) -> str:
 
 
 def part_albedos(prompt: Prompt) -> Tensor:
-    """Albedo per part label [3, 3]: objects use one colour; rooms (WALL, FLOOR, CEILING)."""
+    """Albedo per part label [3, 3]: objects use one colour; striped objects (colour, white, white)
+    (part 0 the colour band, 1 the white band); rooms (WALL, FLOOR, CEILING)."""
     if isinstance(prompt, ObjectPrompt):
+        if prompt.texture is not None:
+            return torch.tensor([prompt.albedo, STRIPE_WHITE, STRIPE_WHITE], dtype=torch.float32)
         return torch.tensor([prompt.albedo] * 3, dtype=torch.float32)
     if isinstance(prompt, RoomPrompt):
         table = [None] * 3
@@ -143,10 +152,11 @@ def _cast(key: str, rays: Tensor) -> tuple[Tensor, Tensor]:
     return t, prim
 
 
-def _accumulate(mesh: WorldMesh, key: str, rays: Tensor, pix: Tensor, sums: Tensor) -> None:
+def _accumulate(mesh: WorldMesh, key: str, rays: Tensor, pix: Tensor, sums: Tensor, phase: Optional[Tensor] = None) -> None:
     """Cast `rays [P, S*S, 6]` of pixels `pix [P]` and add their hit sub-samples into `sums [B*H*W, 8]`:
     columns 0-2 the shading factor AMBIENT + DIFFUSE max(0, n.l) of the parts labelled 0, 1, 2
-    (to be multiplied by the parts' albedos), 3-5 the normal, 6 the depth, 7 the hit count."""
+    (to be multiplied by the parts' albedos), 3-5 the normal, 6 the depth, 7 the hit count.
+    phase [P] (striped objects): the part label is the stripe band of the hit point instead."""
     P, SS = rays.shape[0], rays.shape[1]
     t, prim = _cast(key, rays.reshape(-1, 6))  # [n], n = P * SS
     hit = prim >= 0  # [n]
@@ -158,7 +168,11 @@ def _accumulate(mesh: WorldMesh, key: str, rays: Tensor, pix: Tensor, sums: Tens
     normal = feats[:, 3:6]
     torch.mul(mesh.normals_at(points, prim), hit[:, None], out=normal)  # [n, 3], 0 on a miss
     factor = shade(torch.ones(()), normal).squeeze(-1) * hit  # [n]
-    if mesh.labels.max() == 0:  # one part: every factor goes to label 0
+    if phase is not None:  # striped: the band of each hit point is its part
+        band = stripe_band(points[:, 2], phase.repeat_interleave(SS))  # [n] 0 colour, 1 white
+        feats[:, 0:3] = 0.0
+        feats[:, 0:3].scatter_(1, band[:, None], factor[:, None])
+    elif mesh.labels.max() == 0:  # one part: every factor goes to label 0
         feats[:, 0] = factor
         feats[:, 1:3] = 0.0
     else:
@@ -192,6 +206,7 @@ def render_gt(
     max_rays: int = MAX_RAYS_PER_CAST,
     cull: bool = True,
     torch_threads: Optional[int] = 1,
+    phase: "float | Sequence[Optional[float]] | None" = None,
 ) -> GTRender:
     """Ground-truth render of a ShapeWorld prompt from every camera (CPU tensors).
 
@@ -203,6 +218,9 @@ def render_gt(
     torch_threads: torch threads for the per-ray arithmetic (1 by default: the work is many small
         ops, and OpenMP barriers on a shared, oversubscribed machine cost more than they gain;
         Embree's ray casting uses every core regardless). None keeps the current setting.
+    phase: the stripe phase (metres, texture.py) of textured prompts: one for all cameras, or one per
+        camera (None for the plain ones); a textured prompt without a phase is an error (its ground
+        truth is a set over phases: pick one, e.g. from texture.phase_grid()).
     """
     if supersample < 1:
         raise ValueError(f"supersample must be >= 1, got {supersample}")
@@ -213,26 +231,51 @@ def render_gt(
         prompts = [as_prompt(p) for p in prompt]
         if len(prompts) != B:
             raise ValueError(f"got {len(prompts)} prompts for {B} cameras: pass one prompt, or one per camera")
+    phases = stripe_phases(prompts, phase)
     with _TorchThreads(torch_threads):
         albedos = torch.stack([part_albedos(p) for p in prompts]) if B else torch.zeros(0, 3, 3)  # [B, 3, 3]
-        sums = gt_sums([scene_key(p) for p in prompts], cameras, S, max_rays, cull)
+        sums = gt_sums([scene_key(p) for p in prompts], cameras, S, max_rays, cull, phases)
         return compose_gt(sums, albedos, S)
 
 
+def stripe_phases(prompts: Sequence[Prompt], phase: "float | Sequence[Optional[float]] | None") -> Optional[list[Optional[float]]]:
+    """One phase per camera (None for plain prompts), or None when no prompt is textured."""
+    textured = [isinstance(p, ObjectPrompt) and p.texture is not None for p in prompts]
+    if not any(textured):
+        return None
+    if phase is None:
+        raise ValueError("a textured prompt's ground truth is a set over stripe phases: pass phase= (metres, "
+                         "one for all cameras or one per camera), e.g. from steinsplat.shapeworld.texture.phase_grid()")
+    per = [phase] * len(prompts) if isinstance(phase, (int, float)) else list(phase)
+    if len(per) != len(prompts):
+        raise ValueError(f"got {len(per)} phases for {len(prompts)} cameras: pass one phase, or one per camera")
+    out: list[Optional[float]] = []
+    for t, ph in zip(textured, per):
+        if t and ph is None:
+            raise ValueError("every textured prompt needs a phase (got None for one): pass a float per camera")
+        out.append(check_phase(ph) if t else None)
+    return out
+
+
 def gt_sums(keys: Sequence[str], cameras: Cameras, supersample: int = 4, max_rays: int = MAX_RAYS_PER_CAST,
-            cull: bool = True) -> Tensor:
+            cull: bool = True, phases: Optional[Sequence[Optional[float]]] = None) -> Tensor:
     """The colour-free part of a ground-truth render: [B, H, W, 8] sums over each pixel's hit sub-samples
     (columns 0-2 the shading factor of the parts labelled 0, 1, 2; 3-5 the normal; 6 the depth; 7 the
     hit count), one geometry key (shape name or "room") per camera. `compose_gt` turns them into a
-    GTRender for any albedos, so one cast serves every colour of a shape."""
+    GTRender for any albedos, so one cast serves every colour of a shape. phases: one per camera, a
+    float for a striped object (its band labels the parts: 0 colour, 1 white) or None (plain)."""
     B, H, W, S = len(cameras), cameras.height, cameras.width, supersample
     if len(keys) != B:
         raise ValueError(f"got {len(keys)} geometry keys for {B} cameras: pass one per camera")
     sums = torch.zeros(B * H * W, 8)  # per-part shading factors, normal, depth, hits: summed over hits
     per_cast = max(1, max_rays // (S * S))  # pixels per cast_rays call
-    for key in dict.fromkeys(keys):
+    if phases is not None and len(phases) != B:
+        raise ValueError(f"got {len(phases)} phases for {B} cameras: pass one per camera (None for plain)")
+    striped = [phases is not None and phases[i] is not None for i in range(B)]
+    for key, tex in dict.fromkeys(zip(keys, striped)):
         mesh = world_mesh(key)
-        idx = torch.tensor([i for i, k in enumerate(keys) if k == key], dtype=torch.long)
+        idx = torch.tensor([i for i, k in enumerate(keys) if k == key and striped[i] == tex], dtype=torch.long)
+        cam_phase = torch.tensor([float(phases[i]) for i in idx.tolist()]) if tex else None  # [len(idx)] metres
         sub = cameras[idx]
         if cull:
             centre, radius = mesh.bounding_sphere()
@@ -242,7 +285,7 @@ def gt_sums(keys: Sequence[str], cameras: Cameras, supersample: int = 4, max_ray
         for p in pix.split(per_cast):
             rays = subpixel_rays(sub, p, S)  # [p, S*S, 6]
             gpix = idx[p // (H * W)] * (H * W) + p % (H * W)  # pixel index in the full batch
-            _accumulate(mesh, key, rays, gpix, sums)
+            _accumulate(mesh, key, rays, gpix, sums, None if cam_phase is None else cam_phase[p // (H * W)])
     return sums.reshape(B, H, W, 8)
 
 

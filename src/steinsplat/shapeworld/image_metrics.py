@@ -14,7 +14,8 @@ for both the prediction and the ground truth. Edge cases:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor
@@ -22,7 +23,7 @@ from torch import Tensor
 from .vocab import OpenPrompt, Prompt, RoomPrompt
 
 if TYPE_CHECKING:
-    from .metrics import ShapeWorldMetrics
+    from .groundtruth import GTRender
     from .set_metrics import SetMetrics
 
 MASK_THRESHOLD = 0.5
@@ -123,3 +124,33 @@ def headline(metrics: "ShapeWorldMetrics | SetMetrics", prompt: Prompt | OpenPro
     """{"name", "value"} of the metric that sums up a result: PSNR (dB) for a room, mask IoU for an object."""
     name = HEADLINE["scene" if isinstance(prompt, RoomPrompt) else "object"]
     return {"name": name, "value": getattr(metrics, name)}
+
+
+# ---------------------------------------------------------------------------- the record of one result
+@dataclass
+class ShapeWorldMetrics:
+    mask_iou: float  # mean IoU of the alpha > 0.5 masks, higher is better (1 = perfect)
+    psnr: float  # dB, higher is better (capped at 100)
+    colour_error: float  # mean |rgb error| inside the GT mask, lower is better
+    depth_error: float  # metres, inside both masks, lower is better (nan: no overlap)
+    r_precision: Optional[float] = None  # share of views the ShapeWorld classifier gets right (None: not run)
+    # Shape-aware measures (objects only; None for rooms or when not run), see shape_metrics.py:
+    top_iou: Optional[float] = None  # mask IoU from straight above (elevation 90), higher is better
+    low_iou: Optional[float] = None  # mask IoU at elevation 0 over 8 azimuths, higher is better
+    iou_3d: Optional[float] = None  # voxel IoU of the occupied volume against the true solid, higher is better
+    chamfer_mm: Optional[float] = None  # surface-to-surface chamfer distance in mm, lower is better
+    shape_votes: Optional[dict] = None  # {shape: share} of the classifier's calls on views where look-alikes differ
+    headline: Optional[dict] = None  # {"name": metric, "value": v}: objects mask_iou, rooms psnr (see `headline`)
+
+    def to_dict(self) -> dict[str, Optional[float]]:
+        return asdict(self)
+
+
+def compare(pred_rgb: Tensor, pred_alpha: Tensor, pred_depth: Tensor, gt: GTRender) -> ShapeWorldMetrics:
+    """All metrics of rendered images (white background) against a ground-truth render."""
+    return ShapeWorldMetrics(
+        mask_iou=mask_iou(pred_alpha, gt.alpha),
+        psnr=psnr(pred_rgb, gt.rgb),
+        colour_error=colour_error(pred_rgb, gt.rgb, gt.alpha),
+        depth_error=depth_error(pred_depth, pred_alpha, gt.depth, gt.alpha),
+    )

@@ -15,7 +15,6 @@ for both the prediction and the ground truth. Edge cases:
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -25,9 +24,9 @@ from ..cameras import Cameras, object_eval_cameras, scene_eval_cameras
 from ..gaussians import Gaussians
 from .groundtruth import GTRender, render_gt
 from .classifier import shipped_classifier  # also imported from here
-from .image_metrics import (  # the image measures and the headline, also imported from here
-    HEADLINE, MASK_THRESHOLD, PSNR_CAP, _check, _mask, _nanmean, colour_error, colour_error_per_view, depth_error,
-    depth_error_per_view, headline, mask_iou, mask_iou_per_view, psnr, psnr_per_view,
+from .image_metrics import (  # the image measures, the metrics record and the headline, also imported from here
+    HEADLINE, MASK_THRESHOLD, PSNR_CAP, ShapeWorldMetrics, _check, _mask, _nanmean, colour_error, colour_error_per_view,
+    compare, depth_error, depth_error_per_view, headline, mask_iou, mask_iou_per_view, psnr, psnr_per_view,
 )
 from .vocab import ObjectPrompt, OpenPrompt, Prompt, as_prompt
 
@@ -37,38 +36,9 @@ if TYPE_CHECKING:
 
 
 # ---------------------------------------------------------------------------- evaluation
-@dataclass
-class ShapeWorldMetrics:
-    mask_iou: float  # mean IoU of the alpha > 0.5 masks, higher is better (1 = perfect)
-    psnr: float  # dB, higher is better (capped at 100)
-    colour_error: float  # mean |rgb error| inside the GT mask, lower is better
-    depth_error: float  # metres, inside both masks, lower is better (nan: no overlap)
-    r_precision: Optional[float] = None  # share of views the ShapeWorld classifier gets right (None: not run)
-    # Shape-aware measures (objects only; None for rooms or when not run), see shape_metrics.py:
-    top_iou: Optional[float] = None  # mask IoU from straight above (elevation 90), higher is better
-    low_iou: Optional[float] = None  # mask IoU at elevation 0 over 8 azimuths, higher is better
-    iou_3d: Optional[float] = None  # voxel IoU of the occupied volume against the true solid, higher is better
-    chamfer_mm: Optional[float] = None  # surface-to-surface chamfer distance in mm, lower is better
-    shape_votes: Optional[dict] = None  # {shape: share} of the classifier's calls on views where look-alikes differ
-    headline: Optional[dict] = None  # {"name": metric, "value": v}: objects mask_iou, rooms psnr (see `headline`)
-
-    def to_dict(self) -> dict[str, Optional[float]]:
-        return asdict(self)
-
-
 def eval_cameras(prompt: Prompt, width: int = 64, height: int = 64) -> Cameras:
     """The spec's fixed evaluation rig for a prompt: orbit for objects, inside-out for rooms."""
     return object_eval_cameras(width, height) if isinstance(prompt, ObjectPrompt) else scene_eval_cameras(width, height)
-
-
-def compare(pred_rgb: Tensor, pred_alpha: Tensor, pred_depth: Tensor, gt: GTRender) -> ShapeWorldMetrics:
-    """All metrics of rendered images (white background) against a ground-truth render."""
-    return ShapeWorldMetrics(
-        mask_iou=mask_iou(pred_alpha, gt.alpha),
-        psnr=psnr(pred_rgb, gt.rgb),
-        colour_error=colour_error(pred_rgb, gt.rgb, gt.alpha),
-        depth_error=depth_error(pred_depth, pred_alpha, gt.depth, gt.alpha),
-    )
 
 
 def eval_gt(prompt: Prompt, width: int = 64, height: int = 64) -> GTRender:
@@ -115,7 +85,9 @@ def evaluate(
 
     An open prompt ("a cube", OpenPrompt) is scored against each of its modes: the result is a
     `set_metrics.SetMetrics` whose ShapeWorldMetrics keys are the nearest mode's, with the chosen
-    mode, the per-metric best and the mode purities beside them (docs: Scoring open prompts)."""
+    mode, the per-metric best and the mode purities beside them (docs: Scoring open prompts).
+    A striped prompt ("a red striped cube") is scored at its nearest stripe phase (phase_metrics.py):
+    a `TexturedMetrics`, the phase it chose beside the usual keys."""
     from .shape_metrics import render_views, shape_rigs
 
     p = as_prompt(prompt)
@@ -127,7 +99,12 @@ def evaluate(
     rigs = {"eval": eval_cameras(p, width, height), **(shape_rigs() if shape and is_object else {})}
     views = render_views(gaussians, rigs, backend)  # every rig in one batch of calls
     rgb, alpha, depth = views["eval"]  # [B, H, W, 3], [B, H, W, 1], [B, H, W, 1]
-    m = compare(rgb, alpha, depth, eval_gt(p, width, height))
+    if is_object and p.texture is not None:  # striped: the ground truth is a set over phases
+        from .phase_metrics import nearest_phase
+
+        m = nearest_phase(rgb, alpha, depth, p, width, height)
+    else:
+        m = compare(rgb, alpha, depth, eval_gt(p, width, height))
     clf = shipped_classifier() if (r_precision and is_object) else None
     if clf is not None:
         m.r_precision = clf.r_precision(rgb.clamp(0, 1), p)

@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..cameras import Cameras
+from .texture import TEXTURE_NAMES
 from .vocab import COLOUR_NAMES, KNOWN_WORDS, SHAPE_NAMES, OpenPrompt, PromptError, canonical_text, parse_prompt
 from .weights import default_assets_dir, save_model_folder  # default_assets_dir: also imported from here
 
@@ -48,11 +49,18 @@ PAD, UNK = "[PAD]", "[UNK]"
 CAMERA_FEATURES = 7  # see camera_features()
 
 
+def textured_prior_dir() -> Path:
+    """The shipped textured prior (fine-tuned from the default one on plain and striped objects)."""
+    return default_assets_dir() / "prior-textured"
+
+
 # ---------------------------------------------------------------------------- tokenizer
 def vocabulary() -> list[str]:
-    """Token list: [PAD], [UNK], then ShapeWorld's words in a fixed order (ids are positions)."""
-    rest = sorted(KNOWN_WORDS - set(COLOUR_NAMES) - set(SHAPE_NAMES))
-    return [PAD, UNK, *COLOUR_NAMES, *SHAPE_NAMES, *rest]
+    """Token list: [PAD], [UNK], then ShapeWorld's words in a fixed order (ids are positions). The
+    texture words come last, so the first prior's ids (trained before they existed) are a prefix:
+    a prior fine-tuned from it for textures (`train prior --init-from`) keeps every old id."""
+    rest = sorted(KNOWN_WORDS - set(COLOUR_NAMES) - set(SHAPE_NAMES) - set(TEXTURE_NAMES))
+    return [PAD, UNK, *COLOUR_NAMES, *SHAPE_NAMES, *rest, *TEXTURE_NAMES]
 
 
 def build_tokenizer():
@@ -93,6 +101,11 @@ class ShapeWorldTokenizer:
         canon = canonical_text(parsed)
         ids = self.tokenizer.encode(canon).ids
         if self.unk_id in ids:  # the tokenizer file does not match vocab.py
+            missing = [w for w in canon.split() if self.tokenizer.token_to_id(w) is None]
+            if set(missing) <= set(TEXTURE_NAMES):
+                raise PromptError(f"prompt {text!r} has a texture ({', '.join(missing)}) this prior was not trained on; "
+                                  "use the textured prior (ShapeWorldPrior.from_pretrained(textured_prior_dir()), "
+                                  "the regime 'textured' of steinsplat.bench.regimes)")
             raise PromptError(f"prompt {text!r} has words unknown to this tokenizer; re-save the prior with the current vocabulary")
         if len(ids) > self.max_length:
             raise PromptError(f"prompt {text!r} has {len(ids)} tokens, more than max_length={self.max_length}")

@@ -170,6 +170,9 @@ def eval_gt_sums(shape: str, width: int, height: int) -> Tensor:
 
 def gt_of(mode: ObjectPrompt, width: int, height: int) -> GTRender:
     """The ground truth of one mode on the evaluation rig, from its shape's cached sums."""
+    if mode.texture is not None:
+        raise ValueError(f"{mode.text!r} is striped: its ground truth is a set over phases; "
+                         "use phase_metrics.striped_gt(prompt, phase) or phase_metrics.nearest_phase")
     sums = eval_gt_sums(mode.shape, width, height)
     albedos = part_albedos(mode)[None].expand(len(sums), 3, 3)  # [B, 3, 3]
     with torch.no_grad():

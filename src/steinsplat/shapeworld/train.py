@@ -66,6 +66,9 @@ class PriorTrainConfig(CommonConfig):
     guidance_scale: float = 1.0  # default classifier-free guidance stored with the weights (the evaluate sweep chose 1.0: higher scales hurt this short-trained prior)
     steps: int = 6000  # upper bound; on this CPU the wall-clock budget ends the run first (4,523 steps in 50 min)
     max_minutes: float = 50.0  # wall-clock budget (the shipped run used all 50)
+    textured: bool = False  # train on a dataset with half the objects striped (texture.py); needs its own --data folder
+    init_from: Optional[Path] = None  # fine-tune from this prior folder (its UNet and text encoder; the
+    # token embedding grows by the words added since, e.g. "striped"); the UNet/text sizes above are then ignored
 
 
 @dataclass
@@ -230,12 +233,18 @@ def prior_tensors(ds, resolution: int, tokenizer, encoding: str = "angles",
 def train_prior(cfg: PriorTrainConfig):
     from .prior import PriorConfig, ShapeWorldPrior
 
-    ds = ensure_dataset(cfg.data, cfg.num_objects, cfg.num_rooms, cfg.seed, include_held_out=False, fields=("rgb",))
+    ds = ensure_dataset(cfg.data, cfg.num_objects, cfg.num_rooms, cfg.seed, include_held_out=False, fields=("rgb",),
+                        textured=cfg.textured)
     torch.manual_seed(cfg.seed)
-    prior = ShapeWorldPrior.from_config(
-        PriorConfig(resolution=cfg.resolution, text_dim=cfg.text_dim, default_guidance_scale=cfg.guidance_scale,
-                    camera_encoding=cfg.camera_encoding, azimuth_frequencies=cfg.azimuth_frequencies),
-        block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block)
+    if cfg.init_from is not None:
+        from .finetune import prior_from_folder
+
+        prior = prior_from_folder(cfg.init_from, cfg.guidance_scale)
+    else:
+        prior = ShapeWorldPrior.from_config(
+            PriorConfig(resolution=cfg.resolution, text_dim=cfg.text_dim, default_guidance_scale=cfg.guidance_scale,
+                        camera_encoding=cfg.camera_encoding, azimuth_frequencies=cfg.azimuth_frequencies),
+            block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block)
     data = prior_tensors(ds, cfg.resolution, prior.tokenizer, prior.config.camera_encoding, prior.config.azimuth_frequencies)
     del ds
 

@@ -39,8 +39,10 @@ def ensure_dataset(
     kind: Optional[str] = None,
     fields: tuple[str, ...] = ("rgb", "alpha", "depth", "normal"),
     log: Callable[[str], None] = print,
+    textured: bool = False,
 ):
-    """The ShapeWorldDataset at `root`, generated first (with these counts and seed) if absent.
+    """The ShapeWorldDataset at `root`, generated first (with these counts and seed; striped objects
+    too if `textured`) if absent.
 
     An existing dataset is used as it is; a dataset whose `include_held_out` disagrees with the
     request is an error (it would silently train the prior on the held-out pairs, or starve the
@@ -51,15 +53,20 @@ def ensure_dataset(
     root = Path(root)
     if not (root / "meta.json").exists():
         log(f"no dataset at {root}: generating {num_objects} objects + {num_rooms} rooms (seed {seed}, "
-            f"held-out pairs {'included' if include_held_out else 'excluded'})")
+            f"held-out pairs {'included' if include_held_out else 'excluded'}{', half striped' if textured else ''})")
         t0 = time.perf_counter()
-        generate(root, num_objects, num_rooms, seed, include_held_out=include_held_out)
+        generate(root, num_objects, num_rooms, seed, include_held_out=include_held_out, textured=textured)
         log(f"generated in {time.perf_counter() - t0:.0f} s")
     ds = ShapeWorldDataset(root, kind=kind, fields=fields)
     if bool(ds.meta.get("include_held_out")) != include_held_out:
         raise ValueError(
             f"the dataset at {root} was generated with include_held_out={ds.meta.get('include_held_out')}, "
             f"but this model needs include_held_out={include_held_out}; pass another --data folder"
+        )
+    if bool(ds.meta.get("textured")) != textured:
+        raise ValueError(
+            f"the dataset at {root} is {'textured' if ds.meta.get('textured') else 'plain'}, but this run asked for "
+            f"{'a textured' if textured else 'a plain'} one (--textured); pass another --data folder"
         )
     return ds
 

@@ -4,6 +4,8 @@ Everything here is copied from docs/shapeworld.md (the contract); change both or
 
 Grammar (case and surrounding white space ignored, optional trailing full stop):
     object: [a|an] {colour} {shape}                                  e.g. "a red cube"
+            [a|an] {colour} {texture} {shape}                        e.g. "a red striped cube" (texture.py;
+                                                   the textured prior only; its phase is left open)
     room:   [a|an] room with {colour} walls and a {colour} floor     e.g. "a room with blue walls and a gray floor"
     open:   [a|an] {shape}                 any colour                 e.g. "a cube"      (8 valid answers)
             [a|an] {colour} object|shape   any shape                  e.g. "a red shape" (7 valid answers)
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Union
+
+from .texture import TEXTURE_NAMES
 
 SPEC_VERSION = "shapeworld-1"  # bump when docs/shapeworld.md changes what a sample looks like
 
@@ -99,16 +103,24 @@ ROOM_MAX: tuple[float, float, float] = (2.0, 2.0, 2.5)
 # ---------------------------------------------------------------------------- prompts
 @dataclass(frozen=True)
 class ObjectPrompt:
-    """`a {colour} {shape}`."""
+    """`a {colour} {shape}`, or `a {colour} {texture} {shape}` with a texture (texture.py)."""
 
     colour: str
     shape: str
+    texture: Optional[str] = None  # None: plain; "striped": bands of the colour and white, phase left open
 
     def __post_init__(self) -> None:
         if self.colour not in COLOURS:
             raise PromptError(f"unknown colour {self.colour!r}; known colours: {', '.join(COLOUR_NAMES)}")
         if self.shape not in SHAPES:
             raise PromptError(f"unknown shape {self.shape!r}; known shapes: {', '.join(SHAPE_NAMES)}")
+        if self.texture is not None and self.texture not in TEXTURE_NAMES:
+            raise PromptError(f"unknown texture {self.texture!r}; known textures: {', '.join(TEXTURE_NAMES)}")
+
+    @property
+    def plain(self) -> "ObjectPrompt":
+        """The same colour and shape without a texture."""
+        return self if self.texture is None else ObjectPrompt(self.colour, self.shape)
 
     @property
     def colour_id(self) -> int:
@@ -128,7 +140,7 @@ class ObjectPrompt:
 
     @property
     def held_out(self) -> bool:
-        return self in HELD_OUT
+        return self.plain in HELD_OUT  # a held-out colour/shape pair is held out with any texture
 
     @property
     def text(self) -> str:
@@ -205,9 +217,10 @@ HELD_OUT: tuple[ObjectPrompt, ...] = (
 )
 
 
-def all_object_prompts(include_held_out: bool = True) -> list[ObjectPrompt]:
-    """Every colour/shape pair (56), colour-major; without the 6 held-out pairs if asked (50)."""
-    out = [ObjectPrompt(c, s) for c in COLOUR_NAMES for s in SHAPE_NAMES]
+def all_object_prompts(include_held_out: bool = True, texture: Optional[str] = None) -> list[ObjectPrompt]:
+    """Every colour/shape pair (56), colour-major; without the 6 held-out pairs if asked (50);
+    with `texture` every pair in that texture."""
+    out = [ObjectPrompt(c, s, texture) for c in COLOUR_NAMES for s in SHAPE_NAMES]
     return out if include_held_out else [p for p in out if p not in HELD_OUT]
 
 
@@ -237,6 +250,8 @@ def canonical_text(prompt: AnyPrompt) -> str:
     `parse_prompt(canonical_text(p)) == p` for every prompt.
     """
     if isinstance(prompt, ObjectPrompt):
+        if prompt.texture is not None:
+            return f"{_article(prompt.colour)} {prompt.colour} {prompt.texture} {prompt.shape}"
         return f"{_article(prompt.colour)} {prompt.colour} {prompt.shape}"
     if isinstance(prompt, RoomPrompt):
         return f"a room with {prompt.wall} walls and {_article(prompt.floor)} {prompt.floor} floor"
@@ -256,7 +271,7 @@ class PromptError(ValueError):
 
 _ARTICLES = ("a", "an")
 _ROOM_WORDS = ("room", "with", "walls", "and", "floor")
-KNOWN_WORDS: frozenset[str] = frozenset(COLOUR_NAMES + SHAPE_NAMES + _ARTICLES + _ROOM_WORDS)  # the prior's tokens
+KNOWN_WORDS: frozenset[str] = frozenset(COLOUR_NAMES + SHAPE_NAMES + _ARTICLES + _ROOM_WORDS + TEXTURE_NAMES)  # the priors' tokens
 OPEN_WORDS: tuple[str, ...] = ("object", "shape")  # stand for "any shape" in open prompts (never tokenized)
 
 
@@ -265,7 +280,9 @@ def _help_text() -> str:
         f"ShapeWorld knows the colours {', '.join(COLOUR_NAMES)} and the shapes {', '.join(SHAPE_NAMES)}; "
         "prompts are 'a {colour} {shape}' (e.g. 'a red cube') or "
         "'a room with {colour} walls and a {colour} floor' (e.g. 'a room with blue walls and a gray floor'), "
-        "or leave the colour or shape open ('a cube', 'a red shape', 'an object'). "
+        "or leave the colour or shape open ('a cube', 'a red shape', 'an object'); "
+        f"the textured prior also knows 'a {{colour}} {{texture}} {{shape}}' with the textures {', '.join(TEXTURE_NAMES)} "
+        "(e.g. 'a red striped cube'). "
         "Open-vocabulary prompts need the Stable Diffusion prior (--prior sd), on a GPU with the weights."
     )
 
@@ -296,6 +313,8 @@ def parse_prompt(text: str) -> AnyPrompt:
         words = words[1:]
     if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
         return ObjectPrompt(words[0], words[1])
+    if len(words) == 3 and words[0] in COLOURS and words[1] in TEXTURE_NAMES and words[2] in SHAPES:
+        return ObjectPrompt(words[0], words[2], words[1])
     if len(words) == 1 and words[0] in SHAPES:
         return OpenPrompt(shape=words[0])
     if len(words) == 2 and words[0] in COLOURS and words[1] in OPEN_WORDS:
