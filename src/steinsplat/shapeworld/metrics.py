@@ -2,14 +2,8 @@
 `evaluate` and `shape_scores` of any prompt (an open one goes to set_metrics.py). The image measures
 are image_metrics.py's, the shape-aware ones shape_metrics.py's.
 
-Each metric is computed per view and then averaged over the views. Masks are `alpha > 0.5`
-for both the prediction and the ground truth. Edge cases:
-- mask IoU: a view where both masks are empty (empty union) scores 1.0;
-- PSNR: images in [0, 1]; a view with zero error scores PSNR_CAP (100 dB) instead of inf;
-- colour error: mean |rgb_pred - rgb_gt| over the pixels and channels inside the ground-truth
-  mask; views with an empty ground-truth mask are skipped; nan if every view is skipped;
-- depth error: mean |depth_pred - depth_gt| (metres) inside the intersection of both masks;
-  views with an empty intersection are skipped; nan if every view is skipped (nothing to compare).
+Each metric is computed per view and then averaged over the views; the masks and the edge cases
+(empty masks, a perfect view's PSNR) are stated once, in image_metrics.py's docstring.
 """
 
 from __future__ import annotations
