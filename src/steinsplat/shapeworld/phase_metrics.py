@@ -15,19 +15,15 @@ phase, while a sharp result at any phase scores about 0 at its grid neighbour (t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Optional, Sequence
 
-import torch
 from torch import Tensor
 
-from ..cameras import object_eval_cameras
-from .groundtruth import GTRender, _TorchThreads, compose_gt, gt_sums, part_albedos
+from .groundtruth import GTRender
 from .image_metrics import ShapeWorldMetrics, compare
+from .set_metrics import gt_of
 from .texture import phase_grid
 from .vocab import ObjectPrompt
-
-GT_SUPERSAMPLE = 4  # as set_metrics: the spec's 4 x 4 rays a pixel
 
 
 @dataclass
@@ -38,22 +34,11 @@ class TexturedMetrics(ShapeWorldMetrics):
     phase_colour_errors: list = field(default_factory=list)  # colour error at each grid phase, grid order
 
 
-@lru_cache(maxsize=256)
-def _striped_sums(shape: str, phase: float, width: int, height: int) -> Tensor:
-    """`gt_sums` [B, H, W, 8] of a striped shape at one phase on the object evaluation rig (cached)."""
-    cams = object_eval_cameras(width, height)
-    with _TorchThreads(1):
-        return gt_sums([shape] * len(cams), cams, GT_SUPERSAMPLE, phases=[phase] * len(cams))
-
-
 def striped_gt(prompt: ObjectPrompt, phase: float, width: int = 64, height: int = 64) -> GTRender:
     """The ground truth of a striped prompt at one phase on the evaluation rig (read-only, cached sums)."""
     if prompt.texture is None:
         raise ValueError(f"{prompt.text!r} is plain: use metrics.eval_gt for it")
-    sums = _striped_sums(prompt.shape, float(phase), width, height)
-    albedos = part_albedos(prompt)[None].expand(len(sums), 3, 3).contiguous()  # [B, 3, 3]
-    with torch.no_grad():
-        return compose_gt(sums, albedos, GT_SUPERSAMPLE)
+    return gt_of(prompt, width, height, phase)
 
 
 def nearest_phase(rgb: Tensor, alpha: Tensor, depth: Tensor, prompt: ObjectPrompt, width: int = 64, height: int = 64,

@@ -160,20 +160,23 @@ def majority(calls: Sequence[str]) -> tuple[str, float]:
     return winner, top / len(calls)
 
 
-@lru_cache(maxsize=32)
-def eval_gt_sums(shape: str, width: int, height: int) -> Tensor:
-    """`gt_sums` [B, H, W, 8] of a shape from the object evaluation rig (cached: colour-free)."""
+@lru_cache(maxsize=256)
+def eval_gt_sums(shape: str, width: int, height: int, phase: Optional[float] = None) -> Tensor:
+    """`gt_sums` [B, H, W, 8] of a shape from the object evaluation rig (cached: colour-free); with
+    `phase` (metres), of the striped shape at that stripe phase (phase_metrics.py)."""
     cams = object_eval_cameras(width, height)
     with _TorchThreads(1):  # as render_gt: the same summation order, the same bits
-        return gt_sums([shape] * len(cams), cams, GT_SUPERSAMPLE)
+        return gt_sums([shape] * len(cams), cams, GT_SUPERSAMPLE, phases=None if phase is None else [phase] * len(cams))
 
 
-def gt_of(mode: ObjectPrompt, width: int, height: int) -> GTRender:
-    """The ground truth of one mode on the evaluation rig, from its shape's cached sums."""
-    if mode.texture is not None:
+def gt_of(mode: ObjectPrompt, width: int, height: int, phase: Optional[float] = None) -> GTRender:
+    """The ground truth of one mode on the evaluation rig, from its shape's cached sums; a striped mode
+    needs the stripe `phase` (its ground truth is a set over phases: phase_metrics.nearest_phase)."""
+    if (mode.texture is None) != (phase is None):
         raise ValueError(f"{mode.text!r} is striped: its ground truth is a set over phases; "
-                         "use phase_metrics.striped_gt(prompt, phase) or phase_metrics.nearest_phase")
-    sums = eval_gt_sums(mode.shape, width, height)
+                         "use phase_metrics.striped_gt(prompt, phase) or phase_metrics.nearest_phase"
+                         if phase is None else f"{mode.text!r} is plain: it has no stripe phase")
+    sums = eval_gt_sums(mode.shape, width, height, None if phase is None else float(phase))
     albedos = part_albedos(mode)[None].expand(len(sums), 3, 3)  # [B, 3, 3]
     with torch.no_grad():
         return compose_gt(sums, albedos.contiguous(), GT_SUPERSAMPLE)
